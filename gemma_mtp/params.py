@@ -1,0 +1,126 @@
+"""Sampling parameters for one request, validated when they are built.
+
+Validation happens here, once, so that a bad value fails before any model work starts and the loaded
+models stay usable for the next request.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from numbers import Integral, Real
+from typing import Any
+
+__all__ = ["SamplingParams"]
+
+
+def _check_int(name: str, value: Any, *, minimum: int, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__}).")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}.")
+
+
+def _check_real(name: str, value: Any, *, low: float, high: float, low_open: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__}).")
+    if not math.isfinite(float(value)):
+        raise ValueError(f"{name} must be finite, got {value}.")
+    too_low = value <= low if low_open else value < low
+    if too_low or value > high:
+        bracket = "(" if low_open else "["
+        raise ValueError(f"{name} must be in {bracket}{low}, {high}], got {value}.")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to decode one request.
+
+    ``temperature=0`` means greedy decoding, whose output is token-for-token identical to the target
+    model decoding alone. With ``temperature > 0`` the output follows the target's distribution after
+    temperature, ``top_k`` and ``top_p`` are applied to the target's logits.
+
+    ``num_assistant_tokens=None`` takes the assistant's ``generation_config.num_assistant_tokens`` when
+    the checkpoint sets it, else a per-family default (see :mod:`gemma_mtp.families`).
+    ``adaptive_draft=True`` grows the draft after a fully accepted round and shrinks it after an early
+    rejection, between 1 and ``max_assistant_tokens``.
+    """
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    num_assistant_tokens: int | None = None
+    adaptive_draft: bool = False
+    max_assistant_tokens: int = 16
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    skip_special_tokens: bool = True
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        _check_int("max_new_tokens", self.max_new_tokens, minimum=1)
+        _check_real("temperature", self.temperature, low=0.0, high=100.0)
+        _check_real("top_p", self.top_p, low=0.0, high=1.0, low_open=True)
+        _check_int("top_k", self.top_k, minimum=0)
+        _check_int("seed", self.seed, minimum=0, allow_none=True)
+        _check_int("num_assistant_tokens", self.num_assistant_tokens, minimum=1, allow_none=True)
+        _check_int("max_assistant_tokens", self.max_assistant_tokens, minimum=1)
+        if self.num_assistant_tokens is not None and self.num_assistant_tokens > self.max_assistant_tokens:
+            raise ValueError(
+                f"num_assistant_tokens ({self.num_assistant_tokens}) exceeds max_assistant_tokens "
+                f"({self.max_assistant_tokens}); raise max_assistant_tokens or draft fewer tokens."
+            )
+        object.__setattr__(self, "stop", _as_str_tuple(self.stop))
+        object.__setattr__(self, "stop_token_ids", _as_int_tuple(self.stop_token_ids))
+        for flag in ("adaptive_draft", "ignore_eos", "skip_special_tokens"):
+            if not isinstance(getattr(self, flag), bool):
+                raise TypeError(f"{flag} must be True or False, got {getattr(self, flag)!r}.")
+
+    @property
+    def greedy(self) -> bool:
+        """Whether this request decodes by argmax (temperature 0)."""
+        return self.temperature == 0.0
+
+    def with_overrides(self, **overrides: Any) -> SamplingParams:
+        """A copy with the given fields replaced (``None`` values are ignored), validated again."""
+        known = {k: v for k, v in overrides.items() if v is not None}
+        unknown = set(known) - set(self.__dataclass_fields__)
+        if unknown:
+            raise TypeError(
+                f"Unknown sampling parameter(s): {', '.join(sorted(unknown))}. "
+                f"Known: {', '.join(sorted(self.__dataclass_fields__))}."
+            )
+        return replace(self, **known)
+
+
+def _as_str_tuple(stop: Any) -> tuple[str, ...]:
+    if stop is None:
+        return ()
+    if isinstance(stop, str):
+        stop = (stop,)
+    if not isinstance(stop, Iterable):
+        raise TypeError(f"stop must be a string or a list of strings, got {stop!r}.")
+    items = tuple(stop)
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError(f"every stop sequence must be a string, got {item!r}.")
+        if item == "":
+            raise ValueError("stop sequences must not be empty strings.")
+    return items
+
+
+def _as_int_tuple(ids: Any) -> tuple[int, ...]:
+    if ids is None:
+        return ()
+    if isinstance(ids, Integral):
+        ids = (ids,)
+    items = tuple(ids)
+    for item in items:
+        _check_int("stop_token_ids entry", item, minimum=0)
+    return tuple(int(i) for i in items)

@@ -1,0 +1,151 @@
+"""Speculation statistics: per round and per request, framework-free.
+
+The decoding loop records every round into a :class:`SpeculationStats`; listeners receive each
+:class:`RoundStats` as it happens. The adapters turn both into LangChain callbacks and LlamaIndex
+events, so nothing here knows about either framework.
+
+Counting convention: every emitted token is either an accepted draft token or a token chosen by the
+target (the correction after a rejection, or the bonus token after a fully accepted draft), so
+``generated_tokens == accepted_tokens + target_tokens`` always holds. When a round is cut short by
+EOS, a stop sequence or the token budget, only the tokens actually emitted are counted as accepted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["RoundListener", "RoundStats", "SpeculationStats"]
+
+
+@dataclass(frozen=True)
+class RoundStats:
+    """What one draft-and-verify round did."""
+
+    request_id: str
+    round_index: int
+    drafted: int
+    accepted: int
+    emitted: int
+    draft_length: int
+    duration_s: float
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["acceptance_rate"] = self.acceptance_rate
+        return out
+
+
+RoundListener = Callable[[RoundStats], None]
+
+
+@dataclass
+class SpeculationStats:
+    """Running totals for one request; copies handed out are snapshots."""
+
+    request_id: str = ""
+    prompt_tokens: int = 0
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
+    target_tokens: int = 0
+    rounds: int = 0
+    target_forward_passes: int = 0
+    assistant_forward_passes: int = 0
+    elapsed_s: float = 0.0
+    time_to_first_token_s: float | None = None
+    accepted_at_position: list[int] = field(default_factory=list)
+    drafted_at_position: list[int] = field(default_factory=list)
+    used_assistant: bool = True
+    _start: float = field(default_factory=time.perf_counter, repr=False, compare=False)
+
+    @property
+    def generated_tokens(self) -> int:
+        return self.accepted_tokens + self.target_tokens
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Accepted / drafted over the whole request (0.0 when nothing was drafted)."""
+        return self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else 0.0
+
+    @property
+    def mean_accepted_per_round(self) -> float:
+        return self.accepted_tokens / self.rounds if self.rounds else 0.0
+
+    @property
+    def tokens_per_target_forward(self) -> float:
+        """Generated tokens per target forward pass, prefill excluded (1.0 for plain decoding)."""
+        decode_passes = self.rounds
+        return self.generated_tokens / decode_passes if decode_passes else 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.generated_tokens / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def acceptance_by_position(self) -> list[float]:
+        """Probability that draft position i was accepted, given that it was drafted."""
+        return [a / d if d else 0.0 for a, d in zip(self.accepted_at_position, self.drafted_at_position)]
+
+    # -- recording (used by the decoding loop) ---------------------------------------------------
+
+    def start(self, request_id: str, prompt_tokens: int, used_assistant: bool) -> None:
+        self.request_id = request_id
+        self.prompt_tokens = prompt_tokens
+        self.used_assistant = used_assistant
+        self._start = time.perf_counter()
+
+    def record_round(self, drafted: int, accepted: int, emitted: int) -> None:
+        """Add one verify round: ``accepted`` drafts passed verification, ``emitted`` tokens were kept."""
+        kept_accepted = min(accepted, emitted)
+        self.rounds += 1
+        self.drafted_tokens += drafted
+        self.accepted_tokens += kept_accepted
+        self.target_tokens += emitted - kept_accepted
+        while len(self.drafted_at_position) < drafted:
+            self.drafted_at_position.append(0)
+            self.accepted_at_position.append(0)
+        for i in range(drafted):
+            self.drafted_at_position[i] += 1
+        for i in range(kept_accepted):
+            self.accepted_at_position[i] += 1
+        if self.time_to_first_token_s is None and emitted > 0:
+            self.time_to_first_token_s = time.perf_counter() - self._start
+        self.elapsed_s = time.perf_counter() - self._start
+
+    def finish(self) -> None:
+        self.elapsed_s = time.perf_counter() - self._start
+
+    def snapshot(self) -> SpeculationStats:
+        copy = SpeculationStats(**{k: v for k, v in self.__dict__.items() if not k.startswith("_")})
+        copy.accepted_at_position = list(self.accepted_at_position)
+        copy.drafted_at_position = list(self.drafted_at_position)
+        copy._start = self._start
+        return copy
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain numbers, ready for logs, callbacks and JSON."""
+        return {
+            "request_id": self.request_id,
+            "used_assistant": self.used_assistant,
+            "prompt_tokens": self.prompt_tokens,
+            "generated_tokens": self.generated_tokens,
+            "drafted_tokens": self.drafted_tokens,
+            "accepted_tokens": self.accepted_tokens,
+            "target_tokens": self.target_tokens,
+            "acceptance_rate": self.acceptance_rate,
+            "rounds": self.rounds,
+            "mean_accepted_per_round": self.mean_accepted_per_round,
+            "target_forward_passes": self.target_forward_passes,
+            "assistant_forward_passes": self.assistant_forward_passes,
+            "tokens_per_target_forward": self.tokens_per_target_forward,
+            "tokens_per_second": self.tokens_per_second,
+            "time_to_first_token_s": self.time_to_first_token_s,
+            "elapsed_s": self.elapsed_s,
+            "acceptance_by_position": self.acceptance_by_position,
+        }

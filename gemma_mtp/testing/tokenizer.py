@@ -1,0 +1,83 @@
+"""A small byte-level BPE tokenizer with Gemma 4's special tokens, built offline in well under a second.
+
+Byte-level means every string round-trips, including emoji and characters split across tokens, which
+is what the incremental detokenizer tests need. The special tokens are spelled as Gemma 4 spells them
+so that templating, parsing and stop handling are exercised against the real format.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+__all__ = ["GEMMA4_SPECIAL_TOKENS", "KIT_VOCAB_SIZE", "build_tokenizer", "kit_chat_template"]
+
+KIT_VOCAB_SIZE = 512
+
+# Order fixes the ids: <pad>=0, <eos>=1, <bos>=2, <unk>=3 as in Gemma; the rest follow.
+GEMMA4_SPECIAL_TOKENS: tuple[str, ...] = (
+    "<pad>",
+    "<eos>",
+    "<bos>",
+    "<unk>",
+    "<mask>",
+    "<|turn>",
+    "<turn|>",
+    "<|channel>",
+    "<channel|>",
+    "<|tool_call>",
+    "<tool_call|>",
+    "<|tool_response>",
+    "<tool_response|>",
+    "<|tool>",
+    "<tool|>",
+    '<|"|>',
+    "<|think|>",
+)
+
+# Training text for the merges: English prose plus the pieces of the chat and tool-call syntax.
+_TRAINING_TEXT = """
+The quick brown fox jumps over the lazy dog. Speculative decoding drafts several tokens with a small
+assistant model and verifies them with the target model in a single forward pass. Greedy output is
+identical to the target alone, and sampled output follows exactly the target's distribution.
+What is the weather in Paris today? It is sunny with a light breeze, about twenty degrees.
+Please answer the question using the context below. The capital of France is Paris.
+system user model tool call:get_weather{city:Paris,days:3} response:get_weather{temperature:21}
+declaration:add{description:Add two integers,parameters:{properties:{a:{type:INTEGER},b:{type:INTEGER}}}}
+Hello, how are you? I am fine, thank you. Numbers: 0 1 2 3 4 5 6 7 8 9 10 100 1000. JSON: {"a": 1, "b": [true, false, null]}
+"""
+
+
+def kit_chat_template() -> str:
+    """The chat template written for the kit tokenizer (Gemma 4 turn, thinking and tool syntax)."""
+    return resources.files("gemma_mtp.testing").joinpath("chat_template.jinja").read_text(encoding="utf-8")
+
+
+def build_tokenizer(vocab_size: int = KIT_VOCAB_SIZE) -> PreTrainedTokenizerFast:
+    """Train the kit's byte-level BPE tokenizer (deterministic) and wrap it for transformers."""
+    tok = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(GEMMA4_SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([_TRAINING_TEXT] * 4, trainer=trainer)
+    if tok.get_vocab_size() != vocab_size:
+        raise RuntimeError(f"kit tokenizer has {tok.get_vocab_size()} tokens, expected {vocab_size}")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        mask_token="<mask>",
+        additional_special_tokens=list(GEMMA4_SPECIAL_TOKENS[5:]),
+        chat_template=kit_chat_template(),
+        clean_up_tokenization_spaces=False,
+        model_max_length=4096,
+    )
