@@ -1,0 +1,385 @@
+"""``GemmaMTP``: Gemma 4 with its MTP assistant as a LlamaIndex function-calling LLM.
+
+A thin layer over :class:`gemma_mtp.Runtime`: the runtime renders the chat template, decodes speculatively,
+parses thinking and tool calls, and never blocks the event loop in its async methods. This class maps
+LlamaIndex's types onto it and reports the speculation statistics as instrumentation events.
+
+Every public method fires one set of LlamaIndex LLM events: the decorated methods call the undecorated
+``_chat`` family, and completion is derived from those rather than from the decorated ``chat``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from llama_index.core.base.llms.generic_utils import (
+    achat_to_completion_decorator,
+    astream_chat_to_completion_decorator,
+    chat_to_completion_decorator,
+    stream_chat_to_completion_decorator,
+)
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    ChatResponseAsyncGen,
+    ChatResponseGen,
+    CompletionResponse,
+    CompletionResponseAsyncGen,
+    CompletionResponseGen,
+    LLMMetadata,
+    MessageRole,
+    ToolCallBlock,
+)
+from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_validator
+from llama_index.core.constants import DEFAULT_NUM_OUTPUTS
+from llama_index.core.instrumentation.span import active_span_id
+from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+from llama_index.core.llms.function_calling import FunctionCallingLLM
+from llama_index.core.llms.llm import ToolSelection
+
+from gemma_mtp import Runtime, SamplingParams
+from llama_index_gemma_mtp.events import RequestReporter
+from llama_index_gemma_mtp.messages import to_openai_tools, to_runtime_messages, tool_selections
+from llama_index_gemma_mtp.responses import StreamAccumulator, chat_response
+
+if TYPE_CHECKING:
+    from llama_index.core.tools.types import BaseTool
+
+__all__ = ["GemmaMTP"]
+
+_RUNTIME_OPTIONS = frozenset({"tools", "tool_choice", "chat_template_kwargs", "use_assistant"})
+_SAMPLING_OPTIONS = frozenset(SamplingParams.__dataclass_fields__) - {"extra"}
+
+
+@dataclass(frozen=True)
+class _Request:
+    """One call's conversation, sampling parameters and runtime options, validated before any model work."""
+
+    messages: list[dict[str, Any]]
+    params: SamplingParams
+    options: dict[str, Any]
+
+
+class GemmaMTP(FunctionCallingLLM):
+    """Gemma 4 with speculative decoding by its Multi-Token-Prediction assistant, as a LlamaIndex LLM.
+
+    Greedy output (``temperature=0``, the default) is token for token what the target model alone would
+    produce; sampled output follows the target's distribution. The assistant only makes it faster.
+
+    Examples:
+        ```python
+        from llama_index.core import Settings
+        from llama_index_gemma_mtp import GemmaMTP
+
+        llm = GemmaMTP(model="google/gemma-4-E2B-it", device="cuda", dtype="bfloat16")
+        Settings.llm = llm
+        print(llm.complete("Why is the sky blue?"))
+        ```
+
+    Pass ``runtime=`` to share an already loaded :class:`gemma_mtp.Runtime` (for instance with the LangChain
+    adapter); otherwise the pair is loaded on first use through ``Runtime.load``, whose per-process cache
+    means two ``GemmaMTP`` instances with the same settings share one copy of the weights.
+    """
+
+    model: str = Field(description="Target checkpoint: a Hugging Face hub id or a local folder.")
+    assistant: str | None = Field(
+        default=None, description="MTP assistant checkpoint; defaults to the target id + '-assistant'."
+    )
+    device: str | None = Field(default=None, description="Device to load the pair on, e.g. 'cuda' or 'cpu'.")
+    dtype: str | None = Field(
+        default=None, description="Weights dtype, e.g. 'bfloat16'; the runtime picks if unset."
+    )
+    loader_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Further keyword arguments for Runtime.load (e.g. attn_implementation).",
+    )
+    max_new_tokens: int = Field(
+        default=DEFAULT_NUM_OUTPUTS, description="Most tokens to generate per request."
+    )
+    temperature: float = Field(default=0.0, description="0 decodes greedily (exactly the target's output).")
+    top_p: float = Field(default=1.0, description="Nucleus sampling mass (1.0 disables it).")
+    top_k: int = Field(default=0, description="Sample among the k most likely tokens (0 disables it).")
+    num_assistant_tokens: int | None = Field(
+        default=None,
+        description="Tokens drafted per round; the checkpoint's or the family's default if unset.",
+    )
+    seed: int | None = Field(default=None, description="Seed for reproducible sampling.")
+    stop: list[str] = Field(default_factory=list, description="Stop sequences (not included in the output).")
+    chat_template_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Extra chat template variables, e.g. {'enable_thinking': True}."
+    )
+
+    _runtime: Runtime | None = PrivateAttr(default=None)
+
+    def __init__(self, model: str | None = None, *, runtime: Runtime | None = None, **kwargs: Any) -> None:
+        if runtime is not None:
+            if not isinstance(runtime, Runtime):
+                raise TypeError(f"runtime must be a gemma_mtp.Runtime, got {type(runtime).__name__}.")
+            clashing = sorted(k for k in ("assistant", "device", "dtype", "loader_options") if kwargs.get(k))
+            if clashing:
+                raise ValueError(
+                    f"{', '.join(clashing)} only apply when GemmaMTP loads the model itself; "
+                    "they cannot be combined with runtime=. Load the Runtime with them instead."
+                )
+            model = model or runtime.model_name
+        elif not model:
+            raise ValueError("Pass model= (a hub id or local folder of a Gemma 4 checkpoint) or runtime=.")
+        super().__init__(model=model, **kwargs)
+        self._runtime = runtime
+        self._sampling_params()
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_as_list(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _dtype_as_name(cls, value: Any) -> Any:
+        """Accept ``torch.bfloat16`` as well as ``"bfloat16"``."""
+        text = str(value) if value is not None and not isinstance(value, str) else value
+        return text.removeprefix("torch.") if text is not None else None
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "GemmaMTP"
+
+    @property
+    def runtime(self) -> Runtime:
+        """The loaded target + assistant pair (loaded on first use)."""
+        if self._runtime is None:
+            self._runtime = Runtime.load(
+                self.model, self.assistant, device=self.device, dtype=self.dtype, **self.loader_options
+            )
+        return self._runtime
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        runtime = self.runtime
+        return LLMMetadata(
+            context_window=runtime.context_window,
+            num_output=self.max_new_tokens,
+            is_chat_model=True,
+            is_function_calling_model=True,
+            model_name=runtime.model_name,
+            system_role=MessageRole.SYSTEM,
+        )
+
+    # -- request preparation ------------------------------------------------------------------------------
+
+    def _sampling_params(self) -> SamplingParams:
+        return SamplingParams(
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            stop=tuple(self.stop),
+            seed=self.seed,
+            num_assistant_tokens=self.num_assistant_tokens,
+        )
+
+    def _request(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> _Request:
+        unknown = set(kwargs) - _RUNTIME_OPTIONS - _SAMPLING_OPTIONS
+        if unknown:
+            raise TypeError(
+                f"GemmaMTP got unexpected keyword argument(s): {', '.join(sorted(unknown))}. "
+                f"Accepted: {', '.join(sorted(_RUNTIME_OPTIONS | _SAMPLING_OPTIONS))}."
+            )
+        options = {k: v for k, v in kwargs.items() if k in _RUNTIME_OPTIONS}
+        sampling = {k: v for k, v in kwargs.items() if k in _SAMPLING_OPTIONS}
+        if "tools" in options:
+            options["tools"] = to_openai_tools(options["tools"])
+        if "tool_choice" in options:
+            options["tool_choice"] = _tool_choice_name(options["tool_choice"])
+        template_kwargs = {**self.chat_template_kwargs, **(options.get("chat_template_kwargs") or {})}
+        options["chat_template_kwargs"] = template_kwargs or None
+        return _Request(
+            messages=to_runtime_messages(messages, self.system_prompt),
+            params=self._sampling_params().with_overrides(**sampling),
+            options=options,
+        )
+
+    # -- chat ---------------------------------------------------------------------------------------------
+
+    @llm_chat_callback()
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        return self._chat(messages, **kwargs)
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        return self._stream_chat(messages, **kwargs)
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        return await self._achat(messages, **kwargs)
+
+    @llm_chat_callback()
+    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        return await self._astream_chat(messages, **kwargs)
+
+    def _chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        request = self._request(messages, kwargs)
+        runtime = self.runtime
+        with RequestReporter(runtime.model_name, active_span_id.get()) as reporter:
+            result = runtime.chat(
+                request.messages, request.params, on_round=reporter.on_round, **request.options
+            )
+            reporter.observe(result.stats, result.finish_reason)
+        return chat_response(runtime.model_name, result)
+
+    async def _achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        request = self._request(messages, kwargs)
+        runtime = self.runtime
+        with RequestReporter(runtime.model_name, active_span_id.get()) as reporter:
+            result = await runtime.achat(
+                request.messages, request.params, on_round=reporter.on_round, **request.options
+            )
+            reporter.observe(result.stats, result.finish_reason)
+        return chat_response(runtime.model_name, result)
+
+    def _stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        request = self._request(messages, kwargs)
+        runtime = self.runtime
+        reporter = RequestReporter(runtime.model_name, active_span_id.get())
+
+        def gen() -> ChatResponseGen:
+            with reporter:
+                deltas = runtime.stream_chat(
+                    request.messages, request.params, on_round=reporter.on_round, **request.options
+                )
+                try:
+                    accumulator = StreamAccumulator(runtime.model_name)
+                    for delta in deltas:
+                        reporter.observe(delta.stats, delta.finish_reason)
+                        response = accumulator.add(delta)
+                        if response is not None:
+                            yield response
+                finally:
+                    deltas.close()
+
+        return gen()
+
+    async def _astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        request = self._request(messages, kwargs)
+        runtime = self.runtime
+        reporter = RequestReporter(runtime.model_name, active_span_id.get())
+
+        async def gen() -> ChatResponseAsyncGen:
+            with reporter:
+                deltas = runtime.astream_chat(
+                    request.messages, request.params, on_round=reporter.on_round, **request.options
+                )
+                try:
+                    accumulator = StreamAccumulator(runtime.model_name)
+                    async for delta in deltas:
+                        reporter.observe(delta.stats, delta.finish_reason)
+                        response = accumulator.add(delta)
+                        if response is not None:
+                            yield response
+                finally:
+                    await deltas.aclose()
+
+        return gen()
+
+    # -- completion (derived from the undecorated chat methods) ---------------------------------------------
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return chat_to_completion_decorator(self._chat)(_checked_prompt(prompt), **kwargs)
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        return stream_chat_to_completion_decorator(self._stream_chat)(_checked_prompt(prompt), **kwargs)
+
+    @llm_completion_callback()
+    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return await achat_to_completion_decorator(self._achat)(_checked_prompt(prompt), **kwargs)
+
+    @llm_completion_callback()
+    async def astream_complete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponseAsyncGen:
+        return await astream_chat_to_completion_decorator(self._astream_chat)(
+            _checked_prompt(prompt), **kwargs
+        )
+
+    # -- function calling -----------------------------------------------------------------------------------
+
+    def _prepare_chat_with_tools(
+        self,
+        tools: Sequence[BaseTool],
+        user_msg: str | ChatMessage | None = None,
+        chat_history: list[ChatMessage] | None = None,
+        verbose: bool = False,
+        allow_parallel_tool_calls: bool = False,
+        tool_required: bool = False,
+        tool_choice: str | dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """Chat arguments for a tool-calling turn; ``tool_required`` forces a call unless ``tool_choice``
+        names the tool (or mode) already."""
+        messages = list(chat_history or [])
+        if user_msg is not None:
+            messages.append(
+                ChatMessage(role=MessageRole.USER, content=user_msg)
+                if isinstance(user_msg, str)
+                else user_msg
+            )
+        specs = to_openai_tools(tools)
+        if tool_choice is None and tool_required and specs:
+            tool_choice = "required"
+        chat_kwargs: dict[str, Any] = {"messages": messages, "tools": specs, **kwargs}
+        if tool_choice is not None:
+            chat_kwargs["tool_choice"] = tool_choice
+        return chat_kwargs
+
+    def _validate_chat_with_tools_response(
+        self,
+        response: ChatResponse,
+        tools: Sequence[BaseTool],
+        allow_parallel_tool_calls: bool = False,
+        **kwargs: Any,
+    ) -> ChatResponse:
+        """Keep only the first tool call unless parallel calls were allowed."""
+        if not allow_parallel_tool_calls:
+            calls = [b for b in response.message.blocks if isinstance(b, ToolCallBlock)]
+            if len(calls) > 1:
+                extra = {id(b) for b in calls[1:]}
+                response.message.blocks = [b for b in response.message.blocks if id(b) not in extra]
+        return response
+
+    def get_tool_calls_from_response(
+        self, response: ChatResponse, error_on_no_tool_call: bool = True, **kwargs: Any
+    ) -> list[ToolSelection]:
+        """The tool calls in ``response``; streamed responses hold every call completed so far."""
+        selections = tool_selections(response)
+        if not selections and error_on_no_tool_call:
+            raise ValueError(
+                "Expected at least one tool call in the model's response, got none. "
+                f"Response text: {response.message.content!r}"
+            )
+        return selections
+
+
+def _tool_choice_name(choice: Any) -> str | None:
+    """``tool_choice`` as the runtime takes it: a mode or a tool name; OpenAI's dict form is unwrapped."""
+    if choice is None or isinstance(choice, str):
+        return choice
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name") or choice.get("name")
+        if isinstance(name, str) and name:
+            return name
+    raise TypeError(
+        "tool_choice must be 'auto', 'none', 'required', a tool name, or "
+        f"{{'type': 'function', 'function': {{'name': ...}}}}; got {choice!r}."
+    )
+
+
+def _checked_prompt(prompt: Any) -> str:
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a string, got {type(prompt).__name__}; use chat() for messages.")
+    return prompt

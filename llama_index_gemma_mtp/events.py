@@ -1,0 +1,208 @@
+"""Speculation statistics as LlamaIndex instrumentation events.
+
+Every round of every request becomes a :class:`SpeculationRoundEvent` and every request ends with one
+:class:`SpeculationSummaryEvent`, both sent through LlamaIndex's dispatcher so that any event handler on the
+root dispatcher (or on ``llama_index_gemma_mtp``) sees them next to the LLM events of the same call.
+
+The runtime may call the round hook from its own worker thread, where LlamaIndex's active span is not set,
+so the span id is captured when the call starts and stamped on every event explicitly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from types import TracebackType
+from typing import Any
+
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+from llama_index.core.instrumentation.events import BaseEvent
+from pydantic import Field, PrivateAttr
+
+from gemma_mtp import RoundStats, SpeculationStats
+
+__all__ = [
+    "SpeculationRoundEvent",
+    "SpeculationStatsHandler",
+    "SpeculationSummaryEvent",
+]
+
+dispatcher = get_dispatcher(__name__)
+
+# How a request ends when its consumer stops it: a closed stream, a cancelled task, Ctrl-C.
+_CANCELLATIONS = (GeneratorExit, asyncio.CancelledError, KeyboardInterrupt)
+
+
+class SpeculationRoundEvent(BaseEvent):
+    """One draft-and-verify round of a GemmaMTP request.
+
+    ``drafted`` tokens were proposed by the assistant, ``accepted`` of them passed the target's check and
+    ``emitted`` tokens were kept (the accepted drafts plus the target's own correction or bonus token).
+    """
+
+    model_name: str
+    request_id: str
+    round_index: int
+    drafted: int
+    accepted: int
+    emitted: int
+    draft_length: int
+    duration_s: float
+    acceptance_rate: float
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "SpeculationRoundEvent"
+
+
+class SpeculationSummaryEvent(BaseEvent):
+    """The statistics of one whole GemmaMTP request, sent once when it ends (also when it was cancelled).
+
+    ``finish_reason`` is the runtime's (``stop``, ``length``, ``tool_calls``), ``cancelled`` when the consumer
+    stopped a stream early, or ``error`` when generation raised (``error`` then holds the message).
+    ``stats`` is the full :meth:`gemma_mtp.SpeculationStats.as_dict`; the headline numbers are repeated as
+    fields for convenience.
+    """
+
+    model_name: str
+    request_id: str
+    finish_reason: str
+    error: str | None = None
+    prompt_tokens: int
+    generated_tokens: int
+    drafted_tokens: int
+    accepted_tokens: int
+    acceptance_rate: float
+    rounds: int
+    tokens_per_second: float
+    stats: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "SpeculationSummaryEvent"
+
+
+class RequestReporter:
+    """Turns one request's runtime statistics into events; the adapter makes one per call.
+
+    ``on_round`` is handed to the runtime as the per-round hook. ``observe`` records the latest statistics
+    snapshot (and the finish reason once known). Used as a context manager around the request, it sends the
+    summary exactly once on the way out, whether the request finished, raised or was cancelled.
+    """
+
+    def __init__(self, model_name: str, span_id: str | None) -> None:
+        self._model_name = model_name
+        self._span_id = span_id
+        self._stats: SpeculationStats | None = None
+        self._finish_reason: str | None = None
+        self._request_id = ""
+        self._done = False
+        self._lock = threading.Lock()
+
+    def on_round(self, round_stats: RoundStats) -> None:
+        self._request_id = self._request_id or round_stats.request_id
+        dispatcher.event(
+            SpeculationRoundEvent(
+                model_name=self._model_name,
+                span_id=self._span_id,
+                **round_stats.as_dict(),
+            )
+        )
+
+    def observe(self, stats: SpeculationStats, finish_reason: str | None = None) -> None:
+        self._stats = stats
+        if finish_reason is not None:
+            self._finish_reason = finish_reason
+
+    def __enter__(self) -> RequestReporter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.finish(exc)
+
+    def finish(self, error: BaseException | None = None) -> None:
+        """Send the summary: the runtime's finish reason, else ``cancelled`` or ``error``."""
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+        if self._finish_reason is not None:
+            finish_reason = self._finish_reason
+        elif error is None or isinstance(error, _CANCELLATIONS):
+            finish_reason = "cancelled"
+        else:
+            finish_reason = "error"
+        stats = self._stats if self._stats is not None else SpeculationStats(request_id=self._request_id)
+        dispatcher.event(
+            SpeculationSummaryEvent(
+                model_name=self._model_name,
+                span_id=self._span_id,
+                request_id=stats.request_id or self._request_id,
+                finish_reason=finish_reason,
+                error=None if finish_reason != "error" else f"{type(error).__name__}: {error}",
+                prompt_tokens=stats.prompt_tokens,
+                generated_tokens=stats.generated_tokens,
+                drafted_tokens=stats.drafted_tokens,
+                accepted_tokens=stats.accepted_tokens,
+                acceptance_rate=stats.acceptance_rate,
+                rounds=stats.rounds,
+                tokens_per_second=stats.tokens_per_second,
+                stats=stats.as_dict(),
+            )
+        )
+
+
+class SpeculationStatsHandler(BaseEventHandler):
+    """Collects GemmaMTP speculation events, e.g. to print acceptance statistics after a query or agent run.
+
+    Attach it to the root dispatcher (``get_dispatcher().add_event_handler(handler)``) to see every request
+    of every ``GemmaMTP`` instance. Thread-safe: the runtime reports rounds from its worker thread.
+    """
+
+    rounds: list[SpeculationRoundEvent] = Field(default_factory=list)
+    summaries: list[SpeculationSummaryEvent] = Field(default_factory=list)
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "SpeculationStatsHandler"
+
+    def handle(self, event: BaseEvent, **kwargs: Any) -> None:
+        with self._lock:
+            if isinstance(event, SpeculationRoundEvent):
+                self.rounds.append(event)
+            elif isinstance(event, SpeculationSummaryEvent):
+                self.summaries.append(event)
+
+    def reset(self) -> None:
+        with self._lock:
+            self.rounds.clear()
+            self.summaries.clear()
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Accepted / drafted tokens over all requests seen (0.0 before any draft)."""
+        with self._lock:
+            drafted = sum(s.drafted_tokens for s in self.summaries)
+            accepted = sum(s.accepted_tokens for s in self.summaries)
+        return accepted / drafted if drafted else 0.0
+
+    def totals(self) -> dict[str, Any]:
+        """Totals over all requests seen: requests, tokens, rounds and the overall acceptance rate."""
+        with self._lock:
+            summaries = list(self.summaries)
+        drafted = sum(s.drafted_tokens for s in summaries)
+        accepted = sum(s.accepted_tokens for s in summaries)
+        rounds = sum(s.rounds for s in summaries)
+        return {
+            "requests": len(summaries),
+            "generated_tokens": sum(s.generated_tokens for s in summaries),
+            "drafted_tokens": drafted,
+            "accepted_tokens": accepted,
+            "acceptance_rate": accepted / drafted if drafted else 0.0,
+            "rounds": rounds,
+            "mean_accepted_per_round": accepted / rounds if rounds else 0.0,
+        }
