@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from numbers import Integral, Real
 from typing import Any
 
@@ -45,8 +45,12 @@ class SamplingParams:
 
     ``num_assistant_tokens=None`` takes the assistant's ``generation_config.num_assistant_tokens`` when
     the checkpoint sets it, else a per-family default (see :mod:`gemma_mtp.families`).
-    ``adaptive_draft=True`` grows the draft after a fully accepted round and shrinks it after an early
+    ``adaptive_draft=True`` grows the draft after a fully accepted round and shrinks it after a
     rejection, between 1 and ``max_assistant_tokens``.
+
+    ``sample_drafts=True`` (with ``temperature > 0``) makes the assistant sample its drafts from its own
+    warped distribution instead of taking its argmax; the acceptance rule follows how drafts were made,
+    so the output distribution is the target's either way.
     """
 
     max_new_tokens: int = 256
@@ -61,7 +65,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     skip_special_tokens: bool = True
-    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    sample_drafts: bool = False
 
     def __post_init__(self) -> None:
         _check_int("max_new_tokens", self.max_new_tokens, minimum=1)
@@ -78,7 +82,7 @@ class SamplingParams:
             )
         object.__setattr__(self, "stop", _as_str_tuple(self.stop))
         object.__setattr__(self, "stop_token_ids", _as_int_tuple(self.stop_token_ids))
-        for flag in ("adaptive_draft", "ignore_eos", "skip_special_tokens"):
+        for flag in ("adaptive_draft", "ignore_eos", "skip_special_tokens", "sample_drafts"):
             if not isinstance(getattr(self, flag), bool):
                 raise TypeError(f"{flag} must be True or False, got {getattr(self, flag)!r}.")
 

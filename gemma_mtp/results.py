@@ -1,13 +1,14 @@
-"""What a request returns: the whole result, or the deltas of a stream."""
+"""What a request returns: the whole result, or the deltas of a stream; plain or parsed as chat."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
 
+from gemma_mtp.chat import ToolCall
 from gemma_mtp.stats import SpeculationStats
 
-__all__ = ["FinishReason", "GenerationResult", "StreamDelta"]
+__all__ = ["ChatDelta", "ChatFinishReason", "ChatResult", "FinishReason", "GenerationResult", "StreamDelta"]
 
 FinishReason = Literal["stop", "length", "cancelled"]
 """``stop``: EOS, an end-of-turn token or a stop sequence; ``length``: ``max_new_tokens`` reached;
@@ -40,3 +41,34 @@ class GenerationResult:
     stats: SpeculationStats
     prompt_token_ids: list[int] = field(default_factory=list, repr=False)
     stop_sequence: str | None = None
+
+
+ChatFinishReason = Literal["stop", "length", "tool_calls", "cancelled"]
+
+
+@dataclass(frozen=True)
+class ChatDelta:
+    """New answer text, thinking text and completed tool calls since the previous delta."""
+
+    content: str
+    reasoning: str
+    tool_calls: list[ToolCall]
+    stats: SpeculationStats
+    prompt_tokens: int
+    finish_reason: ChatFinishReason | None = None
+    raw_text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    """A whole chat answer, parsed: text, thinking (``None`` when the model did not think) and tool calls."""
+
+    content: str
+    reasoning: str | None
+    tool_calls: list[ToolCall]
+    finish_reason: ChatFinishReason
+    stats: SpeculationStats
+    raw_text: str
+    token_ids: list[int]
+    prompt_tokens: int

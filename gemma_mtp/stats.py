@@ -90,7 +90,10 @@ class SpeculationStats:
     @property
     def acceptance_by_position(self) -> list[float]:
         """Probability that draft position i was accepted, given that it was drafted."""
-        return [a / d if d else 0.0 for a, d in zip(self.accepted_at_position, self.drafted_at_position)]
+        return [
+            a / d if d else 0.0
+            for a, d in zip(self.accepted_at_position, self.drafted_at_position, strict=False)
+        ]
 
     # -- recording (used by the decoding loop) ---------------------------------------------------
 

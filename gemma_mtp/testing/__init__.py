@@ -1,1 +1,59 @@
-"""Offline testing kit: tiny but real Gemma 4 target + MTP assistant pairs, built in seconds."""
+"""Offline testing kit: tiny but real Gemma 4 target + MTP assistant pairs, built in seconds.
+
+``tiny_runtime()`` is what most tests want: a :class:`~gemma_mtp.Runtime` on a kit pair, built once per
+process into a temporary folder. ``build_tiny_pair()`` writes a pair where you choose, for tests that
+load from disk themselves (for example users' own CI).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gemma_mtp.testing.models import VARIANTS, TinyPair, build_tiny_pair
+from gemma_mtp.testing.tokenizer import GEMMA4_SPECIAL_TOKENS, build_tokenizer
+
+if TYPE_CHECKING:
+    from gemma_mtp.runtime import Runtime
+
+__all__ = [
+    "GEMMA4_SPECIAL_TOKENS",
+    "VARIANTS",
+    "TinyPair",
+    "build_tiny_pair",
+    "build_tokenizer",
+    "tiny_pair",
+    "tiny_runtime",
+]
+
+_built: dict[tuple[str, bool, int | None], TinyPair] = {}
+_lock = threading.Lock()
+_root = Path(tempfile.mkdtemp(prefix="gemma-mtp-kit-"))
+
+
+def tiny_pair(
+    variant: str = "dense", *, agreeing: bool = False, num_assistant_tokens: int | None = 3
+) -> TinyPair:
+    """A kit pair built once per process (into a temporary folder) and reused."""
+    key = (variant, agreeing, num_assistant_tokens)
+    with _lock:
+        if key not in _built:
+            name = f"{variant}-{'agreeing' if agreeing else 'random'}-{num_assistant_tokens}"
+            _built[key] = build_tiny_pair(
+                _root / name, variant, agreeing=agreeing, num_assistant_tokens=num_assistant_tokens
+            )
+        return _built[key]
+
+
+def tiny_runtime(
+    kind: str = "agreeing", variant: str = "dense", *, num_assistant_tokens: int | None = 3
+) -> Runtime:
+    """A Runtime on a kit pair: ``kind`` is ``"agreeing"`` (assistant mostly right) or ``"random"``."""
+    if kind not in ("agreeing", "random"):
+        raise ValueError(f"kind must be 'agreeing' or 'random', got {kind!r}")
+    from gemma_mtp.runtime import Runtime
+
+    pair = tiny_pair(variant, agreeing=kind == "agreeing", num_assistant_tokens=num_assistant_tokens)
+    return Runtime.load(str(pair.target_dir), str(pair.assistant_dir), device="cpu", dtype="float32")

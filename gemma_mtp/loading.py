@@ -1,0 +1,179 @@
+"""Loading a Gemma 4 target and its MTP assistant, and checking that they belong together.
+
+Only safetensors weights are read and remote code is never run. A mismatched pair fails here, at load,
+with both names and what differs, instead of producing garbage drafts later.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from gemma_mtp.families import default_assistant_id
+
+__all__ = ["LoadedPair", "load_pair", "resolve_device", "resolve_dtype", "resolve_names"]
+
+TARGET_TYPES = ("gemma4", "gemma4_text", "gemma4_unified", "gemma4_unified_text")
+ASSISTANT_TYPES = ("gemma4_assistant", "gemma4_unified_assistant")
+
+# Pairs that ship inside the installed package (no network needed).
+PACKAGED_PAIRS = {"gemma-mtp-mini": "mini"}
+
+
+@dataclass
+class LoadedPair:
+    target: PreTrainedModel
+    assistant: PreTrainedModel
+    tokenizer: Any
+    target_name: str
+    assistant_name: str
+
+
+def _packaged_dir(name: str) -> Path:
+    return Path(str(resources.files("gemma_mtp").joinpath("models", PACKAGED_PAIRS[name])))
+
+
+def resolve_names(target: str, assistant: str | None) -> tuple[str, str]:
+    """Turn user-facing names into loadable ids or folders (packaged pairs, ``-assistant`` naming)."""
+    if not isinstance(target, (str, os.PathLike)) or not str(target).strip():
+        raise ValueError(f"target must be a model id or a folder, got {target!r}")
+    target = str(target)
+    if target in PACKAGED_PAIRS:
+        folder = _packaged_dir(target)
+        return str(folder / "target"), str(assistant) if assistant else str(folder / "assistant")
+    return target, str(assistant) if assistant else default_assistant_id(target)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device {device!r} is not a torch device (try 'cpu', 'cuda' or 'cuda:0')") from err
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for, but CUDA is not available on this machine")
+    return resolved
+
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``None``/``"auto"``: bfloat16 on CUDA, float32 elsewhere (half precision is slow on CPUs)."""
+    if dtype is None or dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(dtype).removeprefix("torch.")
+    if name not in _DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not supported; use one of {', '.join(_DTYPES)} or 'auto'")
+    return _DTYPES[name]
+
+
+def _looks_local(name: str) -> bool:
+    """Hub ids are ``name`` or ``org/name``; anything else is meant as a folder."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def _config(name: str, role: str, options: dict[str, Any]) -> Any:
+    path = Path(name).expanduser()
+    if path.exists():
+        name = str(path)
+    elif _looks_local(name):
+        raise FileNotFoundError(
+            f"The {role} folder {name!r} does not exist. Pass a hub id or an existing folder."
+        )
+    try:
+        return AutoConfig.from_pretrained(name, trust_remote_code=False, **options)
+    except OSError as err:
+        raise OSError(
+            f"Could not load the {role} {name!r}: {err}. Check the id or folder, your network access to the "
+            "Hugging Face Hub, and that the model's licence was accepted."
+        ) from err
+
+
+def _check_pair(target_name: str, target_cfg: Any, assistant_name: str, assistant_cfg: Any) -> None:
+    problems = []
+    if target_cfg.model_type not in TARGET_TYPES:
+        problems.append(
+            f"the target is a {target_cfg.model_type!r} model, not a Gemma 4 model ({TARGET_TYPES})"
+        )
+    if assistant_cfg.model_type not in ASSISTANT_TYPES:
+        problems.append(
+            f"the assistant is a {assistant_cfg.model_type!r} model, not a Gemma 4 MTP assistant ({ASSISTANT_TYPES})"
+        )
+    if not problems:
+        target_text = target_cfg.get_text_config()
+        assistant_text = assistant_cfg.get_text_config()
+        if assistant_cfg.backbone_hidden_size != target_text.hidden_size:
+            problems.append(
+                f"the assistant was trained for a target with hidden size {assistant_cfg.backbone_hidden_size}, "
+                f"the target has {target_text.hidden_size}"
+            )
+        if assistant_text.vocab_size != target_text.vocab_size:
+            problems.append(
+                f"vocabularies differ: assistant {assistant_text.vocab_size} tokens, target {target_text.vocab_size}"
+            )
+    if problems:
+        raise ValueError(
+            f"{assistant_name!r} cannot draft for {target_name!r}: "
+            + "; ".join(problems)
+            + ". Pass the assistant "
+            "published with this target (Google's naming: '<target>-assistant')."
+        )
+
+
+def load_pair(
+    target: str,
+    assistant: str | None = None,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    **loader_options: Any,
+) -> LoadedPair:
+    """Load and check a target/assistant pair and the target's tokenizer."""
+    if loader_options.get("trust_remote_code"):
+        raise ValueError(
+            "trust_remote_code is not supported: gemma-mtp only runs transformers' own Gemma 4 code."
+        )
+    loader_options.pop("trust_remote_code", None)
+    loader_options.pop("use_safetensors", None)
+    target_name, assistant_name = resolve_names(target, assistant)
+    hub_options = {
+        k: loader_options[k]
+        for k in ("revision", "token", "cache_dir", "local_files_only")
+        if k in loader_options
+    }
+    target_cfg = _config(target_name, "target", hub_options)
+    assistant_cfg = _config(assistant_name, "assistant", hub_options)
+    _check_pair(target_name, target_cfg, assistant_name, assistant_cfg)
+
+    resolved_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, resolved_device)
+    model_options = {
+        "dtype": torch_dtype,
+        "use_safetensors": True,
+        "trust_remote_code": False,
+        **loader_options,
+    }
+    target_model = AutoModelForCausalLM.from_pretrained(_local_or_id(target_name), **model_options).eval()
+    assistant_model = AutoModelForCausalLM.from_pretrained(
+        _local_or_id(assistant_name), **model_options
+    ).eval()
+    if "device_map" not in loader_options:
+        target_model.to(resolved_device)
+        assistant_model.to(resolved_device)
+    tokenizer = AutoTokenizer.from_pretrained(_local_or_id(target_name), **hub_options)
+    return LoadedPair(target_model, assistant_model, tokenizer, target_name, assistant_name)
+
+
+def _local_or_id(name: str) -> str:
+    path = Path(name).expanduser()
+    return str(path) if path.exists() else name

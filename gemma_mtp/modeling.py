@@ -1,0 +1,154 @@
+"""Lean forward passes of the target and the assistant, as the decoding loop needs them.
+
+Compared with the Hugging Face reference path this asks the target for its last hidden state only
+(not every layer's), computes logits only for the positions that are read, builds the assistant's
+attention masks once per round instead of once per draft step, and replaces the centroid-masked head's
+per-step ``.item()`` (a host-device synchronisation) with a gather over the selected candidates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+__all__ = ["Draft", "Drafter", "TargetOutput", "TargetStep"]
+
+SharedKV = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class TargetOutput:
+    logits: torch.Tensor  # [n, vocab] float32, for the positions asked for
+    hidden: torch.Tensor  # [1, n, hidden] last hidden state (after the final norm) at those positions
+    shared_kv: SharedKV  # per layer type: keys/values of every processed position (sliding: the window + new)
+
+
+class TargetStep:
+    """Runs the target over new tokens with a KV cache and returns what speculation reads."""
+
+    def __init__(self, model: PreTrainedModel):
+        self.model = model
+        self.decoder = model.get_decoder()
+        self.lm_head = model.get_output_embeddings()
+        self.text_config = model.config.get_text_config()
+        self.softcap = self.text_config.final_logit_softcapping
+        self.embed = model.get_input_embeddings()
+        self.device = self.lm_head.weight.device
+        self.has_sliding = "sliding_attention" in set(self.text_config.layer_types)
+
+    def new_cache(self) -> DynamicCache:
+        cache = DynamicCache(config=self.text_config)
+        # Sliding layers must keep the states of a verified draft until we know how much to crop.
+        cache.activate_past_recording()
+        return cache
+
+    @torch.inference_mode()
+    def __call__(
+        self, input_ids: torch.Tensor, cache: DynamicCache, start: int, keep_last: int
+    ) -> TargetOutput:
+        """Process ``input_ids`` ([1, n]) at positions ``start..start+n-1``; logits for the last ``keep_last``."""
+        n = input_ids.shape[1]
+        positions = torch.arange(start, start + n, device=input_ids.device).unsqueeze(0)
+        out = self.decoder(
+            input_ids=input_ids,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+            return_shared_kv_states=True,
+        )
+        hidden = out.last_hidden_state[:, -keep_last:]
+        logits = self.lm_head(hidden)[0].float()
+        if self.softcap is not None:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return TargetOutput(logits=logits, hidden=hidden, shared_kv=dict(out.shared_kv_states))
+
+
+@dataclass
+class Draft:
+    tokens: torch.Tensor  # [k] ids on the model device
+    probs: torch.Tensor | None  # [k, vocab] the distribution each draft was sampled from (sampled drafts)
+
+
+class Drafter:
+    """Drafts tokens with a Gemma 4 MTP assistant from the target's last hidden state and shared KV.
+
+    The assistant has no KV cache of its own: it attends to the target's keys/values at a constant
+    position (that of the last token the target has seen), feeding back its own projected hidden
+    state and its own last token for each further draft step.
+    """
+
+    def __init__(self, assistant: PreTrainedModel, target_embeddings: torch.nn.Module):
+        self.assistant = assistant
+        self.target_embeddings = target_embeddings
+        self.masked = getattr(assistant, "masked_embedding", None)
+        self.device = assistant.pre_projection.weight.device
+        self.vocab_size = assistant.config.get_text_config().vocab_size
+
+    def _head(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Scores [1, m] and, for the centroid-masked head, the vocabulary ids they belong to."""
+        weight = self.assistant.lm_head.weight
+        if self.masked is None:
+            return self.assistant.lm_head(hidden), None
+        centroid_scores = self.masked.centroids(hidden)
+        top = torch.topk(centroid_scores, k=self.masked.centroid_intermediate_top_k, dim=-1).indices
+        per_cluster = self.masked.token_ordering.long().view(self.masked.num_centroids, -1)
+        candidates = per_cluster[top].reshape(1, -1)  # [1, top_k * tokens_per_centroid]
+        scores = hidden @ weight[candidates[0]].T
+        return scores, candidates
+
+    @torch.inference_mode()
+    def draft(
+        self,
+        last_token: torch.Tensor,
+        last_hidden: torch.Tensor,
+        shared_kv: SharedKV,
+        position: int,
+        k: int,
+        *,
+        sample_with: Any = None,
+        generator: torch.Generator | None = None,
+    ) -> Draft:
+        """Draft ``k`` tokens after ``last_token`` ([1, 1]) whose target hidden state is ``last_hidden``.
+
+        ``sample_with`` is a callable turning scores into probabilities (sampled drafts); ``None``
+        drafts by argmax.
+        """
+        kv = {
+            name: (keys.to(self.device), values.to(self.device)) for name, (keys, values) in shared_kv.items()
+        }
+        token = last_token.to(self.device)
+        hidden = last_hidden.to(self.device)
+        position_ids = torch.tensor([[position]], device=self.device)
+        masks = None
+        tokens, probs = [], []
+        for _ in range(k):
+            embeds = torch.cat([self.target_embeddings(token).to(self.device), hidden], dim=-1)
+            embeds = self.assistant.pre_projection(embeds)
+            if masks is None:
+                masks = self.assistant.create_attention_masks(embeds, None, kv)
+            out = self.assistant.model(
+                inputs_embeds=embeds,
+                attention_mask=masks,
+                position_ids=position_ids,
+                shared_kv_states=kv,
+                use_cache=False,
+            )
+            last = out.last_hidden_state
+            hidden = self.assistant.post_projection(last)
+            scores, candidates = self._head(last[:, -1])
+            if sample_with is None:
+                pick = scores.argmax(dim=-1, keepdim=True)
+                token = pick if candidates is None else candidates.gather(1, pick)
+            else:
+                p = sample_with(scores)
+                pick = torch.multinomial(p, 1, generator=generator)
+                token = pick if candidates is None else candidates.gather(1, pick)
+                if candidates is not None:
+                    p = torch.zeros(1, self.vocab_size, device=p.device).scatter_(1, candidates, p)
+                probs.append(p[0])
+            tokens.append(token.view(1))
+        stacked = torch.cat(tokens) if tokens else torch.empty(0, dtype=torch.long, device=self.device)
+        return Draft(tokens=stacked, probs=torch.stack(probs) if probs else None)

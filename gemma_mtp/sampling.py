@@ -1,0 +1,116 @@
+"""Logit warping and the acceptance rules of speculative decoding.
+
+Two acceptance rules, chosen by how the drafts were made:
+
+* **Argmax drafts** (the assistant's most likely token, as Google's reference drafts): the draft
+  distribution is a point mass on ``x``. Speculative sampling with ``q = delta_x`` accepts ``x`` with
+  probability ``p(x)`` and, on rejection, samples from ``p`` with ``x`` removed and renormalised.
+  Feeding argmax drafts into the ``min(1, p/q)`` rule with the assistant's softmax as ``q`` (what the
+  Hugging Face reference does) is biased: it accepts too often whenever ``q(x) < 1``.
+* **Sampled drafts** (``x ~ q``): accept with ``min(1, p(x) / q(x))``; on rejection sample from
+  ``max(p - q, 0)`` renormalised (Leviathan et al., 2023, algorithm 1).
+
+Both produce tokens distributed exactly as the target's warped distribution ``p``. Greedy decoding
+(temperature 0) compares argmaxes and is token-for-token identical to the target alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from gemma_mtp.params import SamplingParams
+
+__all__ = ["Acceptance", "accept_argmax_drafts", "accept_greedy", "accept_sampled_drafts", "warp"]
+
+
+def warp(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Target probabilities after temperature, top-k and top-p, for each row of ``logits`` (float32)."""
+    scores = logits.float() / params.temperature
+    vocab = scores.shape[-1]
+    if 0 < params.top_k < vocab:
+        kth = torch.topk(scores, params.top_k, dim=-1).values[..., -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, dim=-1, descending=False)
+        cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+        # Remove the low tail whose total mass is <= 1 - top_p; the most likely token always stays.
+        remove_sorted = cumulative <= (1 - params.top_p)
+        remove_sorted[..., -1:] = False
+        remove = remove_sorted.scatter(-1, order, remove_sorted)
+        scores = scores.masked_fill(remove, float("-inf"))
+    return scores.softmax(dim=-1)
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    """Outcome of verifying one draft: how many drafts passed, and the tokens to emit."""
+
+    accepted: int
+    tokens: list[int]
+
+
+def accept_greedy(target_logits: torch.Tensor, drafts: torch.Tensor) -> Acceptance:
+    """Keep drafts while they equal the target's argmax; then emit the target's own token.
+
+    ``target_logits`` has ``k + 1`` rows: row ``i`` scores the token after draft ``i`` (row 0 the
+    first draft). ``drafts`` holds ``k`` ids.
+    """
+    choice = target_logits.argmax(dim=-1)
+    k = drafts.shape[0]
+    matches = (choice[:k] == drafts).int()
+    accepted = int(matches.cumprod(dim=0).sum().item()) if k else 0
+    tokens = [*drafts[:accepted].tolist(), int(choice[accepted].item())]
+    return Acceptance(accepted, tokens)
+
+
+def accept_argmax_drafts(
+    target_probs: torch.Tensor, drafts: torch.Tensor, generator: torch.Generator | None
+) -> Acceptance:
+    """Exact speculative sampling for point-mass (argmax) drafts; ``target_probs`` has ``k + 1`` rows."""
+    k = drafts.shape[0]
+    uniforms = torch.rand(k, generator=generator, device=target_probs.device) if k else None
+    draft_probs = target_probs[torch.arange(k, device=drafts.device), drafts] if k else None
+    accepted = k
+    if k:
+        rejected = (uniforms >= draft_probs).nonzero()
+        if rejected.numel():
+            accepted = int(rejected[0].item())
+    if accepted < k:
+        residual = target_probs[accepted].clone()
+        residual[drafts[accepted]] = 0.0
+        total = residual.sum()
+        # p(x) == 1 cannot be rejected (u < 1), so the residual always has mass; guard anyway.
+        residual = residual / total if total > 0 else target_probs[accepted]
+        nxt = torch.multinomial(residual, 1, generator=generator)
+    else:
+        nxt = torch.multinomial(target_probs[k], 1, generator=generator)
+    return Acceptance(accepted, [*drafts[:accepted].tolist(), int(nxt.item())])
+
+
+def accept_sampled_drafts(
+    target_probs: torch.Tensor,
+    draft_probs: torch.Tensor,
+    drafts: torch.Tensor,
+    generator: torch.Generator | None,
+) -> Acceptance:
+    """Exact speculative sampling for drafts sampled from ``draft_probs`` (``k`` rows)."""
+    k = drafts.shape[0]
+    rows = torch.arange(k, device=drafts.device)
+    accepted = k
+    if k:
+        p = target_probs[rows, drafts]
+        q = draft_probs[rows, drafts]
+        uniforms = torch.rand(k, generator=generator, device=target_probs.device)
+        rejected = (uniforms * q > p).nonzero()
+        if rejected.numel():
+            accepted = int(rejected[0].item())
+    if accepted < k:
+        residual = (target_probs[accepted] - draft_probs[accepted]).clamp_min(0.0)
+        total = residual.sum()
+        residual = residual / total if total > 0 else target_probs[accepted]
+        nxt = torch.multinomial(residual, 1, generator=generator)
+    else:
+        nxt = torch.multinomial(target_probs[k], 1, generator=generator)
+    return Acceptance(accepted, [*drafts[:accepted].tolist(), int(nxt.item())])

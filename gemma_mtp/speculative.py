@@ -1,0 +1,139 @@
+"""The speculative decoding round loop: prefill, draft, verify, accept, crop.
+
+State between rounds, for a sequence whose first ``n`` tokens the target has processed:
+
+* the target's KV cache covers positions ``0..n-1``;
+* ``pending`` is the newest token (position ``n``), chosen by the target but not yet processed by it;
+* ``hidden`` is the target's last hidden state at position ``n-1`` (the one that chose ``pending``);
+* ``shared_kv`` holds the target's keys/values per layer type for the accepted prefix only.
+
+Each round the assistant drafts ``k`` tokens after ``pending`` from ``hidden`` and ``shared_kv``; the
+target processes ``[pending, d1..dk]`` in one forward pass, which yields its own choice after each of
+them; the accepted drafts plus one token of the target's are emitted, and the cache is cropped back to
+the accepted prefix. Without an assistant, ``k = 0`` and the same loop is plain decoding.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from gemma_mtp.modeling import Drafter, SharedKV, TargetStep
+from gemma_mtp.params import SamplingParams
+from gemma_mtp.sampling import (
+    Acceptance,
+    accept_argmax_drafts,
+    accept_greedy,
+    accept_sampled_drafts,
+    warp,
+)
+
+__all__ = ["Round", "SpeculativeDecoder"]
+
+
+@dataclass(frozen=True)
+class Round:
+    """Tokens one target forward pass produced, and how the draft fared."""
+
+    tokens: list[int]
+    drafted: int
+    accepted: int
+    draft_length: int
+
+
+def _trim_rejected(shared_kv: SharedKV, rejected: int) -> SharedKV:
+    """Drop the keys/values of rejected drafts (always the newest entries, for every layer type)."""
+    if rejected == 0:
+        return shared_kv
+    return {name: (k[:, :, :-rejected], v[:, :, :-rejected]) for name, (k, v) in shared_kv.items()}
+
+
+class SpeculativeDecoder:
+    """Runs rounds for one request at a time; many decoders may share one pair of models.
+
+    ``lock`` guards each forward pass, so concurrent requests interleave round by round on the same
+    weights (each request owns its cache) and an abandoned stream holds nothing.
+    """
+
+    def __init__(self, target: TargetStep, drafter: Drafter | None, lock: threading.RLock):
+        self.target = target
+        self.drafter = drafter
+        self.lock = lock
+
+    def run(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        draft_length: int,
+        budget: int,
+        generator: torch.Generator | None,
+        count_forward: Callable[[str], None],
+    ) -> Iterator[Round]:
+        """Yield one :class:`Round` per target forward until ``budget`` tokens were produced.
+
+        The caller stops iterating at EOS or a stop sequence; closing the generator ends the request.
+        ``count_forward`` is told ``"target"`` or ``"assistant"`` for every forward pass made.
+        """
+        device = self.target.device
+        cache = self.target.new_cache()
+        with self.lock:
+            out = self.target(torch.tensor([prompt_ids], device=device), cache, start=0, keep_last=1)
+        count_forward("target")
+        first = self._choose(
+            out.logits, torch.empty(0, dtype=torch.long, device=device), None, params, generator
+        )
+        produced = 1
+        yield Round(tokens=first.tokens, drafted=0, accepted=0, draft_length=0)
+
+        seen = len(prompt_ids)  # positions the target has processed
+        pending = first.tokens[0]
+        hidden, shared_kv = out.hidden[:, -1:], out.shared_kv
+        k_now = draft_length
+        while produced < budget:
+            k = min(k_now, budget - produced - 1) if self.drafter is not None else 0
+            pending_t = torch.tensor([[pending]], device=device)
+            draft_probs = None
+            with self.lock:
+                if k > 0:
+                    assert self.drafter is not None
+                    sample_with = (lambda s: warp(s, params)) if params.sample_drafts else None
+                    draft = self.drafter.draft(
+                        pending_t, hidden, shared_kv, seen, k, sample_with=sample_with, generator=generator
+                    )
+                    drafts, draft_probs = draft.tokens.to(device), draft.probs
+                    for _ in range(k):
+                        count_forward("assistant")
+                else:
+                    drafts = torch.empty(0, dtype=torch.long, device=device)
+                verify_ids = torch.cat([pending_t[0], drafts]).unsqueeze(0)
+                out = self.target(verify_ids, cache, start=seen, keep_last=k + 1)
+                count_forward("target")
+                result = self._choose(out.logits, drafts, draft_probs, params, generator)
+                rejected = k - result.accepted
+                cache.crop(-rejected)
+            shared_kv = _trim_rejected(out.shared_kv, rejected)
+            hidden = out.hidden[:, result.accepted : result.accepted + 1]
+            seen += result.accepted + 1
+            pending = result.tokens[-1]
+            produced += len(result.tokens)
+            yield Round(tokens=result.tokens, drafted=k, accepted=result.accepted, draft_length=k)
+            if params.adaptive_draft and k > 0:
+                k_now = min(k_now + 2, params.max_assistant_tokens) if rejected == 0 else max(1, k_now - 1)
+
+    @staticmethod
+    def _choose(
+        logits: torch.Tensor,
+        drafts: torch.Tensor,
+        draft_probs: torch.Tensor | None,
+        params: SamplingParams,
+        generator: torch.Generator | None,
+    ) -> Acceptance:
+        if params.greedy:
+            return accept_greedy(logits, drafts)
+        probs = warp(logits, params)
+        if draft_probs is not None:
+            return accept_sampled_drafts(probs, draft_probs.to(probs.device), drafts, generator)
+        return accept_argmax_drafts(probs, drafts, generator)

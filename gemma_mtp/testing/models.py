@@ -1,0 +1,260 @@
+"""Tiny Gemma 4 target + MTP assistant pairs with real transformers classes, built offline in seconds.
+
+Each variant reproduces, at toy size, the features of one family of real checkpoints
+(``shared/gemma4-checkpoints.md``): sliding windows shorter than the test prompts, soft-capped logits,
+per-layer input embeddings with KV-shared layers and a double-wide MLP (E2B/E4B), a centroid-masked
+assistant head (E2B/E4B), keys shared with values plus separate global KV heads and mixture-of-experts
+blocks (26B-A4B), and the unified classes (12B).
+
+Random weights make an assistant that almost never agrees with its target, which leaves the accept
+path of speculative decoding untested. ``agreeing=True`` therefore builds a pair with a known
+structure instead: the target's residual stream is dominated by the current token's embedding and its
+untied output head maps each token to a fixed successor (a random permutation of the vocabulary), while
+attention and MLP add small context-dependent perturbations. The assistant implements the same
+successor map exactly, so it agrees with the target most of the time, disagrees sometimes, and both
+full and partial acceptance happen. EOS and end-of-turn ids sit inside the permutation, so generations
+also end mid-draft.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    GenerationConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
+from transformers.models.gemma4 import Gemma4ForCausalLM, Gemma4TextConfig
+from transformers.models.gemma4_assistant import Gemma4AssistantConfig, Gemma4AssistantForCausalLM
+from transformers.models.gemma4_unified import Gemma4UnifiedForCausalLM, Gemma4UnifiedTextConfig
+from transformers.models.gemma4_unified_assistant import (
+    Gemma4UnifiedAssistantConfig,
+    Gemma4UnifiedAssistantForCausalLM,
+)
+
+from gemma_mtp.testing.tokenizer import KIT_VOCAB_SIZE, build_tokenizer
+
+__all__ = ["VARIANTS", "TinyPair", "build_tiny_pair"]
+
+VARIANTS = ("dense", "e2b", "moe", "unified")
+"""``dense``: 31B-like; ``e2b``: E2B/E4B-like (PLE, KV-shared layers, double-wide MLP, centroid head);
+``moe``: 26B-A4B-like (k = v, global KV heads, experts); ``unified``: the 12B classes."""
+
+SLIDING_WINDOW = 16
+# Scale of the sandwich norms in agreeing pairs, tuned so that greedy acceptance is about 0.6-0.8.
+_PERTURBATION = {"dense": 5.0, "moe": 5.0, "unified": 5.0, "e2b": 2.8}
+END_OF_GENERATION = ("<eos>", "<turn|>", "<|tool_response>")
+
+
+@dataclass(frozen=True)
+class TinyPair:
+    """Where a built pair lies on disk."""
+
+    target_dir: Path
+    assistant_dir: Path
+    variant: str
+    agreeing: bool
+
+
+def _target_config(variant: str, eos_ids: list[int]) -> Gemma4TextConfig | Gemma4UnifiedTextConfig:
+    common: dict[str, Any] = dict(
+        vocab_size=KIT_VOCAB_SIZE,
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        global_head_dim=32,
+        sliding_window=SLIDING_WINDOW,
+        final_logit_softcapping=30.0,
+        max_position_embeddings=2048,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=eos_ids,
+    )
+    if variant == "unified":
+        return Gemma4UnifiedTextConfig(
+            num_hidden_layers=4,
+            layer_types=["sliding_attention"] * 3 + ["full_attention"],
+            attention_k_eq_v=True,
+            num_global_key_value_heads=1,
+            **common,
+        )
+    if variant == "dense":
+        return Gemma4TextConfig(
+            num_hidden_layers=4,
+            layer_types=["sliding_attention"] * 3 + ["full_attention"],
+            hidden_size_per_layer_input=0,
+            vocab_size_per_layer_input=0,
+            attention_k_eq_v=True,
+            num_global_key_value_heads=1,
+            **common,
+        )
+    if variant == "e2b":
+        return Gemma4TextConfig(
+            num_hidden_layers=6,
+            layer_types=["sliding_attention", "full_attention"] * 3,
+            hidden_size_per_layer_input=8,
+            vocab_size_per_layer_input=KIT_VOCAB_SIZE,
+            num_kv_shared_layers=2,
+            use_double_wide_mlp=True,
+            **common,
+        )
+    if variant == "moe":
+        return Gemma4TextConfig(
+            num_hidden_layers=4,
+            layer_types=["sliding_attention"] * 3 + ["full_attention"],
+            hidden_size_per_layer_input=0,
+            vocab_size_per_layer_input=0,
+            attention_k_eq_v=True,
+            num_global_key_value_heads=1,
+            enable_moe_block=True,
+            num_experts=4,
+            top_k_experts=2,
+            moe_intermediate_size=32,
+            **common,
+        )
+    raise ValueError(f"unknown kit variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+
+
+def _assistant_config(
+    variant: str, target_config: Any, agreeing: bool
+) -> Gemma4AssistantConfig | Gemma4UnifiedAssistantConfig:
+    hidden = target_config.hidden_size if agreeing else 32
+    text: dict[str, Any] = dict(
+        vocab_size=KIT_VOCAB_SIZE,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        layer_types=["sliding_attention", "full_attention"],
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        global_head_dim=32,
+        sliding_window=SLIDING_WINDOW,
+        max_position_embeddings=2048,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=target_config.eos_token_id,
+        num_kv_shared_layers=2,
+    )
+    if variant == "unified":
+        text_config = Gemma4UnifiedTextConfig(
+            attention_k_eq_v=True, num_global_key_value_heads=1, use_bidirectional_attention=None, **text
+        )
+        return Gemma4UnifiedAssistantConfig(
+            text_config=text_config.to_dict(), backbone_hidden_size=target_config.hidden_size
+        )
+    k_eq_v = (
+        {"attention_k_eq_v": True, "num_global_key_value_heads": 1} if variant in ("dense", "moe") else {}
+    )
+    text_config = Gemma4TextConfig(
+        hidden_size_per_layer_input=0, vocab_size_per_layer_input=0, **k_eq_v, **text
+    )
+    centroid = {"use_ordered_embeddings": True, "num_centroids": 32, "centroid_intermediate_top_k": 8}
+    return Gemma4AssistantConfig(
+        text_config=text_config.to_dict(),
+        backbone_hidden_size=target_config.hidden_size,
+        **(centroid if variant == "e2b" else {}),
+    )
+
+
+@torch.no_grad()
+def _make_agreeing(target: PreTrainedModel, assistant: PreTrainedModel, variant: str, seed: int) -> None:
+    """Give the pair the successor-map structure described in the module docstring."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    vocab = target.config.vocab_size
+    successor = torch.randperm(vocab, generator=gen)
+    embed = target.get_input_embeddings().weight
+    embed.copy_(torch.randn(embed.shape, generator=gen))
+    # Output row for token v is the embedding of its predecessor, so argmax(next | t) = successor[t].
+    predecessor = torch.empty_like(successor)
+    predecessor[successor] = torch.arange(vocab)
+    head = embed[predecessor].clone()
+    target.lm_head.weight = torch.nn.Parameter(head)
+    # Gemma's sandwich norms fix the size of each block's residual update: their scale sets how often
+    # the context overturns the successor map, i.e. how often drafts get rejected.
+    for name, param in target.model.named_parameters():
+        if any(
+            key in name
+            for key in ("post_attention_layernorm", "post_feedforward_layernorm", "post_per_layer")
+        ):
+            param.fill_(_PERTURBATION[variant])
+
+    # Assistant: copy the target embedding half through unchanged; its own head is the same successor map.
+    assistant.pre_projection.weight.zero_()
+    hidden = assistant.config.get_text_config().hidden_size
+    assistant.pre_projection.weight[:, :hidden] = torch.eye(hidden) / target.config.hidden_size**0.5
+    assistant.get_input_embeddings().weight.copy_(head)
+    assistant.lm_head.weight = assistant.get_input_embeddings().weight
+    for name, param in assistant.model.named_parameters():
+        if "o_proj" in name or "down_proj" in name:
+            param.zero_()
+    masked = getattr(assistant, "masked_embedding", None)
+    if masked is not None:
+        # Ordering the vocabulary so that each token's cluster is found: centroid c scores the tokens it holds.
+        order = torch.randperm(vocab, generator=gen)
+        masked.token_ordering.copy_(order)
+        per = vocab // masked.num_centroids
+        members = order.view(masked.num_centroids, per)
+        masked.centroids.weight.copy_(head[members].mean(dim=1) * per**0.5)
+
+
+def _untie(config: Any) -> None:
+    config.tie_word_embeddings = False
+    text = config.get_text_config()
+    text.tie_word_embeddings = False
+
+
+def _save(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, path: Path, gen: GenerationConfig
+) -> None:
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    gen.save_pretrained(path)
+
+
+def build_tiny_pair(
+    dest: str | Path,
+    variant: str = "dense",
+    *,
+    agreeing: bool = False,
+    seed: int = 0,
+    num_assistant_tokens: int | None = 3,
+) -> TinyPair:
+    """Build a tiny target + assistant pair into ``dest`` (two subfolders) and return where they lie.
+
+    ``num_assistant_tokens=None`` leaves it out of the assistant's generation config, as some real
+    assistants do, so that the per-family default is exercised.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown kit variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    dest = Path(dest)
+    tokenizer = build_tokenizer()
+    eos_ids = [tokenizer.convert_tokens_to_ids(t) for t in END_OF_GENERATION]
+    torch.manual_seed(seed)
+    target_config = _target_config(variant, eos_ids)
+    assistant_config = _assistant_config(variant, target_config, agreeing)
+    if agreeing:
+        _untie(target_config)
+    target_cls = Gemma4UnifiedForCausalLM if variant == "unified" else Gemma4ForCausalLM
+    assistant_cls = Gemma4UnifiedAssistantForCausalLM if variant == "unified" else Gemma4AssistantForCausalLM
+    target = target_cls(target_config).eval()
+    assistant = assistant_cls(assistant_config).eval()
+    if agreeing:
+        _make_agreeing(target, assistant, variant, seed)
+
+    target_gen = GenerationConfig(eos_token_id=eos_ids, bos_token_id=2, pad_token_id=0, do_sample=False)
+    assistant_gen = GenerationConfig(eos_token_id=eos_ids, bos_token_id=2, pad_token_id=0, do_sample=False)
+    if num_assistant_tokens is not None:
+        assistant_gen.num_assistant_tokens = num_assistant_tokens
+    target_dir, assistant_dir = dest / "target", dest / "assistant"
+    _save(target, tokenizer, target_dir, target_gen)
+    _save(assistant, tokenizer, assistant_dir, assistant_gen)
+    (dest / "kit.json").write_text(json.dumps({"variant": variant, "agreeing": agreeing, "seed": seed}))
+    return TinyPair(target_dir, assistant_dir, variant, agreeing)
