@@ -23,12 +23,7 @@ _REQUIRED = frozenset({"any", "required"})
 
 def format_tools(tools: Sequence[ToolLike], *, strict: bool | None = None) -> list[dict[str, Any]]:
     """OpenAI-format tool dicts, the form the chat template declares to the model."""
-    formatted = [convert_to_openai_tool(tool, strict=strict) for tool in tools]
-    names = [tool["function"]["name"] for tool in formatted]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise ValueError(f"Two bound tools share the name(s) {duplicates}; tool names must be unique.")
-    return formatted
+    return [convert_to_openai_tool(tool, strict=strict) for tool in tools]
 
 
 def normalize_tool_choice(tool_choice: Any, tools: Sequence[dict[str, Any]]) -> str | None:

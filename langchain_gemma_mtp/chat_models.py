@@ -8,7 +8,6 @@ LangChain messages and chunks.
 
 from __future__ import annotations
 
-import threading
 from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
@@ -168,7 +167,6 @@ class ChatGemmaMTP(BaseChatModel):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
     _loaded: Runtime | None = PrivateAttr(default=None)
-    _load_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     @model_validator(mode="after")
     def _check_fields(self) -> Self:
@@ -226,18 +224,18 @@ class ChatGemmaMTP(BaseChatModel):
 
     def _runtime_for(self, model: str | None) -> Runtime:
         """The runtime serving this call: a per-call ``model`` override, the given one, or the lazy load."""
-        if model is not None and model != self.model:
+        if model is not None and model != self.model_name:
             return Runtime.load(model, device=self.device, dtype=self.dtype)
         if self.runtime is not None:
             return self.runtime
-        with self._load_lock:
-            if self._loaded is None:
-                self._loaded = Runtime.load(self.model, self.assistant, device=self.device, dtype=self.dtype)
-            return self._loaded
+        if self._loaded is None:
+            # Runtime.load is thread-safe and cached: racing first calls get the same runtime back.
+            self._loaded = Runtime.load(self.model_name, self.assistant, device=self.device, dtype=self.dtype)
+        return self._loaded
 
     def _runtime_is_ready(self, model: str | None) -> bool:
         """Whether ``_runtime_for(model)`` returns without loading weights (safe on an event loop)."""
-        if model is not None and model != self.model:
+        if model is not None and model != self.model_name:
             return False
         return self.runtime is not None or self._loaded is not None
 

@@ -42,11 +42,6 @@ def test_every_tool_kind_becomes_an_openai_function() -> None:
     assert formatted[1]["function"]["parameters"]["properties"]["name"]["description"] == "full name"
 
 
-def test_duplicate_tool_names_are_rejected() -> None:
-    with pytest.raises(ValueError, match="get_weather"):
-        format_tools([get_weather, get_weather])
-
-
 @pytest.mark.parametrize(
     ("choice", "expected"),
     [
