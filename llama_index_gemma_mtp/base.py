@@ -193,8 +193,6 @@ class GemmaMTP(FunctionCallingLLM):
         sampling = {k: v for k, v in kwargs.items() if k in _SAMPLING_OPTIONS}
         if "tools" in options:
             options["tools"] = to_openai_tools(options["tools"])
-        if "tool_choice" in options:
-            options["tool_choice"] = _tool_choice_name(options["tool_choice"])
         template_kwargs = {**self.chat_template_kwargs, **(options.get("chat_template_kwargs") or {})}
         options["chat_template_kwargs"] = template_kwargs or None
         return _Request(
@@ -363,20 +361,6 @@ class GemmaMTP(FunctionCallingLLM):
                 f"Response text: {response.message.content!r}"
             )
         return selections
-
-
-def _tool_choice_name(choice: Any) -> str | None:
-    """``tool_choice`` as the runtime takes it: a mode or a tool name; OpenAI's dict form is unwrapped."""
-    if choice is None or isinstance(choice, str):
-        return choice
-    if isinstance(choice, dict):
-        name = (choice.get("function") or {}).get("name") or choice.get("name")
-        if isinstance(name, str) and name:
-            return name
-    raise TypeError(
-        "tool_choice must be 'auto', 'none', 'required', a tool name, or "
-        f"{{'type': 'function', 'function': {{'name': ...}}}}; got {choice!r}."
-    )
 
 
 def _checked_prompt(prompt: Any) -> str:
