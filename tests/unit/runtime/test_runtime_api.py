@@ -1,0 +1,188 @@
+"""The request API: streaming, async, cancellation, concurrency, statistics and listeners."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from gemma_mtp import RoundStats, Runtime, SamplingParams
+from gemma_mtp.testing import tiny_pair, tiny_runtime
+
+PROMPT = "The quick brown fox jumps over the lazy dog, then asks what the weather in Paris is today."
+PARAMS = SamplingParams(max_new_tokens=40, ignore_eos=True)
+
+
+def test_load_returns_the_same_runtime_for_the_same_arguments(agreeing: Runtime) -> None:
+    pair = tiny_pair("dense", agreeing=True)
+    again = Runtime.load(str(pair.target_dir), str(pair.assistant_dir), device="cpu", dtype="float32")
+    assert again is agreeing
+    assert again.target is agreeing.target
+
+
+def test_assistant_defaults_to_googles_naming(tmp_path) -> None:
+    pair = tiny_pair("dense", agreeing=True)
+    target = tmp_path / "my-model"
+    target.symlink_to(pair.target_dir)
+    (tmp_path / "my-model-assistant").symlink_to(pair.assistant_dir)
+    rt = Runtime.load(str(target), device="cpu")
+    assert rt.assistant_name == f"{target}-assistant"
+    assert rt.generate(PROMPT, PARAMS).token_ids
+
+
+def test_exposes_models_and_tokenizer(agreeing: Runtime) -> None:
+    assert type(agreeing.target).__name__ == "Gemma4ForCausalLM"
+    assert type(agreeing.assistant).__name__ == "Gemma4AssistantForCausalLM"
+    assert agreeing.tokenizer.decode(agreeing.tokenizer("hi")["input_ids"]) == "hi"
+    assert agreeing.context_window == agreeing.target.config.max_position_embeddings
+
+
+def test_draft_length_defaults(agreeing: Runtime) -> None:
+    assert agreeing.default_draft_length == 3  # the kit assistant's generation_config.num_assistant_tokens
+    unset = tiny_runtime("agreeing", "dense", num_assistant_tokens=None)
+    assert unset.default_draft_length == 4  # per-family default, never transformers' fallback of 20
+    result = unset.generate(PROMPT, PARAMS)
+    assert len(result.stats.drafted_at_position) == 4
+
+
+def test_stream_concatenates_to_generate(agreeing: Runtime) -> None:
+    whole = agreeing.generate(PROMPT, PARAMS)
+    deltas = list(agreeing.stream(PROMPT, PARAMS))
+    assert "".join(d.text for d in deltas) == whole.text
+    assert [t for d in deltas for t in d.token_ids] == whole.token_ids
+    assert deltas[-1].finish_reason == "length"
+    assert all(d.finish_reason is None for d in deltas[:-1])
+    assert len(deltas) > 1  # real streaming: one delta per verify round
+
+
+def test_streamed_text_equals_decoding_all_tokens_at_once(agreeing: Runtime) -> None:
+    deltas = list(agreeing.stream(PROMPT, SamplingParams(max_new_tokens=80, ignore_eos=True)))
+    ids = [t for d in deltas for t in d.token_ids]
+    assert "".join(d.text for d in deltas) == agreeing.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def test_statistics_are_consistent(agreeing: Runtime) -> None:
+    rounds: list[RoundStats] = []
+    result = agreeing.generate(PROMPT, PARAMS, on_round=rounds.append)
+    s = result.stats
+    assert s.accepted_tokens <= s.drafted_tokens
+    assert s.generated_tokens == len(result.token_ids) == s.accepted_tokens + s.target_tokens
+    assert s.acceptance_rate > 0.5
+    assert s.rounds == len(rounds) == s.target_forward_passes
+    assert s.mean_accepted_per_round == pytest.approx(s.accepted_tokens / s.rounds)
+    assert s.tokens_per_second > 0 and s.time_to_first_token_s is not None
+    assert s.time_to_first_token_s <= s.elapsed_s
+    assert sum(r.emitted for r in rounds) == len(result.token_ids)
+    assert sum(r.drafted for r in rounds) == s.drafted_tokens
+    assert all(r.accepted <= r.drafted and r.emitted <= r.accepted + 1 for r in rounds)
+    assert s.as_dict()["acceptance_rate"] == s.acceptance_rate
+    assert len(s.acceptance_by_position) == 3
+
+
+def test_listeners_receive_every_round(agreeing: Runtime) -> None:
+    seen: list[RoundStats] = []
+    agreeing.add_listener(seen.append)
+    try:
+        result = agreeing.generate(PROMPT, PARAMS)
+    finally:
+        agreeing.remove_listener(seen.append)
+    assert {r.request_id for r in seen} == {result.stats.request_id}
+    assert len(seen) == result.stats.rounds
+    agreeing.generate(PROMPT, PARAMS)
+    assert len(seen) == result.stats.rounds
+
+
+def test_breaking_out_of_a_stream_cancels_and_leaves_runtime_ready(agreeing: Runtime) -> None:
+    stream = agreeing.stream(PROMPT, SamplingParams(max_new_tokens=400, ignore_eos=True))
+    next(stream)
+    stream.close()
+    assert agreeing.generate(PROMPT, PARAMS).token_ids == agreeing.generate(PROMPT, PARAMS).token_ids
+
+
+def test_cancel_event_stops_between_rounds(agreeing: Runtime) -> None:
+    cancel = threading.Event()
+    deltas = []
+    for delta in agreeing.stream(PROMPT, SamplingParams(max_new_tokens=400, ignore_eos=True), cancel=cancel):
+        deltas.append(delta)
+        cancel.set()
+    assert deltas[-1].finish_reason == "cancelled"
+    assert len(deltas) == 2
+
+
+def test_concurrent_callers_get_their_own_correct_results(agreeing: Runtime) -> None:
+    prompts = ["Hello", PROMPT, "What is the weather in Paris?", "Numbers: 1 2 3"]
+    expected = {p: agreeing.generate(p, PARAMS).token_ids for p in prompts}
+    results: dict[str, list[int]] = {}
+    errors: list[BaseException] = []
+
+    def work(p: str) -> None:
+        try:
+            results[p] = agreeing.generate(p, PARAMS).token_ids
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(p,)) for p in prompts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert results == expected
+
+
+async def test_astream_does_not_block_the_event_loop(agreeing: Runtime) -> None:
+    ticks = 0
+    stop = asyncio.Event()
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not stop.is_set():
+            ticks += 1
+            await asyncio.sleep(0.001)
+
+    task = asyncio.create_task(ticker())
+    started = time.perf_counter()
+    deltas = [d async for d in agreeing.astream(PROMPT, SamplingParams(max_new_tokens=120, ignore_eos=True))]
+    elapsed = time.perf_counter() - started
+    stop.set()
+    await task
+    assert deltas[-1].finish_reason == "length"
+    # A blocked loop would tick about once; a free one ticks throughout generation.
+    assert ticks > max(5, elapsed / 0.001 * 0.1)
+
+
+async def test_async_results_equal_sync(agreeing: Runtime) -> None:
+    sync = agreeing.generate(PROMPT, PARAMS)
+    result = await agreeing.agenerate(PROMPT, PARAMS)
+    assert result.token_ids == sync.token_ids
+    texts = [d.text async for d in agreeing.astream(PROMPT, PARAMS)]
+    assert "".join(texts) == sync.text
+
+
+async def test_leaving_an_async_stream_early_cancels(agreeing: Runtime) -> None:
+    stream = agreeing.astream(PROMPT, SamplingParams(max_new_tokens=2000, ignore_eos=True))
+    async for _ in stream:
+        break
+    await stream.aclose()
+    result = await agreeing.agenerate(PROMPT, PARAMS)
+    assert result.finish_reason == "length"
+
+
+async def test_errors_during_async_generation_reach_the_caller(agreeing: Runtime) -> None:
+    def boom(_: RoundStats) -> None:
+        raise RuntimeError("listener failed")
+
+    with pytest.raises(RuntimeError, match="listener failed"):
+        await agreeing.agenerate(PROMPT, PARAMS, on_round=boom)
+    assert (await agreeing.agenerate(PROMPT, PARAMS)).token_ids
+
+
+def test_prompt_forms(agreeing: Runtime) -> None:
+    ids = agreeing.encode(PROMPT)
+    assert agreeing.generate(ids, PARAMS).token_ids == agreeing.generate(PROMPT, PARAMS).token_ids
+    messages = [{"role": "user", "content": "Hi"}]
+    chat_ids = agreeing.encode(messages)
+    assert agreeing.generate(messages, PARAMS).token_ids == agreeing.generate(chat_ids, PARAMS).token_ids
+    assert agreeing.tokenizer.decode(chat_ids).endswith("<|turn>model\n")

@@ -1,0 +1,157 @@
+"""Sampling is exact: emitted tokens follow the target's warped distribution.
+
+Two levels. The acceptance rules alone, on small synthetic distributions, against the Hugging Face
+reference rule fed with argmax drafts (which over-accepts). Then the whole loop on the agreeing kit
+pair: the joint distribution of the first two generated tokens is compared with the exact one,
+computed from the target's own probabilities; a deliberately biased acceptance rule fails the same
+bound, which shows that the bound can fail.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import pytest
+import torch
+from transformers.generation.utils import _speculative_sampling
+
+import gemma_mtp.speculative as speculative_module
+from gemma_mtp import SamplingParams
+from gemma_mtp.sampling import Acceptance, accept_argmax_drafts, accept_sampled_drafts, warp
+from gemma_mtp.testing import tiny_runtime
+
+P = torch.tensor([[0.35, 0.25, 0.20, 0.10, 0.06, 0.04], [0.1, 0.5, 0.1, 0.1, 0.1, 0.1]])
+Q_LOGITS = torch.log(torch.tensor([[0.5, 0.1, 0.1, 0.1, 0.1, 0.1]]))  # assistant: argmax is token 0
+TRIALS = 6000
+# Total variation of an exact sampler over 6 cells with 6000 draws stays far below this.
+SYNTHETIC_TV_BOUND = 0.04
+
+
+def total_variation(counts: Counter, probs: dict, n: int) -> float:
+    keys = set(counts) | set(probs)
+    return 0.5 * sum(abs(counts.get(k, 0) / n - probs.get(k, 0.0)) for k in keys)
+
+
+def first_token_counts(rule) -> Counter:
+    counts: Counter = Counter()
+    for _ in range(TRIALS):
+        counts[rule()] += 1
+    return counts
+
+
+def test_argmax_draft_rule_is_exact() -> None:
+    gen = torch.Generator().manual_seed(0)
+    drafts = Q_LOGITS.argmax(dim=-1)
+    counts = first_token_counts(lambda: accept_argmax_drafts(P, drafts, gen).tokens[0])
+    tv = total_variation(counts, dict(enumerate(P[0].tolist())), TRIALS)
+    assert tv < SYNTHETIC_TV_BOUND, tv
+
+
+def test_sampled_draft_rule_is_exact() -> None:
+    gen = torch.Generator().manual_seed(1)
+    q = Q_LOGITS.softmax(dim=-1)
+
+    def one() -> int:
+        draft = torch.multinomial(q[0], 1, generator=gen)
+        return accept_sampled_drafts(P, q, draft, gen).tokens[0]
+
+    tv = total_variation(first_token_counts(one), dict(enumerate(P[0].tolist())), TRIALS)
+    assert tv < SYNTHETIC_TV_BOUND, tv
+
+
+def test_hugging_face_rule_with_argmax_drafts_is_biased() -> None:
+    """The reference's p/q rule, given argmax drafts, over-accepts them: the bound catches it."""
+    torch.manual_seed(2)
+    drafts = Q_LOGITS.argmax(dim=-1)
+    candidate_ids = torch.cat([torch.tensor([[7]]), drafts[None]], dim=1)
+
+    def one() -> int:
+        tokens, _ = _speculative_sampling(candidate_ids, Q_LOGITS[None], 1, torch.log(P)[None])
+        return int(tokens[0, 0])
+
+    tv = total_variation(first_token_counts(one), dict(enumerate(P[0].tolist())), TRIALS)
+    assert tv > 3 * SYNTHETIC_TV_BOUND, tv
+
+
+# -- the whole loop -------------------------------------------------------------------------------
+
+PROMPT = "Hello there"
+PARAMS = dict(temperature=4.0, top_k=4, max_new_tokens=3, num_assistant_tokens=1, ignore_eos=True)
+SAMPLES = 1500
+# 16 cells, 1500 draws: an exact sampler's expected TV is about 0.04; 0.085 leaves room for chance.
+LOOP_TV_BOUND = 0.085
+
+
+def exact_joint(rt, params: SamplingParams) -> dict[tuple[int, int], float]:
+    ids = rt.encode(PROMPT)
+    with torch.no_grad():
+        first = warp(rt.target(torch.tensor([ids])).logits[0, -1:], params)[0]
+        joint = {}
+        for t1 in first.nonzero().flatten().tolist():
+            second = warp(rt.target(torch.tensor([[*ids, t1]])).logits[0, -1:], params)[0]
+            for t2 in second.nonzero().flatten().tolist():
+                joint[(t1, t2)] = first[t1].item() * second[t2].item()
+    return joint
+
+
+def sampled_joint(rt, params: SamplingParams) -> Counter:
+    counts: Counter = Counter()
+    ids = rt.encode(PROMPT)
+    for seed in range(SAMPLES):
+        result = rt.generate(ids, params.with_overrides(seed=seed))
+        counts[tuple(result.token_ids[:2])] += 1
+    return counts
+
+
+@pytest.mark.slow
+def test_loop_samples_the_targets_distribution() -> None:
+    rt = tiny_runtime("agreeing", "dense")
+    params = SamplingParams(**PARAMS)
+    exact = exact_joint(rt, params)
+    counts = sampled_joint(rt, params)
+    tv = total_variation(counts, exact, SAMPLES)
+    assert tv < LOOP_TV_BOUND, tv
+
+
+@pytest.mark.slow
+def test_loop_with_sampled_drafts_samples_the_targets_distribution() -> None:
+    rt = tiny_runtime("agreeing", "dense")
+    params = SamplingParams(**PARAMS, sample_drafts=True)
+    tv = total_variation(sampled_joint(rt, params), exact_joint(rt, params), SAMPLES)
+    assert tv < LOOP_TV_BOUND, tv
+
+
+@pytest.mark.slow
+def test_bound_fails_for_a_biased_acceptance_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Accepting a draft with probability sqrt(p) instead of p over-accepts; the same bound catches it."""
+
+    def biased(target_probs: torch.Tensor, drafts: torch.Tensor, generator) -> Acceptance:
+        k = drafts.shape[0]
+        for i in range(k):
+            if torch.rand(1, generator=generator).item() >= math.sqrt(target_probs[i, drafts[i]].item()):
+                nxt = torch.multinomial(target_probs[i], 1, generator=generator)
+                return Acceptance(i, [*drafts[:i].tolist(), int(nxt)])
+        nxt = torch.multinomial(target_probs[k], 1, generator=generator)
+        return Acceptance(k, [*drafts.tolist(), int(nxt)])
+
+    monkeypatch.setattr(speculative_module, "accept_argmax_drafts", biased)
+    rt = tiny_runtime("agreeing", "dense")
+    params = SamplingParams(**PARAMS)
+    tv = total_variation(sampled_joint(rt, params), exact_joint(rt, params), SAMPLES)
+    assert tv > LOOP_TV_BOUND, tv
+
+
+def test_same_seed_same_sample() -> None:
+    rt = tiny_runtime("agreeing", "dense")
+    params = SamplingParams(temperature=1.5, top_p=0.9, max_new_tokens=30, seed=123, ignore_eos=True)
+    assert rt.generate(PROMPT, params).token_ids == rt.generate(PROMPT, params).token_ids
+
+
+def test_top_k_and_top_p_restrict_support() -> None:
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]])
+    assert (warp(logits, SamplingParams(temperature=1.0, top_k=2))[0, 2:] == 0).all()
+    probs = warp(logits, SamplingParams(temperature=1.0, top_p=0.5))[0]
+    assert probs[0] == 1.0
+    kept = warp(logits, SamplingParams(temperature=1.0, top_p=0.9))[0]
+    assert (kept[:3] > 0).all() and kept[4] == 0
