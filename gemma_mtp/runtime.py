@@ -12,6 +12,7 @@ import asyncio
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -30,6 +31,7 @@ __all__ = ["Prompt", "Runtime"]
 
 Prompt = str | Sequence[int] | Sequence[dict[str, Any]]
 _T = TypeVar("_T")
+_PROMPT_TAIL_TOKENS = 64
 
 
 class Runtime:
@@ -347,7 +349,7 @@ class Runtime:
         tools: Sequence[dict[str, Any]] | None,
         tool_choice: str | None,
         chat_template_kwargs: dict[str, Any] | None,
-    ) -> tuple[list[int], SamplingParams, str]:
+    ) -> tuple[list[int], SamplingParams, _ChatPrefix]:
         """Render and validate eagerly, so bad input raises in the caller before any decoding starts."""
         if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
             raise TypeError(f"messages must be a list of role/content dicts, got {type(messages).__name__}")
@@ -356,9 +358,12 @@ class Runtime:
         prompt_ids = self.encode(
             list(messages), tools=shown_tools, chat_template_kwargs=chat_template_kwargs, prefill=prefill
         )
-        # The parser needs Gemma 4's markers (thinking channel, tool calls) in the text.
+        # The parser needs Gemma 4's markers (thinking channel, tool calls) in the text, and the end of the
+        # prompt: some templates open the thinking channel in the generation prompt, and the prefill opens
+        # a tool call. The parser reads only what follows the prompt's last model-turn anchor.
         chat_params = (params or SamplingParams()).with_overrides(skip_special_tokens=False)
-        return prompt_ids, chat_params, prefill
+        prompt_tail = self.tokenizer.decode(prompt_ids[-_PROMPT_TAIL_TOKENS:], skip_special_tokens=False)
+        return prompt_ids, chat_params, _ChatPrefix(prompt_tail, prefill)
 
     def stream_chat(
         self,
@@ -455,11 +460,19 @@ class Runtime:
         return _collect_chat([d async for d in deltas])
 
 
-def _parse_stream(deltas: Iterator[StreamDelta], prefill: str, prompt_tokens: int) -> Iterator[ChatDelta]:
+@dataclass(frozen=True)
+class _ChatPrefix:
+    prompt_tail: str  # the end of the rendered prompt, prefill included, as text with special tokens
+    prefill: str  # text forced into the answer (a tool-call opener); part of the raw answer
+
+
+def _parse_stream(
+    deltas: Iterator[StreamDelta], prefix: _ChatPrefix, prompt_tokens: int
+) -> Iterator[ChatDelta]:
     """Turn raw text deltas into content, thinking and tool-call deltas."""
-    parser = StreamingResponseParser(prefix=prefill)
+    parser = StreamingResponseParser(prefix=prefix.prompt_tail)
     saw_tool_call = False
-    raw_prefix = prefill
+    raw_prefix = prefix.prefill
     try:
         for delta in deltas:
             events = parser.feed(delta.text)
