@@ -1,0 +1,52 @@
+"""Our lean drafter proposes exactly what transformers' reference MTP candidate generator proposes.
+
+After prefill both see the same state (no rejected draft yet), so the drafts must be identical, for the
+dense head and for the centroid-masked head (which we evaluate without the per-step ``.item()``).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GenerationConfig
+from transformers.generation.candidate_generator import SinglePositionMultiTokenCandidateGenerator
+
+from gemma_mtp.modeling import Drafter, TargetStep
+from gemma_mtp.testing import VARIANTS, tiny_runtime
+
+PROMPTS = ["Hello", "The quick brown fox jumps over the lazy dog, then asks about Paris."]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("kind", ["agreeing", "random"])
+@pytest.mark.parametrize("prompt", PROMPTS, ids=["short", "long"])
+def test_first_round_drafts_match_reference(
+    variant: str, kind: str, prompt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rt = tiny_runtime(kind, variant)
+    target, assistant = rt.target, rt.assistant
+    ids = torch.tensor([rt.encode(prompt)])
+    k = 5
+    with torch.no_grad():
+        outputs = target(ids, output_hidden_states=True, return_shared_kv_states=True, use_cache=True)
+    first = outputs.logits[0, -1].argmax().view(1, 1)
+    with_first = torch.cat([ids, first], dim=1)
+
+    monkeypatch.setattr(assistant.generation_config, "num_assistant_tokens", k)
+    reference = SinglePositionMultiTokenCandidateGenerator(
+        assistant, target.get_input_embeddings(), GenerationConfig(max_length=10_000)
+    )
+    candidates, _ = reference.get_candidates(
+        with_first,
+        model_kwargs={"attention_mask": torch.ones_like(with_first)},
+        model_outputs=outputs,
+        is_first_iteration=False,
+        n_last_matches=0,
+    )
+    expected = candidates[0, with_first.shape[1] :].tolist()
+
+    step = TargetStep(target)
+    cache = step.new_cache()
+    out = step(ids, cache, start=0, keep_last=1)
+    draft = Drafter(assistant, step.embed).draft(first, out.hidden, out.shared_kv, ids.shape[1], k)
+    assert draft.tokens.tolist() == expected
