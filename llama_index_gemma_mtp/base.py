@@ -343,11 +343,11 @@ class GemmaMTP(FunctionCallingLLM):
         **kwargs: Any,
     ) -> ChatResponse:
         """Keep only the first tool call unless parallel calls were allowed."""
-        if not allow_parallel_tool_calls:
-            calls = [b for b in response.message.blocks if isinstance(b, ToolCallBlock)]
-            if len(calls) > 1:
-                extra = {id(b) for b in calls[1:]}
-                response.message.blocks = [b for b in response.message.blocks if id(b) not in extra]
+        message = response.message
+        calls = [b for b in message.blocks if isinstance(b, ToolCallBlock)]
+        if not allow_parallel_tool_calls and len(calls) > 1:
+            message.blocks = [b for b in message.blocks if not isinstance(b, ToolCallBlock) or b is calls[0]]
+            message.additional_kwargs["tool_calls"] = message.additional_kwargs["tool_calls"][:1]
         return response
 
     def get_tool_calls_from_response(

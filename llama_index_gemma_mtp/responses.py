@@ -24,7 +24,11 @@ __all__ = ["StreamAccumulator", "assistant_message", "chat_response", "request_s
 
 
 def assistant_message(content: str, reasoning: str | None, tool_calls: Sequence[ToolCall]) -> ChatMessage:
-    """The assistant's answer as blocks: thinking, text, then one ``ToolCallBlock`` per call."""
+    """The assistant's answer as blocks: thinking, text, then one ``ToolCallBlock`` per call.
+
+    The calls are also listed, OpenAI-style, in ``additional_kwargs["tool_calls"]``, which parts of
+    llama-index-core still read instead of the blocks (streaming structured output, chat engines).
+    """
     blocks: list[Any] = []
     if reasoning:
         blocks.append(ThinkingBlock(content=reasoning))
@@ -34,7 +38,8 @@ def assistant_message(content: str, reasoning: str | None, tool_calls: Sequence[
         ToolCallBlock(tool_call_id=call.id, tool_name=call.name, tool_kwargs=dict(call.arguments))
         for call in tool_calls
     )
-    return ChatMessage(role=MessageRole.ASSISTANT, blocks=blocks)
+    extra = {"tool_calls": [call.to_dict() for call in tool_calls]} if tool_calls else {}
+    return ChatMessage(role=MessageRole.ASSISTANT, blocks=blocks, additional_kwargs=extra)
 
 
 def request_stats(
