@@ -337,7 +337,7 @@ class ChatGemmaMTP(BaseChatModel):
                 if chunk is not None:
                     yield chunk
         finally:
-            deltas.close()
+            _close(deltas)
 
     async def _astream(
         self,
@@ -358,7 +358,7 @@ class ChatGemmaMTP(BaseChatModel):
                 if chunk is not None:
                     yield chunk
         finally:
-            await deltas.aclose()
+            await _aclose(deltas)
 
     # -- tools and structured output ----------------------------------------------------------------
 
@@ -441,3 +441,17 @@ class _Chunker:
         )
         self._tool_calls += len(delta.tool_calls)
         return chunk
+
+
+def _close(deltas: Iterator[ChatDelta]) -> None:
+    """Stop the runtime's request when the caller stops reading (a generator's ``close`` cancels it)."""
+    close = getattr(deltas, "close", None)
+    if close is not None:
+        close()
+
+
+async def _aclose(deltas: AsyncIterator[ChatDelta]) -> None:
+    """The async twin of :func:`_close`: ``aclose`` cancels the request on the runtime's worker thread."""
+    aclose = getattr(deltas, "aclose", None)
+    if aclose is not None:
+        await aclose()
