@@ -146,7 +146,7 @@ def load_pair(
     loader_options.pop("trust_remote_code", None)
     loader_options.pop("use_safetensors", None)
     target_name, assistant_name = resolve_names(target, assistant)
-    hub_options = {
+    hub_options: dict[str, Any] = {
         k: loader_options[k]
         for k in ("revision", "token", "cache_dir", "local_files_only")
         if k in loader_options

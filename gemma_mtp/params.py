@@ -27,10 +27,11 @@ def _check_int(name: str, value: Any, *, minimum: int, allow_none: bool = False)
 def _check_real(name: str, value: Any, *, low: float, high: float, low_open: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__}).")
-    if not math.isfinite(float(value)):
+    number = float(value)
+    if not math.isfinite(number):
         raise ValueError(f"{name} must be finite, got {value}.")
-    too_low = value <= low if low_open else value < low
-    if too_low or value > high:
+    too_low = number <= low if low_open else number < low
+    if too_low or number > high:
         bracket = "(" if low_open else "["
         raise ValueError(f"{name} must be in {bracket}{low}, {high}], got {value}.")
 

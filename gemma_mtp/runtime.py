@@ -23,7 +23,14 @@ from gemma_mtp.families import family_of
 from gemma_mtp.loading import LoadedPair, load_pair, resolve_device, resolve_dtype, resolve_names
 from gemma_mtp.modeling import Drafter, TargetStep
 from gemma_mtp.params import SamplingParams
-from gemma_mtp.results import ChatDelta, ChatResult, FinishReason, GenerationResult, StreamDelta
+from gemma_mtp.results import (
+    ChatDelta,
+    ChatFinishReason,
+    ChatResult,
+    FinishReason,
+    GenerationResult,
+    StreamDelta,
+)
 from gemma_mtp.speculative import SpeculativeDecoder
 from gemma_mtp.stats import RoundListener, RoundStats, SpeculationStats
 
@@ -164,7 +171,11 @@ class Runtime:
             ids = self.tokenizer(prompt, add_special_tokens=add_special)["input_ids"]
         elif isinstance(prompt, Sequence) and prompt and all(isinstance(m, dict) for m in prompt):
             ids = render_chat(
-                self.tokenizer, list(prompt), tools, prefill=prefill, **(chat_template_kwargs or {})
+                self.tokenizer,
+                [dict(m) for m in prompt if isinstance(m, dict)],
+                tools,
+                prefill=prefill,
+                **(chat_template_kwargs or {}),
             )
         elif isinstance(prompt, Sequence) and not isinstance(prompt, (bytes, bytearray)):
             ids = list(prompt)
@@ -477,7 +488,7 @@ def _parse_stream(
         for delta in deltas:
             events = parser.feed(delta.text)
             content, reasoning, calls = events.content, events.reasoning, list(events.tool_calls)
-            finish = delta.finish_reason
+            finish: ChatFinishReason | None = delta.finish_reason
             if finish is not None:
                 tail = parser.finish()
                 content += tail.content

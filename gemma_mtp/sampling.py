@@ -70,10 +70,10 @@ def accept_argmax_drafts(
 ) -> Acceptance:
     """Exact speculative sampling for point-mass (argmax) drafts; ``target_probs`` has ``k + 1`` rows."""
     k = drafts.shape[0]
-    uniforms = torch.rand(k, generator=generator, device=target_probs.device) if k else None
-    draft_probs = target_probs[torch.arange(k, device=drafts.device), drafts] if k else None
     accepted = k
     if k:
+        uniforms = torch.rand(k, generator=generator, device=target_probs.device)
+        draft_probs = target_probs[torch.arange(k, device=drafts.device), drafts]
         rejected = (uniforms >= draft_probs).nonzero()
         if rejected.numel():
             accepted = int(rejected[0].item())

@@ -16,7 +16,7 @@ the accepted prefix. Without an assistant, ``k = 0`` and the same loop is plain 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 import torch
@@ -71,7 +71,7 @@ class SpeculativeDecoder:
         budget: int,
         generator: torch.Generator | None,
         count_forward: Callable[[str], None],
-    ) -> Iterator[Round]:
+    ) -> Generator[Round, None, None]:
         """Yield one :class:`Round` per target forward until ``budget`` tokens were produced.
 
         The caller stops iterating at EOS or a stop sequence; closing the generator ends the request.
