@@ -102,6 +102,15 @@ def test_per_call_parameters_override_the_defaults(llm: GemmaMTP, sent: list[dic
     assert sent[-1]["params"].temperature == 0.0
 
 
+def test_greedy_answer_is_the_same_without_the_assistant(llm: GemmaMTP) -> None:
+    fast = llm.chat(QUESTION, max_new_tokens=40)
+    plain = llm.chat(QUESTION, max_new_tokens=40, use_assistant=False)
+    assert fast.message.content == plain.message.content
+    assert plain.raw["speculation"]["drafted_tokens"] == 0
+    assert plain.raw["speculation"]["used_assistant"] is False
+    assert fast.raw["speculation"]["accepted_tokens"] > 0
+
+
 def test_max_new_tokens_ends_the_answer_with_length(llm: GemmaMTP) -> None:
     response = llm.chat(QUESTION, max_new_tokens=3)
     assert response.raw["usage"]["completion_tokens"] == 3
