@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -304,8 +305,10 @@ class Runtime:
 
         rounds = decoder.run(prompt_ids, params, draft_length, budget, generator, count)
         produced = 0
+        round_started = time.perf_counter()
         try:
             for index, rnd in enumerate(rounds):
+                round_duration = time.perf_counter() - round_started
                 kept: list[int] = []
                 text, finish, stop_seq = "", None, None
                 for token in rnd.tokens:
@@ -333,7 +336,7 @@ class Runtime:
                         accepted=min(rnd.accepted, len(kept)),
                         emitted=len(kept),
                         draft_length=rnd.draft_length,
-                        duration_s=stats.elapsed_s,
+                        duration_s=round_duration,
                     ),
                     on_round,
                 )
@@ -344,6 +347,7 @@ class Runtime:
                 yield StreamDelta(text, kept, stats.snapshot(), finish, stop_seq)  # type: ignore[arg-type]
                 if finish is not None:
                     return
+                round_started = time.perf_counter()
         finally:
             rounds.close()
 

@@ -79,9 +79,11 @@ class SpeculationStats:
 
     @property
     def tokens_per_target_forward(self) -> float:
-        """Generated tokens per target forward pass, prefill excluded (1.0 for plain decoding)."""
-        decode_passes = self.rounds
-        return self.generated_tokens / decode_passes if decode_passes else 0.0
+        """Generated tokens per target forward pass (the prefill, which yields the first token, included).
+
+        Exactly 1.0 for plain decoding; the speed-up speculative decoding can give is bounded by it.
+        """
+        return self.generated_tokens / self.rounds if self.rounds else 0.0
 
     @property
     def tokens_per_second(self) -> float:

@@ -77,6 +77,8 @@ def test_statistics_are_consistent(agreeing: Runtime) -> None:
     assert sum(r.emitted for r in rounds) == len(result.token_ids)
     assert sum(r.drafted for r in rounds) == s.drafted_tokens
     assert all(r.accepted <= r.drafted and r.emitted <= r.accepted + 1 for r in rounds)
+    assert all(r.duration_s > 0 for r in rounds)
+    assert sum(r.duration_s for r in rounds) <= s.elapsed_s + 1e-3
     assert s.as_dict()["acceptance_rate"] == s.acceptance_rate
     assert len(s.acceptance_by_position) == 3
 
