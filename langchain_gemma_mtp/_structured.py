@@ -45,19 +45,22 @@ def structured_output(
         raise ValueError(f"Unknown structured output method {method!r}; use one of {list(_METHODS)}.")
     if schema is None:
         raise ValueError("with_structured_output needs a schema: a pydantic class, TypedDict or JSON schema.")
-    is_pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
+    pydantic_class = schema if isinstance(schema, type) and is_basemodel_subclass(schema) else None
     trace_format = {"kwargs": {"method": method}, "schema": schema}
+    llm: Runnable
     parser: Runnable
     if method == "json_mode":
         llm = model.bind(ls_structured_output_format=trace_format)
-        parser = PydanticOutputParser(pydantic_object=schema) if is_pydantic else JsonOutputParser()
+        parser = (
+            PydanticOutputParser(pydantic_object=pydantic_class) if pydantic_class else JsonOutputParser()
+        )
     else:
         tool_name = convert_to_openai_tool(schema, strict=strict)["function"]["name"]
         llm = model.bind_tools(
             [schema], tool_choice=tool_name, strict=strict, ls_structured_output_format=trace_format
         )
-        if is_pydantic:
-            parser = _RequiredPydanticToolsParser(tools=[schema], first_tool_only=True)
+        if pydantic_class:
+            parser = _RequiredPydanticToolsParser(tools=[pydantic_class], first_tool_only=True)
         else:
             parser = _RequiredKeyToolsParser(key_name=tool_name, first_tool_only=True)
     if not include_raw:

@@ -117,7 +117,7 @@ class SpeculationCallbackHandler(BaseCallbackHandler):
     Pass it in ``config={"callbacks": [handler]}`` (or the model's ``callbacks=``); one handler may
     serve many threads and tasks at once. While a stream runs, its rounds count as they arrive; when
     the request ends, the request's own summary replaces them. Calls to other chat models in the same
-    chain are ignored.
+    chain, and answers replayed from a LangChain cache (nothing was decoded), are ignored.
 
     Example:
         .. code-block:: python
@@ -134,6 +134,7 @@ class SpeculationCallbackHandler(BaseCallbackHandler):
         self._lock = threading.Lock()
         self._requests: dict[UUID, _Request] = {}
         self._parents: dict[UUID, UUID | None] = {}
+        self._counted_request_ids: set[str] = set()
 
     # -- reading ------------------------------------------------------------------------------------
 
@@ -166,6 +167,7 @@ class SpeculationCallbackHandler(BaseCallbackHandler):
         with self._lock:
             self._requests.clear()
             self._parents.clear()
+            self._counted_request_ids.clear()
 
     # -- callbacks ----------------------------------------------------------------------------------
 
@@ -184,7 +186,7 @@ class SpeculationCallbackHandler(BaseCallbackHandler):
 
     def on_llm_new_token(
         self,
-        token: str,
+        token: str | list[str | dict[str, Any]],
         *,
         chunk: GenerationChunk | ChatGenerationChunk | None = None,
         run_id: UUID,
@@ -210,7 +212,7 @@ class SpeculationCallbackHandler(BaseCallbackHandler):
         summary = _summary_of(response)
         with self._lock:
             request = self._requests.setdefault(run_id, _Request())
-            if summary is not None:
+            if summary is not None and not self._replayed(summary):
                 request.finish(summary)
             if not request.reported:
                 del self._requests[run_id]
@@ -262,6 +264,17 @@ class SpeculationCallbackHandler(BaseCallbackHandler):
         self._remember_parent(run_id, parent_run_id)
 
     # -- internals ----------------------------------------------------------------------------------
+
+    def _replayed(self, summary: dict[str, Any]) -> bool:
+        """Whether this request was counted already: a cache hit replays the original's summary, whose
+        ``request_id`` is unique to the request that really ran (caller holds the lock)."""
+        request_id = summary.get("request_id")
+        if not request_id:
+            return False
+        if request_id in self._counted_request_ids:
+            return True
+        self._counted_request_ids.add(request_id)
+        return False
 
     def _remember_parent(self, run_id: UUID, parent_run_id: UUID | None) -> None:
         with self._lock:

@@ -23,6 +23,7 @@ def _round(drafted: int, accepted: int, emitted: int) -> dict:
 
 def _summary(drafted: int, accepted: int, generated: int, rounds: int) -> dict:
     return {
+        "request_id": str(uuid4()),
         "drafted_tokens": drafted,
         "accepted_tokens": accepted,
         "generated_tokens": generated,
@@ -126,6 +127,16 @@ def test_totals_per_enclosing_run() -> None:
     assert handler.for_run(in_a).requests == 1
     assert handler.summary(chain_a)["accepted_tokens"] == 4
     assert handler.summary()["requests"] == 2
+
+
+def test_cache_replays_are_not_counted_twice() -> None:
+    handler = SpeculationCallbackHandler()
+    summary = _summary(4, 3, 5, 2)
+    first, replay = _start(handler), _start(handler)
+    handler.on_llm_end(_end(summary), run_id=first)
+    handler.on_llm_end(_end(summary), run_id=replay)
+    assert handler.totals.requests == 1
+    assert handler.request_ids() == [first]
 
 
 def test_reset_forgets_everything() -> None:

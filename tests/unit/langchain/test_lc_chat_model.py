@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+from langchain_core.caches import InMemoryCache
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, AIMessageChunk, FunctionMessage, HumanMessage, SystemMessage
 from pydantic import ValidationError
@@ -252,6 +253,16 @@ async def test_callback_handler_on_async_calls(llm: ChatGemmaMTP) -> None:
     ]
     assert handler.totals.requests == 4
     assert handler.totals.drafted_tokens == sum(s["drafted_tokens"] for s in summaries)
+
+
+def test_callback_handler_ignores_cache_hits(runtime: Runtime) -> None:
+    handler = SpeculationCallbackHandler()
+    llm = ChatGemmaMTP(runtime=runtime, max_tokens=8, cache=InMemoryCache())
+    first = llm.invoke("Hello", config={"callbacks": [handler]})
+    again = llm.invoke("Hello", config={"callbacks": [handler]})
+    assert again.content == first.content
+    assert handler.totals.requests == 1
+    assert handler.totals.generated_tokens == first.usage_metadata["output_tokens"]
 
 
 def test_streaming_field_streams_inside_invoke(runtime: Runtime) -> None:
