@@ -10,7 +10,7 @@ Every public method fires one set of LlamaIndex LLM events: the decorated method
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +39,7 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
 
-from gemma_mtp import Runtime, SamplingParams
+from gemma_mtp import ChatDelta, Runtime, SamplingParams
 from llama_index_gemma_mtp.events import RequestReporter
 from llama_index_gemma_mtp.messages import to_openai_tools, to_runtime_messages, tool_selections
 from llama_index_gemma_mtp.responses import StreamAccumulator, chat_response
@@ -257,7 +257,7 @@ class GemmaMTP(FunctionCallingLLM):
                         if response is not None:
                             yield response
                 finally:
-                    deltas.close()
+                    _close(deltas)
 
         return gen()
 
@@ -279,7 +279,7 @@ class GemmaMTP(FunctionCallingLLM):
                         if response is not None:
                             yield response
                 finally:
-                    await deltas.aclose()
+                    await _aclose(deltas)
 
         return gen()
 
@@ -361,6 +361,19 @@ class GemmaMTP(FunctionCallingLLM):
                 f"Response text: {response.message.content!r}"
             )
         return selections
+
+
+def _close(deltas: Iterator[ChatDelta]) -> None:
+    """Stop the runtime's request: closing its delta iterator cancels generation before the next round."""
+    close = getattr(deltas, "close", None)
+    if close is not None:
+        close()
+
+
+async def _aclose(deltas: AsyncIterator[ChatDelta]) -> None:
+    aclose = getattr(deltas, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 def _checked_prompt(prompt: Any) -> str:
