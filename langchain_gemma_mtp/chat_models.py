@@ -16,6 +16,7 @@ from typing import Any
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import LanguageModelInput
 from langchain_core.language_models.chat_models import BaseChatModel, LangSmithParams
+from langchain_core.language_models.model_profile import ModelProfile
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable
@@ -47,6 +48,29 @@ _FIELD_TO_PARAM = {
     "stop": "stop",
 }
 """Constructor fields that are sampling parameters, and their names in :class:`SamplingParams`."""
+
+
+_PROFILE = ModelProfile(
+    open_weights=True,
+    text_inputs=True,
+    image_inputs=False,
+    image_url_inputs=False,
+    pdf_inputs=False,
+    audio_inputs=False,
+    video_inputs=False,
+    image_tool_message=False,
+    pdf_tool_message=False,
+    text_outputs=True,
+    image_outputs=False,
+    audio_outputs=False,
+    video_outputs=False,
+    reasoning_output=True,
+    tool_calling=True,
+    tool_choice=True,
+    tool_call_streaming=True,
+    structured_output=False,
+    temperature=True,
+)
 
 
 @dataclass(frozen=True)
@@ -187,6 +211,14 @@ class ChatGemmaMTP(BaseChatModel):
         return self
 
     # -- identity ---------------------------------------------------------------------------------
+
+    def _resolve_model_profile(self) -> ModelProfile | None:
+        """What this integration can do, for LangChain code that picks strategies from the profile.
+
+        Static, so that reading it loads no weights. ``structured_output`` (a native ``response_format``)
+        is ``False``: agents then get structured output through a tool call, which Gemma 4 supports.
+        """
+        return _PROFILE.copy()
 
     @property
     def _llm_type(self) -> str:

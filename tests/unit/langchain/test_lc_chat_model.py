@@ -165,6 +165,15 @@ def test_loading_is_lazy_and_shared(runtime: Runtime) -> None:
     assert first._loaded is second._loaded is runtime
 
 
+def test_profile_describes_the_integration_without_loading() -> None:
+    llm = ChatGemmaMTP(model="google/gemma-4-E2B-it")
+    assert llm.profile is not None
+    assert llm.profile["tool_calling"] and llm.profile["tool_choice"] and llm.profile["reasoning_output"]
+    assert not llm.profile["image_inputs"]
+    assert not llm.profile["structured_output"], "no native response_format: agents must use a tool strategy"
+    assert llm._loaded is None
+
+
 def test_token_counting_uses_the_chat_template(llm: ChatGemmaMTP, runtime: Runtime) -> None:
     messages = [SystemMessage("Be brief."), HumanMessage("Hello")]
     counted = llm.get_num_tokens_from_messages(messages)
