@@ -166,7 +166,6 @@ class GemmaMTP(FunctionCallingLLM):
             is_chat_model=True,
             is_function_calling_model=True,
             model_name=runtime.model_name,
-            system_role=MessageRole.SYSTEM,
         )
 
     # -- request preparation ------------------------------------------------------------------------------
@@ -243,12 +242,14 @@ class GemmaMTP(FunctionCallingLLM):
         request = self._request(messages, kwargs)
         runtime = self.runtime
         reporter = RequestReporter(runtime.model_name, active_span_id.get())
+        # The runtime renders and checks the request here, so bad input raises at the call; decoding starts
+        # when the stream is first iterated.
+        deltas = runtime.stream_chat(
+            request.messages, request.params, on_round=reporter.on_round, **request.options
+        )
 
         def gen() -> ChatResponseGen:
             with reporter:
-                deltas = runtime.stream_chat(
-                    request.messages, request.params, on_round=reporter.on_round, **request.options
-                )
                 try:
                     accumulator = StreamAccumulator(runtime.model_name)
                     for delta in deltas:
@@ -265,12 +266,12 @@ class GemmaMTP(FunctionCallingLLM):
         request = self._request(messages, kwargs)
         runtime = self.runtime
         reporter = RequestReporter(runtime.model_name, active_span_id.get())
+        deltas = runtime.astream_chat(
+            request.messages, request.params, on_round=reporter.on_round, **request.options
+        )
 
         async def gen() -> ChatResponseAsyncGen:
             with reporter:
-                deltas = runtime.astream_chat(
-                    request.messages, request.params, on_round=reporter.on_round, **request.options
-                )
                 try:
                     accumulator = StreamAccumulator(runtime.model_name)
                     async for delta in deltas:

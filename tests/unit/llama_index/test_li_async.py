@@ -120,3 +120,5 @@ async def test_bad_input_fails_when_the_async_call_is_made(llm: GemmaMTP) -> Non
         await llm.astream_chat(QUESTION, bogus=True)
     with pytest.raises(ValueError, match="messages is empty"):
         await llm.achat([])
+    with pytest.raises(ValueError, match="tool_choice='required' needs at least one tool"):
+        await llm.astream_chat(QUESTION, tool_choice="required")

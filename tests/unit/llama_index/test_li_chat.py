@@ -189,6 +189,8 @@ def test_bad_call_arguments_get_clear_errors_and_leave_the_llm_usable(llm: Gemma
         llm.complete(QUESTION)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="unexpected keyword argument"):
         llm.stream_chat(QUESTION, bogus=1)
+    with pytest.raises(ValueError, match="tool_choice='required' needs at least one tool"):
+        llm.stream_chat(QUESTION, tool_choice="required")
     assert llm.chat(QUESTION).message.content
 
 

@@ -169,3 +169,10 @@ def test_tools_reach_the_real_prompt(llm: GemmaMTP, runtime: Runtime, tools: lis
         [{"role": "user", "content": "Hi"}], tools=[t.metadata.to_openai_tool() for t in tools]
     ) - runtime.count_prompt_tokens([{"role": "user", "content": "Hi"}])
     assert extra == declarations > 0
+
+
+def test_a_forced_call_on_the_real_model_starts_with_the_prefilled_opener(llm: GemmaMTP, tools: list) -> None:
+    response = llm.chat_with_tools(tools, user_msg="What is 2 + 3?", tool_choice="add")
+    assert response.raw["raw_text"].startswith("<|tool_call>call:add{")
+    calls = llm.get_tool_calls_from_response(response, error_on_no_tool_call=False)
+    assert all(call.tool_name == "add" for call in calls)
