@@ -210,6 +210,14 @@ class ChatGemmaMTP(BaseChatModel):
         self._base_params()
         return self
 
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Self:
+        """Copies share the loaded pair: weights are a per-process resource, never duplicated."""
+        memo = {} if memo is None else memo
+        for runtime in (self.runtime, self._loaded):
+            if runtime is not None:
+                memo[id(runtime)] = runtime
+        return super().__deepcopy__(memo)
+
     # -- identity ---------------------------------------------------------------------------------
 
     def _resolve_model_profile(self) -> ModelProfile | None:

@@ -174,6 +174,13 @@ def test_profile_describes_the_integration_without_loading() -> None:
     assert llm._loaded is None
 
 
+def test_copies_share_the_loaded_pair(llm: ChatGemmaMTP, runtime: Runtime) -> None:
+    llm.invoke("Hello", max_tokens=1)
+    copy = llm.model_copy(deep=True, update={"max_tokens": 2})
+    assert copy.runtime is runtime
+    assert copy.invoke("Hello").usage_metadata["output_tokens"] == 2
+
+
 def test_token_counting_uses_the_chat_template(llm: ChatGemmaMTP, runtime: Runtime) -> None:
     messages = [SystemMessage("Be brief."), HumanMessage("Hello")]
     counted = llm.get_num_tokens_from_messages(messages)
