@@ -1,8 +1,9 @@
 """GemmaMTP on a real Gemma 4 checkpoint: lossless greedy output, a real tool call, structured output.
 
 Set ``GEMMA_MTP_TEST_MODEL`` to a Gemma 4 instruction-tuned checkpoint whose MTP assistant is available
-(``<model>-assistant``), e.g. ``google/gemma-4-E2B-it``, and optionally ``GEMMA_MTP_TEST_DEVICE`` (default
-``cuda``); without them these tests skip.
+(``<model>-assistant``), e.g. ``google/gemma-4-E2B-it``, and optionally ``GEMMA_MTP_TEST_DEVICE`` (default ``cuda``)
+and ``GEMMA_MTP_TEST_DTYPE`` (default ``float32``, where greedy decoding is exact), as for the runtime's real-checkpoint
+tests; without them these tests skip.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 from llama_index.core.agent.workflow import FunctionAgent, ToolCallResult
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.prompts import PromptTemplate
@@ -19,6 +21,7 @@ from llama_index_gemma_mtp import GemmaMTP, SpeculationStatsHandler
 
 MODEL = os.environ.get("GEMMA_MTP_TEST_MODEL")
 DEVICE = os.environ.get("GEMMA_MTP_TEST_DEVICE", "cuda")
+DTYPE = os.environ.get("GEMMA_MTP_TEST_DTYPE", "float32")
 
 pytestmark = [
     pytest.mark.hub,
@@ -40,13 +43,9 @@ class City(BaseModel):
 
 @pytest.fixture(scope="module")
 def llm() -> GemmaMTP:
-    if DEVICE == "cuda":
-        torch = pytest.importorskip("torch")
-        if not torch.cuda.is_available():
-            pytest.skip("GEMMA_MTP_TEST_DEVICE=cuda but no CUDA device is available")
-    return GemmaMTP(
-        model=MODEL, device=DEVICE, dtype="bfloat16" if DEVICE == "cuda" else None, max_new_tokens=96
-    )
+    if DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        pytest.skip("GEMMA_MTP_TEST_DEVICE is cuda but no CUDA device is available")
+    return GemmaMTP(model=MODEL, device=DEVICE, dtype=DTYPE, max_new_tokens=96)
 
 
 def test_greedy_speculation_matches_the_target_alone(llm: GemmaMTP) -> None:
