@@ -1,0 +1,95 @@
+"""Measure gemma-mtp and write ``docs/benchmarks.md`` with its plots in ``docs/img/``.
+
+Runs ``gemma-mtp bench`` (our loop and Hugging Face ``generate``, with and without the assistant) and
+``gemma-mtp tune`` (draft length x temperature, cost model vs measurement) on one pair, then writes the
+results page with a description of the machine. The same command works on a CUDA machine with the
+real checkpoints::
+
+    python benchmarks/run_benchmarks.py                                   # gemma-mtp-mini, offline, CPU
+    python benchmarks/run_benchmarks.py --model google/gemma-4-E2B-it --device cuda --dtype bfloat16 \\
+        --output docs/benchmarks-e2b-cuda.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gemma_mtp.benchmarking import compare_methods, describe_machine, sweep
+from gemma_mtp.benchmarking.publish import plot_sweep, write_markdown
+from gemma_mtp.cli import CLIError, common_options, load_runtime, read_prompts
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common_options(64)],
+    )
+    parser.add_argument("--runs", type=int, default=3, help="timed runs of the side-by-side comparison")
+    parser.add_argument("--tune-runs", type=int, default=2, help="runs per setting of the sweep")
+    parser.add_argument("--num-assistant-tokens", type=int, help="draft length of the comparison")
+    parser.add_argument("--draft-lengths", type=int, nargs="+", default=list(range(1, 9)), metavar="K")
+    parser.add_argument("--temperatures", type=float, nargs="+", default=[0.0, 0.7, 1.0], metavar="T")
+    parser.add_argument("--output", type=Path, default=DOCS / "benchmarks.md", help="the Markdown page")
+    parser.add_argument("--img-dir", type=Path, default=DOCS / "img", help="where the PNG plots go")
+    parser.add_argument("--json", type=Path, help="also write every number as JSON")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = shlex.join(
+        ["python", "benchmarks/run_benchmarks.py", *(sys.argv[1:] if argv is None else argv)]
+    )
+    try:
+        prompts = read_prompts(args)
+        runtime = load_runtime(args)
+    except CLIError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    def progress(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    comparison = compare_methods(
+        runtime,
+        prompts,
+        max_new_tokens=args.max_new_tokens,
+        runs=args.runs,
+        draft_length=args.num_assistant_tokens,
+        progress=progress,
+    )
+    print(comparison.format_text())
+    sweep_report = sweep(
+        runtime,
+        prompts,
+        draft_lengths=args.draft_lengths,
+        temperatures=args.temperatures,
+        max_new_tokens=args.max_new_tokens,
+        runs=args.tune_runs,
+        progress=progress,
+    )
+    print(sweep_report.format_text())
+    machine = describe_machine(runtime.device)
+    plots = plot_sweep(sweep_report, args.img_dir)
+    write_markdown(args.output, machine, comparison, sweep_report, plots, command)
+    print(f"wrote {args.output} and {', '.join(str(p) for p in plots)}", file=sys.stderr)
+    if args.json:
+        payload = {
+            "machine": machine.as_dict(),
+            "comparison": comparison.as_dict(),
+            "sweep": sweep_report.as_dict(),
+        }
+        args.json.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

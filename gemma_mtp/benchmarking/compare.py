@@ -1,0 +1,346 @@
+"""``gemma-mtp bench``: our loop and Hugging Face ``generate``, with and without the assistant, side by side.
+
+All four methods decode the same prompts greedily with the same token budget and end-of-generation ids,
+one after the other for each prompt (so a change in machine load hits them alike), for several runs;
+the report gives medians over runs. The Hugging Face reference is ``target.generate`` alone and
+``target.generate(assistant_model=assistant)``, transformers' own MTP path, at batch size 1 with the
+same draft length. Its target and assistant forward passes are counted with forward hooks; its
+acceptance rate is derived from them (each verify pass yields one token of the target's plus the
+accepted drafts), since transformers does not report one.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import GenerationConfig
+from transformers.generation.streamers import BaseStreamer
+
+from gemma_mtp.benchmarking.measure import PeakMemory, elapsed_since, synchronize
+from gemma_mtp.benchmarking.tables import markdown_table, plural, text_table
+from gemma_mtp.params import SamplingParams
+from gemma_mtp.runtime import Prompt, Runtime
+
+__all__ = ["METHODS", "ComparisonReport", "MethodSummary", "Sample", "compare_methods"]
+
+METHODS: dict[str, str] = {
+    "mtp": "gemma-mtp, with assistant",
+    "target_only": "gemma-mtp, target only",
+    "hf_assisted": "HF generate(assistant_model=...)",
+    "hf_target": "HF generate, target only",
+}
+"""Method keys and their labels, in report order."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One method decoding one prompt once."""
+
+    method: str
+    run: int
+    prompt_index: int
+    new_tokens: int
+    elapsed_s: float
+    time_to_first_token_s: float
+    target_forwards: int
+    drafted: int
+    accepted: int
+    peak_memory_bytes: int
+    token_ids: tuple[int, ...] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class MethodSummary:
+    """One method over every run: medians of per-run throughput, totals for the counts."""
+
+    method: str
+    label: str
+    tokens_per_s: float
+    speedup: float
+    speedup_vs_hf_target: float
+    acceptance_rate: float | None
+    tokens_per_target_forward: float
+    time_to_first_token_s: float
+    peak_memory_bytes: int
+    matches_target_only: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class ComparisonReport:
+    model: str
+    assistant: str
+    device: str
+    dtype: str
+    draft_length: int
+    max_new_tokens: int
+    runs: int
+    prompts: int
+    memory_kind: str
+    summaries: list[MethodSummary]
+    samples: list[Sample]
+
+    def summary(self, method: str) -> MethodSummary:
+        return next(s for s in self.summaries if s.method == method)
+
+    def as_dict(self) -> dict[str, Any]:
+        settings = {k: v for k, v in self.__dict__.items() if k not in ("summaries", "samples")}
+        return {
+            **settings,
+            "methods": [s.as_dict() for s in self.summaries],
+            "samples": [{k: v for k, v in s.__dict__.items() if k != "token_ids"} for s in self.samples],
+        }
+
+    _HEADERS = (
+        "method",
+        "tokens/s",
+        "vs our target-only",
+        "vs HF target-only",
+        "acceptance",
+        "tokens/target pass",
+        "TTFT ms",
+        "peak MiB",
+        "same tokens",
+    )
+
+    def rows(self) -> list[list[str]]:
+        return [
+            [
+                s.label,
+                f"{s.tokens_per_s:.1f}",
+                f"{s.speedup:.2f}×",
+                f"{s.speedup_vs_hf_target:.2f}×",
+                "—" if s.acceptance_rate is None else f"{s.acceptance_rate:.2f}",
+                f"{s.tokens_per_target_forward:.2f}",
+                f"{s.time_to_first_token_s * 1000:.1f}",
+                f"{s.peak_memory_bytes / 2**20:.0f}",
+                "yes" if s.matches_target_only else "NO",
+            ]
+            for s in self.summaries
+        ]
+
+    def describe(self) -> str:
+        return (
+            f"{self.model} + {self.assistant} on {self.device} ({self.dtype}); greedy, {plural(self.prompts, 'prompt')}, "
+            f"up to {self.max_new_tokens} new tokens, draft length {self.draft_length}, "
+            f"medians of {plural(self.runs, 'run')}; peak memory: {self.memory_kind}"
+        )
+
+    def format_text(self) -> str:
+        mtp, hf = self.summary("mtp"), self.summary("hf_assisted")
+        headline = (
+            f"speed-up with the assistant: {mtp.speedup:.2f}× over our target-only loop, "
+            f"{mtp.tokens_per_s / hf.tokens_per_s:.2f}× over transformers' assisted generate"
+        )
+        return "\n".join([self.describe(), "", text_table(self._HEADERS, self.rows()), "", headline])
+
+    def format_markdown(self) -> str:
+        return markdown_table(self._HEADERS, self.rows())
+
+
+class _FirstTokenClock(BaseStreamer):
+    """Notes when ``generate`` hands over its first new token (its first ``put`` is the prompt)."""
+
+    def __init__(self) -> None:
+        self.puts = 0
+        self.first_token_at: float | None = None
+
+    def put(self, value: torch.Tensor) -> None:
+        self.puts += 1
+        if self.puts == 2:
+            self.first_token_at = time.perf_counter()
+
+    def end(self) -> None:
+        return None
+
+
+@contextmanager
+def _counting_calls(module: torch.nn.Module) -> Iterator[list[int]]:
+    calls = [0]
+
+    def hook(*_: Any) -> None:
+        calls[0] += 1
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def _assistant_draft_length(assistant: torch.nn.Module, draft_length: int) -> Iterator[None]:
+    """transformers' MTP path reads the draft length from the assistant's generation config."""
+    config = assistant.generation_config  # type: ignore[union-attr]
+    saved = config.num_assistant_tokens
+    config.num_assistant_tokens = draft_length
+    try:
+        yield
+    finally:
+        config.num_assistant_tokens = saved
+
+
+_Measured = tuple[list[int], float, float, int, int, int]
+"""New tokens, seconds, seconds to the first token, target passes, drafted, accepted."""
+
+
+class _Runner:
+    """Decodes one prompt with one method and measures it."""
+
+    def __init__(self, runtime: Runtime, max_new_tokens: int, draft_length: int):
+        self.rt = runtime
+        self.device = runtime.device
+        self.params = SamplingParams(max_new_tokens=max_new_tokens, num_assistant_tokens=draft_length)
+        self.draft_length = draft_length
+        self.memory_kind = ""
+        eos = sorted(runtime.eos_token_ids)
+        pad = runtime.tokenizer.pad_token_id
+        self.hf_config = GenerationConfig(
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=eos,
+            pad_token_id=eos[0] if pad is None else pad,
+        )
+
+    def __call__(self, method: str, ids: list[int], run: int, index: int) -> Sample:
+        measure = self._ours if method in ("mtp", "target_only") else self._hf
+        with PeakMemory(self.device) as memory:
+            tokens, elapsed, ttft, target_passes, drafted, accepted = measure(ids, method)
+        self.memory_kind = memory.kind
+        return Sample(
+            method=method,
+            run=run,
+            prompt_index=index,
+            new_tokens=len(tokens),
+            elapsed_s=elapsed,
+            time_to_first_token_s=ttft,
+            target_forwards=target_passes,
+            drafted=drafted,
+            accepted=accepted,
+            peak_memory_bytes=memory.peak_bytes,
+            token_ids=tuple(tokens),
+        )
+
+    def _ours(self, ids: list[int], method: str) -> _Measured:
+        synchronize(self.device)
+        start = time.perf_counter()
+        result = self.rt.generate(ids, self.params, use_assistant=method == "mtp")
+        elapsed = elapsed_since(start, self.device)
+        stats = result.stats
+        ttft = stats.time_to_first_token_s if stats.time_to_first_token_s is not None else elapsed
+        return result.token_ids, elapsed, ttft, stats.rounds, stats.drafted_tokens, stats.accepted_tokens
+
+    @torch.inference_mode()
+    def _hf(self, ids: list[int], method: str) -> _Measured:
+        input_ids = torch.tensor([ids], device=self.device)
+        clock = _FirstTokenClock()
+        kwargs: dict[str, Any] = {
+            "attention_mask": torch.ones_like(input_ids),
+            "generation_config": self.hf_config,
+            "streamer": clock,
+        }
+        assisted = method == "hf_assisted"
+        if assisted:
+            kwargs["assistant_model"] = self.rt.assistant
+        with (
+            _counting_calls(self.rt.target) as target_calls,
+            _counting_calls(self.rt.assistant) as draft_calls,
+            _assistant_draft_length(self.rt.assistant, self.draft_length),
+        ):
+            synchronize(self.device)
+            start = time.perf_counter()
+            out = self.rt.target.generate(input_ids, **kwargs)
+            elapsed = elapsed_since(start, self.device)
+        tokens = out[0, len(ids) :].tolist()
+        ttft = (clock.first_token_at - start) if clock.first_token_at is not None else elapsed
+        drafted = draft_calls[0] if assisted else 0
+        # Each pass yields one token of the target's; the others were accepted drafts.
+        accepted = max(0, len(tokens) - target_calls[0]) if assisted else 0
+        return tokens, elapsed, ttft, target_calls[0], drafted, accepted
+
+
+def _summarise(
+    samples: list[Sample], runs: int, reference: dict[int, tuple[int, ...]]
+) -> list[MethodSummary]:
+    def per_run_rate(method: str) -> float:
+        rates = []
+        for run in range(runs):
+            mine = [s for s in samples if s.method == method and s.run == run]
+            rates.append(sum(s.new_tokens for s in mine) / sum(s.elapsed_s for s in mine))
+        return statistics.median(rates)
+
+    rates = {method: per_run_rate(method) for method in METHODS}
+    summaries = []
+    for method, label in METHODS.items():
+        mine = [s for s in samples if s.method == method]
+        drafted = sum(s.drafted for s in mine)
+        summaries.append(
+            MethodSummary(
+                method=method,
+                label=label,
+                tokens_per_s=rates[method],
+                speedup=rates[method] / rates["target_only"],
+                speedup_vs_hf_target=rates[method] / rates["hf_target"],
+                acceptance_rate=sum(s.accepted for s in mine) / drafted if drafted else None,
+                tokens_per_target_forward=sum(s.new_tokens for s in mine)
+                / sum(s.target_forwards for s in mine),
+                time_to_first_token_s=statistics.median(s.time_to_first_token_s for s in mine),
+                peak_memory_bytes=max(s.peak_memory_bytes for s in mine),
+                matches_target_only=all(s.token_ids == reference[s.prompt_index] for s in mine),
+            )
+        )
+    return summaries
+
+
+def compare_methods(
+    runtime: Runtime,
+    prompts: Sequence[Prompt],
+    *,
+    max_new_tokens: int = 64,
+    runs: int = 3,
+    draft_length: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ComparisonReport:
+    """Measure the four methods on ``prompts`` (greedy) and summarise them.
+
+    One untimed warm-up pass of every method comes first. ``progress`` is told what is running.
+    """
+    if runs < 1:
+        raise ValueError(f"runs must be at least 1, got {runs}.")
+    if not prompts:
+        raise ValueError("Pass at least one prompt.")
+    draft_length = draft_length or runtime.default_draft_length
+    runner = _Runner(runtime, max_new_tokens, draft_length)
+    encoded = [runtime.encode(p) for p in prompts]
+    for method in METHODS:
+        if progress:
+            progress(f"warm-up: {METHODS[method]}")
+        runner(method, encoded[0], -1, 0)
+    samples: list[Sample] = []
+    for run in range(runs):
+        for index, ids in enumerate(encoded):
+            if progress:
+                progress(f"run {run + 1}/{runs}, prompt {index + 1}/{len(encoded)}")
+            samples += [runner(method, ids, run, index) for method in METHODS]
+    reference = {s.prompt_index: s.token_ids for s in samples if s.method == "target_only" and s.run == 0}
+    return ComparisonReport(
+        model=runtime.model_name,
+        assistant=runtime.assistant_name,
+        device=str(runtime.device),
+        dtype=str(runtime.target.dtype).removeprefix("torch."),
+        draft_length=draft_length,
+        max_new_tokens=max_new_tokens,
+        runs=runs,
+        prompts=len(encoded),
+        memory_kind=runner.memory_kind,
+        summaries=_summarise(samples, runs, reference),
+        samples=samples,
+    )

@@ -1,0 +1,471 @@
+"""The ``gemma-mtp`` command: ``demo``, ``bench``, ``tune`` and ``verify``.
+
+Every subcommand runs on the small pair shipped in the package (``gemma-mtp-mini``, offline) unless
+``--model`` names another target (a hub id or a folder; its assistant follows Google's naming unless
+``--assistant`` is given). This is the only runtime module allowed to import the LangChain and
+LlamaIndex adapters, and only inside ``demo``, so the other subcommands work without those extras.
+
+Exit status: 0 on success; 1 when ``verify`` finds a real divergence or the demo's greedy outputs
+differ; 2 on bad input (arguments, prompt files, model names).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TextIO
+
+from gemma_mtp import __version__
+from gemma_mtp.params import SamplingParams
+from gemma_mtp.runtime import Prompt, Runtime
+
+__all__ = ["CLIError", "build_parser", "common_options", "load_runtime", "main", "read_prompts"]
+
+DEFAULT_MODEL = "gemma-mtp-mini"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+DEMO_QUESTION = "Tell me about the sea."
+DEMO_QUERY = "Who serves Prospero on the island?"
+DEMO_DOCUMENTS = (
+    "Prospero, the rightful Duke of Milan, lives on an island with his daughter Miranda.",
+    "Ariel is a spirit who serves Prospero and raises the storm that wrecks the king's ship.",
+    "Caliban, son of the witch Sycorax, was the island's only inhabitant before Prospero came.",
+    "Ferdinand, the King of Naples' son, falls in love with Miranda after the shipwreck.",
+)
+
+
+class CLIError(Exception):
+    """Bad input from the command line: reported as one line, exit status 2."""
+
+
+# -- output helpers ------------------------------------------------------------------------------------
+
+
+class Spinner:
+    """Shows that a blocking call (loading models) is still running, on a terminal; one line elsewhere."""
+
+    FRAMES = "|/-\\"
+
+    def __init__(self, message: str, stream: TextIO | None = None):
+        self.message = message
+        self.stream = stream or sys.stderr
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._start = 0.0
+
+    def __enter__(self) -> Spinner:
+        self._start = time.perf_counter()
+        if self.stream.isatty():
+            self._thread = threading.Thread(target=self._spin, name="gemma-mtp-spinner", daemon=True)
+            self._thread.start()
+        else:
+            print(f"{self.message} ...", file=self.stream, flush=True)
+        return self
+
+    def _spin(self) -> None:
+        for frame in itertools.cycle(self.FRAMES):
+            elapsed = time.perf_counter() - self._start
+            self.stream.write(f"\r{frame} {self.message} ({elapsed:.0f} s)")
+            self.stream.flush()
+            if self._done.wait(0.1):
+                return
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
+            self.stream.write("\r")
+        outcome = "failed" if exc_type else "done"
+        print(
+            f"{self.message}: {outcome} in {time.perf_counter() - self._start:.1f} s",
+            file=self.stream,
+            flush=True,
+        )
+
+
+def _progress(stream: TextIO) -> Callable[[str], None]:
+    """Progress lines for long measurements: rewritten in place on a terminal, one per line elsewhere."""
+    tty = stream.isatty()
+
+    def show(message: str) -> None:
+        if tty:
+            stream.write("\r\033[K" + message)
+        else:
+            stream.write(message + "\n")
+        stream.flush()
+
+    return show
+
+
+def _end_progress(stream: TextIO) -> None:
+    if stream.isatty():
+        stream.write("\r\033[K")
+        stream.flush()
+
+
+def _section(title: str) -> None:
+    print(f"\n== {title} ==", flush=True)
+
+
+def _write_json(path: Path | None, payload: dict[str, Any]) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+        print(f"wrote {path}", file=sys.stderr)
+
+
+# -- loading -------------------------------------------------------------------------------------------
+
+
+def _load(model: str, assistant: str | None, device: str | None, dtype: str, threads: int | None) -> Runtime:
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # the spinner is the progress indicator
+    try:
+        with Spinner(f"Loading {model}" + (f" + {assistant}" if assistant else "")):
+            return Runtime.load(model, assistant, device=device, dtype=None if dtype == "auto" else dtype)
+    except (OSError, ValueError) as err:
+        raise CLIError(str(err)) from err
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def load_runtime(args: argparse.Namespace) -> Runtime:
+    """Load the pair named by ``common_options``' arguments, with a progress indicator."""
+    rt = _load(args.model, args.assistant, args.device, args.dtype, args.threads)
+    dtype = str(rt.target.dtype).removeprefix("torch.")
+    print(f"target {rt.model_name}\nassistant {rt.assistant_name}\non {rt.device} ({dtype})", file=sys.stderr)
+    return rt
+
+
+def read_prompts(args: argparse.Namespace) -> list[Prompt]:
+    """The prompts named by ``--prompts``/``--raw`` (the built-in ones by default)."""
+    from gemma_mtp.benchmarking import load_prompts
+
+    try:
+        return load_prompts(args.prompts, chat=not args.raw)
+    except (OSError, ValueError) as err:
+        raise CLIError(str(err)) from err
+
+
+# -- demo ----------------------------------------------------------------------------------------------
+
+
+def _stream_langchain(rt: Runtime, max_tokens: int) -> None:
+    from langchain_core.output_parsers import StrOutputParser
+    from langchain_core.prompts import ChatPromptTemplate
+
+    from langchain_gemma_mtp import ChatGemmaMTP
+
+    _section("LangChain: ChatPromptTemplate | ChatGemmaMTP | StrOutputParser")
+    chain = (
+        ChatPromptTemplate.from_messages([("human", "{question}")])
+        | ChatGemmaMTP(runtime=rt, max_tokens=max_tokens, temperature=0)
+        | StrOutputParser()
+    )
+    print(f"Q: {DEMO_QUESTION}\nA: ", end="", flush=True)
+    for text in chain.stream({"question": DEMO_QUESTION}):
+        print(text, end="", flush=True)
+    print()
+
+
+def _stream_llama_index(rt: Runtime, max_tokens: int) -> None:
+    from llama_index.core import Document, MockEmbedding, VectorStoreIndex
+
+    from llama_index_gemma_mtp import GemmaMTP
+
+    _section(f"LlamaIndex: VectorStoreIndex over {len(DEMO_DOCUMENTS)} documents -> query engine (GemmaMTP)")
+    # A constant mock embedding keeps the demo offline and deterministic; retrieval order is not the point.
+    index = VectorStoreIndex.from_documents(
+        [Document(text=text) for text in DEMO_DOCUMENTS], embed_model=MockEmbedding(embed_dim=8)
+    )
+    engine = index.as_query_engine(
+        llm=GemmaMTP(runtime=rt, max_new_tokens=max_tokens, temperature=0.0),
+        streaming=True,
+        similarity_top_k=2,
+    )
+    print(f"Q: {DEMO_QUERY}\nA: ", end="", flush=True)
+    response = engine.query(DEMO_QUERY)
+    for text in response.response_gen:  # type: ignore[union-attr]
+        print(text, end="", flush=True)
+    print()
+
+
+def _speed_report(rt: Runtime, max_tokens: int) -> bool:
+    """Decode the demo's questions greedily with and without the assistant; print the report; say if they matched."""
+    from gemma_mtp.benchmarking import as_chat
+
+    params = SamplingParams(max_new_tokens=max_tokens)
+    totals = {True: [0, 0.0], False: [0, 0.0]}
+    drafted = accepted = generated = rounds = matched = 0
+    questions = (DEMO_QUESTION, DEMO_QUERY)
+    for question in questions:
+        ids = rt.encode(as_chat(question))
+        results = {}
+        for use_assistant in (True, False):
+            start = time.perf_counter()
+            results[use_assistant] = rt.generate(ids, params, use_assistant=use_assistant)
+            totals[use_assistant][0] += len(results[use_assistant].token_ids)
+            totals[use_assistant][1] += time.perf_counter() - start
+        stats = results[True].stats
+        drafted += stats.drafted_tokens
+        accepted += stats.accepted_tokens
+        generated += stats.generated_tokens
+        rounds += stats.rounds
+        matched += results[True].token_ids == results[False].token_ids
+    with_rate = totals[True][0] / totals[True][1]
+    without_rate = totals[False][0] / totals[False][1]
+    all_match = matched == len(questions)
+    _section("Report (greedy; the same questions with and without the assistant)")
+    rows = [
+        ("acceptance rate", f"{accepted / drafted if drafted else 0.0:.2f}"),
+        ("mean tokens per target pass", f"{generated / rounds if rounds else 0.0:.2f}"),
+        ("tokens/s with the assistant", f"{with_rate:.1f}"),
+        ("tokens/s target alone", f"{without_rate:.1f}"),
+        ("speed-up", f"{with_rate / without_rate:.2f}×"),
+        (
+            "greedy outputs match",
+            f"{'yes' if all_match else 'NO'} ({matched}/{len(questions)} questions, token for token)",
+        ),
+    ]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name.ljust(width)}  {value}")
+    return all_match
+
+
+def _demo(args: argparse.Namespace) -> int:
+    rt = load_runtime(args)
+    _stream_langchain(rt, args.max_new_tokens)
+    _stream_llama_index(rt, args.max_new_tokens)
+    return 0 if _speed_report(rt, args.max_new_tokens) else 1
+
+
+# -- bench, tune, verify ----------------------------------------------------------------------------------
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from gemma_mtp.benchmarking import compare_methods, describe_machine
+
+    prompts = read_prompts(args)  # a bad file fails before minutes of loading
+    rt = load_runtime(args)
+    report = compare_methods(
+        rt,
+        prompts,
+        max_new_tokens=args.max_new_tokens,
+        runs=args.runs,
+        draft_length=args.num_assistant_tokens,
+        progress=_progress(sys.stderr),
+    )
+    _end_progress(sys.stderr)
+    machine = describe_machine(rt.device)
+    print("\n".join(machine.lines()) + "\n")
+    print(report.format_text())
+    _write_json(args.json, {"machine": machine.as_dict(), **report.as_dict()})
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from gemma_mtp.benchmarking import describe_machine, sweep
+
+    prompts = read_prompts(args)  # a bad file fails before minutes of loading
+    rt = load_runtime(args)
+    report = sweep(
+        rt,
+        prompts,
+        draft_lengths=args.draft_lengths,
+        temperatures=args.temperatures,
+        max_new_tokens=args.max_new_tokens,
+        runs=args.runs,
+        progress=_progress(sys.stderr),
+    )
+    _end_progress(sys.stderr)
+    machine = describe_machine(rt.device)
+    print("\n".join(machine.lines()) + "\n")
+    print(report.format_text())
+    best = report.best(min(report.temperatures)).draft_length
+    print(
+        f"\nuse it: SamplingParams(num_assistant_tokens={best}), or num_assistant_tokens={best} on the adapters"
+    )
+    _write_json(args.json, {"machine": machine.as_dict(), **report.as_dict()})
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from gemma_mtp.benchmarking import verify_greedy
+
+    rt = load_runtime(args)
+    reference = None
+    if args.reference_model:
+        reference = _load(
+            args.reference_model, args.reference_assistant, args.device, args.dtype, args.threads
+        )
+    prompts = read_prompts(args)
+    try:
+        report = verify_greedy(
+            rt, prompts, max_new_tokens=args.max_new_tokens, tolerance=args.tolerance, reference=reference
+        )
+    except ValueError as err:
+        raise CLIError(str(err)) from err
+    print(report.format_text(rt.tokenizer.decode))
+    _write_json(args.json, report.as_dict())
+    return 0 if report.ok else 1
+
+
+# -- arguments -----------------------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from err
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def _temperature(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from err
+    if not 0.0 <= value <= 100.0:
+        raise argparse.ArgumentTypeError(f"temperatures must be in [0, 100], got {value}")
+    return value
+
+
+def common_options(max_new_tokens: int, prompts: bool = True) -> argparse.ArgumentParser:
+    """Model and workload options shared by the subcommands and ``benchmarks/run_benchmarks.py``."""
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("model")
+    group.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"target: hub id or folder (default: {DEFAULT_MODEL}, the small pair shipped in the package)",
+    )
+    group.add_argument("--assistant", help="MTP assistant: hub id or folder (default: <model>-assistant)")
+    group.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    group.add_argument(
+        "--dtype", choices=DTYPES, default="auto", help="default: bfloat16 on CUDA, float32 on CPU"
+    )
+    group.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's choice)")
+    run = common.add_argument_group("workload")
+    run.add_argument(
+        "--max-new-tokens", type=_positive_int, default=max_new_tokens, help=f"default: {max_new_tokens}"
+    )
+    if prompts:
+        run.add_argument(
+            "--prompts",
+            type=Path,
+            metavar="FILE",
+            help="one prompt per line, or .jsonl with a string or a message list per line (default: built in)",
+        )
+        run.add_argument("--raw", action="store_true", help="send prompts as plain text, not as a chat turn")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gemma-mtp",
+        description="Gemma 4 speculative decoding with MTP assistants: demo, benchmarks, tuning, verification.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo",
+        parents=[common_options(96, prompts=False)],
+        help="stream a LangChain chain and a LlamaIndex query, then report the speed-up",
+        description="Streams a LangChain chain and a LlamaIndex query engine on the pair, then decodes the same "
+        "questions with and without the assistant and reports acceptance, tokens per target pass, "
+        "tokens/s and whether greedy outputs matched.",
+    )
+    demo.set_defaults(handler=_demo)
+
+    bench = commands.add_parser(
+        "bench",
+        parents=[common_options(64)],
+        help="our loop vs Hugging Face generate, with and without the assistant",
+        description="Greedy decoding of the same prompts and token budget by four methods: our loop with the "
+        "assistant, our loop alone, HF generate alone and HF generate(assistant_model=...). Medians over runs.",
+    )
+    bench.add_argument(
+        "--runs", type=_positive_int, default=3, help="timed runs over all prompts (default: 3)"
+    )
+    bench.add_argument(
+        "--num-assistant-tokens", type=_positive_int, help="draft length (default: the assistant's own)"
+    )
+    bench.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
+    bench.set_defaults(handler=_bench)
+
+    tune = commands.add_parser(
+        "tune",
+        parents=[common_options(64)],
+        help="sweep draft length x temperature; cost model vs measured speed-up; best draft length",
+        description="Decodes the prompts with each draft length and temperature and without the assistant, "
+        "prints the cost model's speed-up next to the measured one and picks the best draft length.",
+    )
+    tune.add_argument(
+        "--draft-lengths", type=_positive_int, nargs="+", default=list(range(1, 9)), metavar="K"
+    )
+    tune.add_argument("--temperatures", type=_temperature, nargs="+", default=[0.0, 0.7, 1.0], metavar="T")
+    tune.add_argument("--runs", type=_positive_int, default=2, help="runs per setting (default: 2)")
+    tune.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
+    tune.set_defaults(handler=_tune)
+
+    verify = commands.add_parser(
+        "verify",
+        parents=[common_options(64)],
+        help="greedy output with vs without the assistant, prompt by prompt",
+        description="Decodes each prompt greedily with and without the assistant. At the first differing token "
+        "it reports the target's top-2 logit margin; a flip where both tokens are within --tolerance of "
+        "the best logit is a near-tie (half precision can legitimately cause one), anything else a real "
+        "divergence. Exit status 1 on a real divergence, else 0.",
+    )
+    verify.add_argument(
+        "--tolerance",
+        type=float,
+        help="near-tie threshold in logits (default by dtype: float32 0.01, float16 0.25, bfloat16 0.5)",
+    )
+    verify.add_argument(
+        "--reference-model",
+        metavar="MODEL",
+        help="compare against this target decoding alone instead of the same target (same tokenizer)",
+    )
+    verify.add_argument(
+        "--reference-assistant",
+        metavar="MODEL",
+        help="the reference's assistant, loaded with it as a pair (default: <reference-model>-assistant)",
+    )
+    verify.add_argument("--json", type=Path, metavar="FILE", help="also write the verdicts as JSON")
+    verify.set_defaults(handler=_verify)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``gemma-mtp`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except CLIError as err:
+        print(f"gemma-mtp {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""The ``gemma-mtp`` command and ``benchmarks/run_benchmarks.py`` on the kit pairs, with tiny budgets.
+
+No timing thresholds here: these check that every subcommand runs, reports the fields it promises and
+exits with the documented status.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from gemma_mtp.benchmarking import PeakMemory, load_prompts
+from gemma_mtp.cli import main
+from gemma_mtp.testing import tiny_pair
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def pair_args() -> list[str]:
+    pair = tiny_pair("dense", agreeing=True)
+    return ["--model", str(pair.target_dir), "--assistant", str(pair.assistant_dir)]
+
+
+@pytest.fixture(scope="module")
+def other_pair_args() -> list[str]:
+    """A different target (random weights) sharing the kit tokenizer: forces a real divergence."""
+    pair = tiny_pair("dense", agreeing=False)
+    return ["--reference-model", str(pair.target_dir), "--reference-assistant", str(pair.assistant_dir)]
+
+
+@pytest.fixture()
+def one_prompt(tmp_path: Path) -> Path:
+    path = tmp_path / "prompts.txt"
+    path.write_text("Tell me about the sea.\n\n")
+    return path
+
+
+def test_demo_streams_both_frameworks_then_reports(pair_args, capsys) -> None:
+    assert main(["demo", *pair_args, "--max-new-tokens", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "LangChain" in out and "LlamaIndex" in out
+    for field in (
+        "acceptance rate",
+        "mean tokens per target pass",
+        "tokens/s with the assistant",
+        "tokens/s target alone",
+        "speed-up",
+    ):
+        assert field in out
+    assert "greedy outputs match" in out and "yes (2/2" in out
+
+
+def test_bench_reports_the_four_methods(pair_args, one_prompt, tmp_path, capsys) -> None:
+    out_json = tmp_path / "bench.json"
+    argv = ["bench", *pair_args, "--prompts", str(one_prompt), "--runs", "1", "--max-new-tokens", "6"]
+    assert main([*argv, "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    for text in (
+        "gemma-mtp, with assistant",
+        "gemma-mtp, target only",
+        "HF generate(assistant_model=...)",
+        "HF generate, target only",
+        "acceptance",
+        "tokens/target pass",
+        "TTFT ms",
+        "peak MiB",
+        "CPU:",
+    ):
+        assert text in out
+    report = json.loads(out_json.read_text())
+    assert report["machine"]["cpu_cores"] >= 1
+    methods = {m["method"]: m for m in report["methods"]}
+    assert set(methods) == {"mtp", "target_only", "hf_assisted", "hf_target"}
+    for m in methods.values():
+        assert m["matches_target_only"] is True  # greedy: all four write the same tokens
+        assert m["tokens_per_s"] > 0 and m["peak_memory_bytes"] > 0 and m["time_to_first_token_s"] > 0
+    assert methods["target_only"]["speedup"] == pytest.approx(1.0)
+    assert methods["target_only"]["tokens_per_target_forward"] == pytest.approx(1.0)
+    assert methods["hf_target"]["acceptance_rate"] is None
+    assert 0.0 <= methods["mtp"]["acceptance_rate"] <= 1.0
+    assert 0.0 <= methods["hf_assisted"]["acceptance_rate"] <= 1.0
+
+
+def test_tune_prints_the_cost_model_and_picks_a_draft_length(pair_args, one_prompt, tmp_path, capsys) -> None:
+    out_json = tmp_path / "tune.json"
+    argv = ["tune", *pair_args, "--prompts", str(one_prompt), "--draft-lengths", "1", "3"]
+    argv += ["--temperatures", "0", "0.7", "--runs", "1", "--max-new-tokens", "8", "--json", str(out_json)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    for text in ("E[tokens/round]", "model ms/round", "model speed-up", "speed-up", "temperature 0.7"):
+        assert text in out
+    assert "best draft length at temperature 0:" in out
+    assert "SamplingParams(num_assistant_tokens=" in out
+    report = json.loads(out_json.read_text())
+    assert {(p["temperature"], p["draft_length"]) for p in report["points"]} == {
+        (0.0, 1),
+        (0.0, 3),
+        (0.7, 1),
+        (0.7, 3),
+    }
+    for p in report["points"]:
+        assert p["expected_tokens_per_round"] == pytest.approx(1 + sum(p["acceptance_by_position"]))
+        assert p["model_speedup"] > 0 and p["measured_speedup"] > 0
+    assert set(report["best_draft_length"].values()) <= {1, 3}
+    assert set(report["forward_costs"]["verify_s"]) == {"1", "2", "3", "4"}
+
+
+def test_verify_identical_outputs_exit_zero(pair_args, capsys) -> None:
+    assert main(["verify", *pair_args, "--max-new-tokens", "12"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("identical (") == len(load_prompts(None))
+    assert "0 real divergences" in out
+
+
+def test_verify_real_divergence_exits_one(pair_args, other_pair_args, one_prompt, tmp_path, capsys) -> None:
+    out_json = tmp_path / "verify.json"
+    argv = ["verify", *pair_args, *other_pair_args, "--prompts", str(one_prompt), "--max-new-tokens", "8"]
+    assert main([*argv, "--tolerance", "0", "--json", str(out_json)]) == 1
+    out = capsys.readouterr().out
+    assert "DIVERGED at token" in out and "top-2 margin" in out
+    report = json.loads(out_json.read_text())
+    assert report["ok"] is False
+    divergence = report["verdicts"][0]["divergence"]
+    assert divergence["top2_margin"] >= 0 and divergence["gap"] > 0
+    assert divergence["assistant_token"] != divergence["reference_token"]
+
+
+def test_verify_flip_within_tolerance_is_a_near_tie(pair_args, other_pair_args, one_prompt, capsys) -> None:
+    argv = ["verify", *pair_args, *other_pair_args, "--prompts", str(one_prompt), "--max-new-tokens", "8"]
+    assert main([*argv, "--tolerance", "1000"]) == 0  # softcapped logits are within 60 of each other
+    out = capsys.readouterr().out
+    assert "NEAR-TIE at token" in out and "1 near-ties, 0 real divergences" in out
+
+
+def test_jsonl_prompts_accept_strings_and_messages(pair_args, tmp_path, capsys) -> None:
+    path = tmp_path / "prompts.jsonl"
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}]
+    path.write_text(json.dumps("Once upon a time") + "\n" + json.dumps(messages) + "\n")
+    assert main(["verify", *pair_args, "--prompts", str(path), "--raw", "--max-new-tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "'Once upon a time': identical" in out and "'Hello': identical" in out
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "does not exist"),
+        ("\n \n", "holds no prompts"),
+        ("{not json\n", "not valid JSON"),
+        ('{"role": "user"}\n', "expected a non-empty string or a list of chat messages"),
+    ],
+)
+def test_bad_prompt_files_exit_two_with_the_reason(pair_args, tmp_path, capsys, content, message) -> None:
+    path = tmp_path / "prompts.jsonl"
+    if content is not None:
+        path.write_text(content)
+    assert main(["bench", *pair_args, "--prompts", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "gemma-mtp bench: error:" in err and message in err
+
+
+def test_missing_model_exits_two_and_names_it(tmp_path, capsys) -> None:
+    missing = tmp_path / "no-such-model"
+    assert main(["verify", "--model", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "does not exist" in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["bench", "--runs", "0"],
+        ["tune", "--temperatures", "hot"],
+        ["verify", "--dtype", "float8"],
+        ["demo", "--max-new-tokens", "-3"],
+        [],
+    ],
+)
+def test_bad_arguments_are_usage_errors(argv, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert "usage: gemma-mtp" in capsys.readouterr().err
+
+
+def test_sampled_peak_memory_sees_the_process() -> None:
+    import torch
+
+    with PeakMemory(torch.device("cpu"), force_sampling=True) as memory:
+        buffer = torch.ones(8 * 2**20, dtype=torch.uint8)
+    assert memory.kind == "process RSS, sampled"
+    assert memory.peak_bytes >= buffer.numel()
+
+
+def test_run_benchmarks_writes_the_page_and_plots(pair_args, one_prompt, tmp_path) -> None:
+    spec = importlib.util.spec_from_file_location("run_benchmarks", ROOT / "benchmarks" / "run_benchmarks.py")
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    page, img = tmp_path / "docs" / "benchmarks.md", tmp_path / "docs" / "img"
+    argv = [
+        *pair_args,
+        "--prompts",
+        str(one_prompt),
+        "--runs",
+        "1",
+        "--tune-runs",
+        "1",
+        "--max-new-tokens",
+        "6",
+    ]
+    argv += [
+        "--draft-lengths",
+        "1",
+        "2",
+        "--temperatures",
+        "0",
+        "1",
+        "--output",
+        str(page),
+        "--img-dir",
+        str(img),
+    ]
+    assert script.main(argv) == 0
+    text = page.read_text()
+    for heading in (
+        "## Machine",
+        "## Our loop and Hugging Face",
+        "## Draft length and temperature",
+        "## Reproduce",
+    ):
+        assert heading in text
+    assert "| gemma-mtp, with assistant |" in text and "best draft length at temperature 1" in text
+    for plot in ("speedup_vs_draft_length.png", "acceptance_vs_temperature.png"):
+        assert (img / plot).read_bytes().startswith(b"\x89PNG")
+        assert f"](img/{plot})" in text
