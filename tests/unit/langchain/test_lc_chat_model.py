@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy as copy_module
 import itertools
 import threading
 import time
@@ -174,11 +175,21 @@ def test_profile_describes_the_integration_without_loading() -> None:
     assert llm._loaded is None
 
 
-def test_copies_share_the_loaded_pair(llm: ChatGemmaMTP, runtime: Runtime) -> None:
-    llm.invoke("Hello", max_tokens=1)
-    copy = llm.model_copy(deep=True, update={"max_tokens": 2})
-    assert copy.runtime is runtime
-    assert copy.invoke("Hello").usage_metadata["output_tokens"] == 2
+def test_deep_copies_share_the_loaded_pair(runtime: Runtime) -> None:
+    pair = tiny_pair("dense", agreeing=True)
+    loaded = ChatGemmaMTP(
+        model=str(pair.target_dir),
+        assistant=str(pair.assistant_dir),
+        device="cpu",
+        dtype="float32",
+        max_tokens=2,
+    )
+    loaded.invoke("Hello")
+    given = ChatGemmaMTP(runtime=runtime, max_tokens=2)
+    for copy in (copy_module.deepcopy(given), given.model_copy(deep=True)):
+        assert copy.runtime is runtime
+        assert copy.invoke("Hello").usage_metadata["output_tokens"] == 2
+    assert copy_module.deepcopy(loaded)._loaded is runtime
 
 
 def test_token_counting_uses_the_chat_template(llm: ChatGemmaMTP, runtime: Runtime) -> None:
