@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import GenerationConfig
+from transformers import GenerationConfig, PreTrainedModel
 from transformers.generation.streamers import BaseStreamer
 
 from gemma_mtp.benchmarking.measure import PeakMemory, elapsed_since, synchronize
@@ -177,9 +177,9 @@ def _counting_calls(module: torch.nn.Module) -> Iterator[list[int]]:
 
 
 @contextmanager
-def _assistant_draft_length(assistant: torch.nn.Module, draft_length: int) -> Iterator[None]:
+def _assistant_draft_length(assistant: PreTrainedModel, draft_length: int) -> Iterator[None]:
     """transformers' MTP path reads the draft length from the assistant's generation config."""
-    config = assistant.generation_config  # type: ignore[union-attr]
+    config = assistant.generation_config
     saved = config.num_assistant_tokens
     config.num_assistant_tokens = draft_length
     try:

@@ -42,11 +42,10 @@ def load_prompts(path: str | Path | None, *, chat: bool = True) -> list[Prompt]:
         if not file.is_file():
             raise FileNotFoundError(f"The prompts file {str(file)!r} does not exist.")
         lines = [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
-        raw = (
-            [_json_prompt(line, file, n) for n, line in enumerate(lines, 1)]
-            if file.suffix == ".jsonl"
-            else lines
-        )
+        if file.suffix == ".jsonl":
+            raw = [_json_prompt(line, file, n) for n, line in enumerate(lines, 1)]
+        else:
+            raw = list(lines)
         if not raw:
             raise ValueError(f"The prompts file {str(file)!r} holds no prompts (one per line expected).")
     return [as_chat(p) if chat and isinstance(p, str) else p for p in raw]

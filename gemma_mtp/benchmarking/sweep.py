@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers import DynamicCache
 
 from gemma_mtp.benchmarking.measure import elapsed_since, synchronize
 from gemma_mtp.benchmarking.tables import markdown_table, plural, text_table
-from gemma_mtp.modeling import Drafter, TargetStep
+from gemma_mtp.modeling import Drafter, TargetOutput, TargetStep
 from gemma_mtp.params import SamplingParams
 from gemma_mtp.runtime import Prompt, Runtime
 from gemma_mtp.stats import SpeculationStats
@@ -174,24 +175,17 @@ class SweepReport:
         return "\n".join(out + [f"- {line}" for line in self._verdict()])
 
 
-def _median_time(
-    fn: Callable[[], object], prepare: Callable[[], object] | None, repeats: int, device: torch.device
-) -> float:
-    times = []
-    for _ in range(repeats):
-        if prepare is not None:
-            prepare()
-        synchronize(device)
-        start = time.perf_counter()
-        fn()
-        times.append(elapsed_since(start, device))
-    return statistics.median(times)
+def _timed(fn: Callable[[], object], device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    return elapsed_since(start, device)
 
 
 def measure_forward_costs(
     runtime: Runtime, prompt: Prompt, draft_lengths: Sequence[int], *, repeats: int = 9
 ) -> ForwardCosts:
-    """Time ``verify(n)`` for ``n = 1..max(k)+1`` and ``draft(k)`` after a prefill of ``prompt``.
+    """Time ``verify(n)`` for ``n = 1..max(k)+1`` and ``draft(k)`` after a prefill of ``prompt``; medians.
 
     Each verify pass gets a freshly prefilled cache (untimed), so every timing sees the same cache length.
     """
@@ -200,45 +194,32 @@ def measure_forward_costs(
     ids = runtime.encode(prompt)
     device = step.device
     prompt_t = torch.tensor([ids], device=device)
-    state: dict[str, Any] = {}
 
-    def prefill() -> None:
+    def prefilled() -> tuple[DynamicCache, TargetOutput]:
         cache = step.new_cache()
-        state["cache"] = cache
-        state["out"] = step(prompt_t, cache, start=0, keep_last=1)
+        return cache, step(prompt_t, cache, start=0, keep_last=1)
+
+    def new_tokens(n: int) -> torch.Tensor:
+        return torch.tensor([(ids * n)[-n:]], device=device)
+
+    def verify(n: int) -> float:
+        cache, _ = prefilled()
+        tokens = new_tokens(n)
+        return _timed(lambda: step(tokens, cache, start=len(ids), keep_last=n), device)
+
+    _, out = prefilled()
+    pending = out.logits.argmax(dim=-1).view(1, 1)
+
+    def draft(k: int) -> float:
+        return _timed(lambda: drafter.draft(pending, out.hidden, out.shared_kv, len(ids), k), device)
 
     longest = max(draft_lengths)
-    prefill()  # untimed warm-up of both models: first calls pay one-off initialisation
-    step(torch.tensor([(ids * (longest + 1))[-(longest + 1) :]], device=device), state["cache"], len(ids), 1)
-    drafter.draft(
-        state["out"].logits.argmax(dim=-1).view(1, 1),
-        state["out"].hidden,
-        state["out"].shared_kv,
-        len(ids),
-        longest,
+    verify(longest + 1)  # untimed warm-up of both models: first calls pay one-off initialisation
+    draft(longest)
+    return ForwardCosts(
+        verify_s={n: statistics.median(verify(n) for _ in range(repeats)) for n in range(1, longest + 2)},
+        draft_s={k: statistics.median(draft(k) for _ in range(repeats)) for k in draft_lengths},
     )
-    verify_s = {}
-    for n in range(1, longest + 2):
-        new = torch.tensor([(ids * n)[-n:]], device=device)
-        verify_s[n] = _median_time(
-            lambda new=new, n=n: step(new, state["cache"], start=len(ids), keep_last=n),
-            prefill,
-            repeats,
-            device,
-        )
-    prefill()
-    out = state["out"]
-    pending = out.logits.argmax(dim=-1).view(1, 1)
-    draft_s = {
-        k: _median_time(
-            lambda k=k: drafter.draft(pending, out.hidden[:, -1:], out.shared_kv, len(ids), k),
-            None,
-            repeats,
-            device,
-        )
-        for k in draft_lengths
-    }
-    return ForwardCosts(verify_s=verify_s, draft_s=draft_s)
 
 
 @dataclass
