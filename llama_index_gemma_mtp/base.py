@@ -144,6 +144,13 @@ class GemmaMTP(FunctionCallingLLM):
         text = str(value) if value is not None and not isinstance(value, str) else value
         return text.removeprefix("torch.") if text is not None else None
 
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> GemmaMTP:
+        """Copies share the loaded pair: the weights are a per-process resource, never duplicated."""
+        memo = {} if memo is None else memo
+        if self._runtime is not None:
+            memo[id(self._runtime)] = self._runtime
+        return super().__deepcopy__(memo)
+
     @classmethod
     def class_name(cls) -> str:
         return "GemmaMTP"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 from typing import Any
 
@@ -144,6 +145,20 @@ def test_metadata_reports_the_model(llm: GemmaMTP, runtime: Runtime) -> None:
     assert meta.model_name == runtime.model_name
     assert llm.model == runtime.model_name
     assert GemmaMTP.class_name() == "GemmaMTP"
+
+
+def test_copies_share_the_loaded_pair(llm: GemmaMTP, runtime: Runtime) -> None:
+    for copied in (copy.deepcopy(llm), llm.model_copy(deep=True), llm.model_copy()):
+        assert copied.runtime is runtime
+        assert (
+            copied.chat(QUESTION, max_new_tokens=4).message.content
+            == llm.chat(QUESTION, max_new_tokens=4).message.content
+        )
+    pair = tiny_pair("dense", agreeing=True)
+    unloaded = GemmaMTP(
+        model=str(pair.target_dir), assistant=str(pair.assistant_dir), device="cpu", dtype="float32"
+    )
+    assert copy.deepcopy(unloaded)._runtime is None
 
 
 def test_stop_accepts_a_single_string(runtime: Runtime) -> None:
