@@ -12,6 +12,7 @@ differ; 2 on bad input (arguments, prompt files, model names).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import itertools
 import json
 import sys
@@ -248,7 +249,24 @@ def _speed_report(rt: Runtime, max_tokens: int) -> bool:
     return all_match
 
 
+def _check_demo_extras() -> None:
+    missing = [name for name in ("langchain_core", "llama_index.core") if not _importable(name)]
+    if missing:
+        raise CLIError(
+            f"the demo needs the LangChain and LlamaIndex extras ({', '.join(missing)} not installed): "
+            'pip install "gemma-mtp[all]"'
+        )
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # the parent package is missing
+        return False
+
+
 def _demo(args: argparse.Namespace) -> int:
+    _check_demo_extras()
     rt = load_runtime(args)
     _stream_langchain(rt, args.max_new_tokens)
     _stream_llama_index(rt, args.max_new_tokens)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,13 @@ def test_demo_streams_both_frameworks_then_reports(pair_args, capsys) -> None:
     ):
         assert field in out
     assert "greedy outputs match" in out and "yes (2/2" in out
+
+
+def test_demo_without_the_framework_extras_says_what_to_install(monkeypatch, capsys) -> None:
+    monkeypatch.setitem(sys.modules, "langchain_core", None)  # as if not installed
+    assert main(["demo"]) == 2
+    err = capsys.readouterr().err
+    assert "langchain_core" in err and 'pip install "gemma-mtp[all]"' in err
 
 
 def test_bench_reports_the_four_methods(pair_args, one_prompt, tmp_path, capsys) -> None:
