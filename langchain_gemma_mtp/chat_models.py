@@ -286,27 +286,26 @@ class ChatGemmaMTP(BaseChatModel):
     def _prepare(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
     ) -> _Request:
-        """Check and translate one call; raises before any model work when something is wrong."""
-        return self._prepare_with(self._runtime_for(kwargs.get("model")), messages, stop, kwargs)
+        """Check and translate one call, then find its runtime: bad input fails before any weights load."""
+        translated, params, options = self._translate(messages, stop, kwargs)
+        return _Request(self._runtime_for(kwargs.get("model")), translated, params, options)
 
     async def _aprepare(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
     ) -> _Request:
         """``_prepare`` without loading weights on the event loop's thread."""
+        translated, params, options = self._translate(messages, stop, kwargs)
         model = kwargs.get("model")
         if self._runtime_is_ready(model):
             runtime = self._runtime_for(model)
         else:
             runtime = await run_in_executor(None, self._runtime_for, model)
-        return self._prepare_with(runtime, messages, stop, kwargs)
+        return _Request(runtime, translated, params, options)
 
-    def _prepare_with(
-        self,
-        runtime: Runtime,
-        messages: list[BaseMessage],
-        stop: list[str] | None,
-        kwargs: dict[str, Any],
-    ) -> _Request:
+    def _translate(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> tuple[list[dict[str, Any]], SamplingParams, dict[str, Any]]:
+        """Runtime messages, sampling parameters and chat options for one call."""
         sampling = {k: v for k, v in kwargs.items() if k not in _CALL_OPTIONS}
         known = set(SamplingParams.__dataclass_fields__) | set(_FIELD_TO_PARAM)
         unknown = sorted(set(sampling) - known)
@@ -326,7 +325,7 @@ class ChatGemmaMTP(BaseChatModel):
             "use_assistant": kwargs.get("use_assistant", self.use_assistant),
             "chat_template_kwargs": template_kwargs or None,
         }
-        return _Request(runtime, to_runtime_messages(messages), params, options)
+        return to_runtime_messages(messages), params, options
 
     # -- generation ---------------------------------------------------------------------------------
 

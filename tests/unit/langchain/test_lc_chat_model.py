@@ -333,6 +333,15 @@ def test_bad_sampling_values_fail_at_construction(field: str, value: float) -> N
         ChatGemmaMTP(model="google/gemma-4-E2B-it", **{field: value})
 
 
+def test_bad_call_input_fails_before_weights_load() -> None:
+    llm = ChatGemmaMTP(model="google/gemma-4-E2B-it")
+    with pytest.raises(TypeError, match="unknown call option"):
+        llm.invoke("Hello", frequency_penalty=0.5)
+    with pytest.raises(ValueError, match="text only"):
+        llm.invoke([HumanMessage(content=[{"type": "image", "base64": "AA", "mime_type": "image/png"}])])
+    assert llm._loaded is None
+
+
 def test_bad_call_input_is_rejected_and_the_model_stays_usable(llm: ChatGemmaMTP) -> None:
     expected = llm.invoke("Hello").content
     with pytest.raises(ValueError, match="temperature"):
