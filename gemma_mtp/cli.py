@@ -84,7 +84,7 @@ class Spinner:
         self._done.set()
         if self._thread is not None:
             self._thread.join()
-            self.stream.write("\r")
+            self.stream.write("\r\033[K")
         outcome = "failed" if exc_type else "done"
         print(
             f"{self.message}: {outcome} in {time.perf_counter() - self._start:.1f} s",
