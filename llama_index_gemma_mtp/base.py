@@ -123,7 +123,11 @@ class GemmaMTP(FunctionCallingLLM):
                     f"{', '.join(clashing)} only apply when GemmaMTP loads the model itself; "
                     "they cannot be combined with runtime=. Load the Runtime with them instead."
                 )
+            # Describe the pair in the fields too, so that a serialized or unpickled copy loads the same one.
             model = model or runtime.model_name
+            kwargs.update(
+                assistant=runtime.assistant_name, device=str(runtime.device), dtype=str(runtime.target.dtype)
+            )
         elif not model:
             raise ValueError("Pass model= (a hub id or local folder of a Gemma 4 checkpoint) or runtime=.")
         super().__init__(model=model, **kwargs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import pickle
 import threading
 from typing import Any
 
@@ -137,6 +138,13 @@ def test_model_loads_lazily_from_the_shared_cache(runtime: Runtime) -> None:
     assert llm.runtime is runtime
 
 
+def test_a_given_runtime_is_described_in_the_settings(llm: GemmaMTP, runtime: Runtime) -> None:
+    settings = llm.to_dict()
+    assert (settings["model"], settings["assistant"]) == (runtime.model_name, runtime.assistant_name)
+    assert (settings["device"], settings["dtype"]) == ("cpu", "float32")
+    assert GemmaMTP.from_dict(settings).runtime is runtime
+
+
 def test_metadata_reports_the_model(llm: GemmaMTP, runtime: Runtime) -> None:
     meta = llm.metadata
     assert meta.context_window == runtime.context_window
@@ -154,6 +162,9 @@ def test_copies_share_the_loaded_pair(llm: GemmaMTP, runtime: Runtime) -> None:
             copied.chat(QUESTION, max_new_tokens=4).message.content
             == llm.chat(QUESTION, max_new_tokens=4).message.content
         )
+    restored = pickle.loads(pickle.dumps(llm))
+    assert restored._runtime is None
+    assert restored.runtime is runtime
     pair = tiny_pair("dense", agreeing=True)
     unloaded = GemmaMTP(
         model=str(pair.target_dir), assistant=str(pair.assistant_dir), device="cpu", dtype="float32"
