@@ -12,13 +12,13 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 import torch
 
-from gemma_mtp.chat import StreamingResponseParser, render_chat, tool_call_prefill
+from gemma_mtp.chat import StreamingResponseParser, render_chat, tool_call_prefill, validate_messages
 from gemma_mtp.detokenize import IncrementalDetokenizer, StopMatcher
 from gemma_mtp.families import family_of
 from gemma_mtp.loading import LoadedPair, load_pair, resolve_device, resolve_dtype, resolve_names
@@ -216,7 +216,7 @@ class Runtime:
         use_assistant: bool = True,
         on_round: RoundListener | None = None,
         cancel: threading.Event | None = None,
-    ) -> Iterator[StreamDelta]:
+    ) -> Generator[StreamDelta, None, None]:
         """Yield text as soon as each round's tokens are accepted; closing the iterator cancels."""
         prompt_ids = self.encode(prompt)
         return self._stream_ids(prompt_ids, params or SamplingParams(), use_assistant, on_round, cancel)
@@ -245,17 +245,16 @@ class Runtime:
         use_assistant: bool = True,
         on_round: RoundListener | None = None,
     ) -> GenerationResult:
-        """Like :meth:`generate`, on a worker thread, so the event loop keeps running."""
-        prompt_ids = self.encode(prompt)
-        deltas = [
-            d
-            async for d in _in_thread(
-                lambda cancel: self._stream_ids(
-                    prompt_ids, params or SamplingParams(), use_assistant, on_round, cancel
-                )
+        """Like :meth:`generate`, on a worker thread (templating included), so the event loop keeps running.
+
+        Cancelling the awaiting task stops generation before its next round.
+        """
+        _check_prompt(prompt)
+        return await _cancellable_thread(
+            lambda cancel: self.generate(
+                prompt, params, use_assistant=use_assistant, on_round=on_round, cancel=cancel
             )
-        ]
-        return _collect(deltas, prompt_ids)
+        )
 
     def astream(
         self,
@@ -264,12 +263,16 @@ class Runtime:
         *,
         use_assistant: bool = True,
         on_round: RoundListener | None = None,
-    ) -> AsyncIterator[StreamDelta]:
-        """Like :meth:`stream`, without blocking the event loop; ``aclose()`` or cancellation stops it."""
-        prompt_ids = self.encode(prompt)
+    ) -> AsyncGenerator[StreamDelta, None]:
+        """Like :meth:`stream`, on a worker thread; ``aclose()``, ``break`` or cancellation stops it.
+
+        Chat messages are checked here, so bad input raises at the call; tokenizing and templating wait
+        for the worker thread.
+        """
+        _check_prompt(prompt)
         return _in_thread(
-            lambda cancel: self._stream_ids(
-                prompt_ids, params or SamplingParams(), use_assistant, on_round, cancel
+            lambda cancel: self.stream(
+                prompt, params, use_assistant=use_assistant, on_round=on_round, cancel=cancel
             )
         )
 
@@ -280,7 +283,7 @@ class Runtime:
         use_assistant: bool,
         on_round: RoundListener | None,
         cancel: threading.Event | None,
-    ) -> Iterator[StreamDelta]:
+    ) -> Generator[StreamDelta, None, None]:
         if not isinstance(params, SamplingParams):
             raise TypeError(f"params must be a SamplingParams, got {type(params).__name__}")
         stats = SpeculationStats()
@@ -391,7 +394,7 @@ class Runtime:
         chat_template_kwargs: dict[str, Any] | None = None,
         on_round: RoundListener | None = None,
         cancel: threading.Event | None = None,
-    ) -> Iterator[ChatDelta]:
+    ) -> Generator[ChatDelta, None, None]:
         """Render ``messages`` with the chat template; stream the answer parsed into text, thinking and tool calls.
 
         ``tools`` are OpenAI-style function specs. ``tool_choice="required"`` or a tool's name forces a
@@ -438,16 +441,24 @@ class Runtime:
         use_assistant: bool = True,
         chat_template_kwargs: dict[str, Any] | None = None,
         on_round: RoundListener | None = None,
-    ) -> AsyncIterator[ChatDelta]:
-        """Like :meth:`stream_chat`, without blocking the event loop; ``aclose()`` or cancellation stops it."""
-        prompt_ids, chat_params, prefill = self._prepare_chat(
-            messages, params, tools, tool_choice, chat_template_kwargs
-        )
+    ) -> AsyncGenerator[ChatDelta, None]:
+        """Like :meth:`stream_chat`, on a worker thread (templating included); ``aclose()``, ``break`` or
+        cancellation stops it.
+
+        Messages, tools and ``tool_choice`` are checked here, so bad input raises at the call; rendering
+        the chat template waits for the worker thread.
+        """
+        _check_chat_input(messages, tools, tool_choice)
         return _in_thread(
-            lambda cancel: _parse_stream(
-                self._stream_ids(prompt_ids, chat_params, use_assistant, on_round, cancel),
-                prefill,
-                len(prompt_ids),
+            lambda cancel: self.stream_chat(
+                messages,
+                params,
+                tools=tools,
+                tool_choice=tool_choice,
+                use_assistant=use_assistant,
+                chat_template_kwargs=chat_template_kwargs,
+                on_round=on_round,
+                cancel=cancel,
             )
         )
 
@@ -463,16 +474,26 @@ class Runtime:
         on_round: RoundListener | None = None,
     ) -> ChatResult:
         """Like :meth:`chat`, on a worker thread, so the event loop keeps running."""
-        deltas = self.astream_chat(
-            messages,
-            params,
-            tools=tools,
-            tool_choice=tool_choice,
-            use_assistant=use_assistant,
-            chat_template_kwargs=chat_template_kwargs,
-            on_round=on_round,
+        _check_chat_input(messages, tools, tool_choice)
+        return await _cancellable_thread(
+            lambda cancel: self.chat(
+                messages,
+                params,
+                tools=tools,
+                tool_choice=tool_choice,
+                use_assistant=use_assistant,
+                chat_template_kwargs=chat_template_kwargs,
+                on_round=on_round,
+                cancel=cancel,
+            )
         )
-        return _collect_chat([d async for d in deltas])
+
+    def __copy__(self) -> Runtime:
+        """A runtime is a shared, loaded resource: copies are the runtime itself."""
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Runtime:
+        return self
 
 
 @dataclass(frozen=True)
@@ -482,8 +503,8 @@ class _ChatPrefix:
 
 
 def _parse_stream(
-    deltas: Iterator[StreamDelta], prefix: _ChatPrefix, prompt_tokens: int
-) -> Iterator[ChatDelta]:
+    deltas: Generator[StreamDelta, None, None], prefix: _ChatPrefix, prompt_tokens: int
+) -> Generator[ChatDelta, None, None]:
     """Turn raw text deltas into content, thinking and tool-call deltas."""
     parser = StreamingResponseParser(prefix=prefix.prompt_tail)
     saw_tool_call = False
@@ -513,9 +534,7 @@ def _parse_stream(
             )
             raw_prefix = ""
     finally:
-        close = getattr(deltas, "close", None)
-        if close is not None:
-            close()
+        deltas.close()
 
 
 def _collect(deltas: list[StreamDelta], prompt_ids: list[int]) -> GenerationResult:
@@ -550,7 +569,39 @@ def _collect_chat(deltas: list[ChatDelta]) -> ChatResult:
     )
 
 
-async def _in_thread(make: Callable[[threading.Event], Iterator[_T]]) -> AsyncIterator[_T]:
+def _check_chat_input(
+    messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None, tool_choice: str | None
+) -> None:
+    """The cheap checks of a chat request (no templating), for async calls to raise at the call site."""
+    validate_messages(messages)
+    tool_call_prefill(tool_choice, tools)
+
+
+def _check_prompt(prompt: Prompt) -> None:
+    if (
+        not isinstance(prompt, str)
+        and isinstance(prompt, Sequence)
+        and prompt
+        and isinstance(prompt[0], dict)
+    ):
+        validate_messages(prompt)  # type: ignore[arg-type]
+    elif not isinstance(prompt, (str, Sequence)):
+        raise TypeError(
+            f"prompt must be a string, a list of token ids or a list of chat messages, got {type(prompt).__name__}"
+        )
+
+
+async def _cancellable_thread(call: Callable[[threading.Event], _T]) -> _T:
+    """Run a blocking call on a worker thread; cancelling the awaiting task sets its cancel event."""
+    cancel = threading.Event()
+    try:
+        return await asyncio.to_thread(call, cancel)
+    except asyncio.CancelledError:
+        cancel.set()
+        raise
+
+
+async def _in_thread(make: Callable[[threading.Event], Iterator[_T]]) -> AsyncGenerator[_T, None]:
     """Run a blocking iterator on its own thread and hand its items to the event loop.
 
     The thread owns the iterator from start to end; leaving the ``async for`` early (break, ``aclose``,

@@ -188,3 +188,21 @@ def test_prompt_forms(agreeing: Runtime) -> None:
     chat_ids = agreeing.encode(messages)
     assert agreeing.generate(messages, PARAMS).token_ids == agreeing.generate(chat_ids, PARAMS).token_ids
     assert agreeing.tokenizer.decode(chat_ids).endswith("<|turn>model\n")
+
+
+async def test_async_calls_check_input_at_the_call(agreeing: Runtime) -> None:
+    with pytest.raises(ValueError, match="messages is empty"):
+        agreeing.astream_chat([])
+    with pytest.raises(ValueError, match="required"):
+        agreeing.astream_chat([{"role": "user", "content": "Hi"}], tool_choice="required")
+    with pytest.raises(TypeError, match="prompt must be"):
+        agreeing.astream(3.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="empty"):
+        [d async for d in agreeing.astream("")]
+
+
+def test_copies_of_a_runtime_are_the_runtime(agreeing: Runtime) -> None:
+    import copy
+
+    assert copy.copy(agreeing) is agreeing
+    assert copy.deepcopy({"rt": agreeing})["rt"] is agreeing
