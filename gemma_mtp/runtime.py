@@ -32,7 +32,7 @@ from gemma_mtp.results import (
     GenerationResult,
     StreamDelta,
 )
-from gemma_mtp.speculative import SpeculativeDecoder
+from gemma_mtp.speculative import Round, SpeculativeDecoder
 from gemma_mtp.stats import RoundListener, RoundStats, SpeculationStats
 
 __all__ = ["Prompt", "Runtime"]
@@ -297,8 +297,6 @@ class Runtime:
             generator.manual_seed(params.seed)
         else:
             generator.seed()
-        decoder = SpeculativeDecoder(self._target_step, self._drafter if use_assistant else None, self._lock)
-        draft_length = params.num_assistant_tokens or self.default_draft_length
 
         def count(kind: str) -> None:
             if kind == "target":
@@ -306,7 +304,7 @@ class Runtime:
             else:
                 stats.assistant_forward_passes += 1
 
-        rounds = decoder.run(prompt_ids, params, draft_length, budget, generator, count)
+        rounds = self._rounds(prompt_ids, params, budget, generator, count, use_assistant)
         produced = 0
         round_started = time.perf_counter()
         try:
@@ -353,6 +351,20 @@ class Runtime:
                 round_started = time.perf_counter()
         finally:
             rounds.close()
+
+    def _rounds(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        budget: int,
+        generator: torch.Generator,
+        count_forward: Callable[[str], None],
+        use_assistant: bool,
+    ) -> Generator[Round, None, None]:
+        """The decoding rounds of one request (the testing kit's scripted answers stand in here)."""
+        decoder = SpeculativeDecoder(self._target_step, self._drafter if use_assistant else None, self._lock)
+        draft_length = params.num_assistant_tokens or self.default_draft_length
+        return decoder.run(prompt_ids, params, draft_length, budget, generator, count_forward)
 
     def _notify(self, round_stats: RoundStats, on_round: RoundListener | None) -> None:
         for listener in [*self._listeners, *([on_round] if on_round else [])]:

@@ -7,8 +7,6 @@ turn what comes out into LangChain messages, chunks and parsed objects.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import pytest
 from langchain_core.exceptions import OutputParserException
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
@@ -17,10 +15,8 @@ from langchain_core.utils.function_calling import convert_to_json_schema
 from pydantic import BaseModel, Field
 from typing_extensions import TypedDict
 
+from gemma_mtp.testing.scripted import ScriptedAnswers
 from langchain_gemma_mtp import ChatGemmaMTP, SpeculationCallbackHandler
-
-if TYPE_CHECKING:
-    from conftest import ScriptedAnswers
 
 WEATHER_CALL = '<|tool_call>call:get_weather{city:<|"|>Paris<|"|>,days:3}<tool_call|><|tool_response>'
 TWO_CALLS = (
