@@ -13,7 +13,7 @@ from gemma_mtp.chat import ToolCall
 from gemma_mtp.params import SamplingParams
 from gemma_mtp.results import ChatDelta, ChatResult, GenerationResult, StreamDelta
 from gemma_mtp.runtime import Prompt, Runtime
-from gemma_mtp.stats import RoundListener, RoundStats, SpeculationStats
+from gemma_mtp.stats import RoundListener, RoundStats, SpeculationStats, SpeculationTotals
 
 __version__ = "0.1.0"
 
@@ -27,6 +27,7 @@ __all__ = [
     "Runtime",
     "SamplingParams",
     "SpeculationStats",
+    "SpeculationTotals",
     "StreamDelta",
     "ToolCall",
     "__version__",

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["RoundListener", "RoundStats", "SpeculationStats"]
+__all__ = ["RoundListener", "RoundStats", "SpeculationStats", "SpeculationTotals"]
 
 
 @dataclass(frozen=True)
@@ -153,4 +153,85 @@ class SpeculationStats:
             "time_to_first_token_s": self.time_to_first_token_s,
             "elapsed_s": self.elapsed_s,
             "acceptance_by_position": self.acceptance_by_position,
+        }
+
+
+@dataclass(frozen=True)
+class SpeculationTotals:
+    """Speculation figures added up over several requests (or rounds), for callbacks and reports.
+
+    Built from the plain dictionaries the adapters carry through their frameworks
+    (:meth:`SpeculationStats.as_dict`, :meth:`RoundStats.as_dict`) and added with ``+``.
+    """
+
+    requests: int = 0
+    rounds: int = 0
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
+    generated_tokens: int = 0
+    prompt_tokens: int = 0
+    elapsed_s: float = 0.0
+
+    @classmethod
+    def of_request(cls, stats: dict[str, Any]) -> SpeculationTotals:
+        """One whole request, from :meth:`SpeculationStats.as_dict`."""
+        return cls(
+            requests=1,
+            rounds=int(stats["rounds"]),
+            drafted_tokens=int(stats["drafted_tokens"]),
+            accepted_tokens=int(stats["accepted_tokens"]),
+            generated_tokens=int(stats["generated_tokens"]),
+            prompt_tokens=int(stats["prompt_tokens"]),
+            elapsed_s=float(stats["elapsed_s"]),
+        )
+
+    @classmethod
+    def of_round(cls, round_stats: dict[str, Any]) -> SpeculationTotals:
+        """One round, from :meth:`RoundStats.as_dict` (counts no request)."""
+        return cls(
+            rounds=1,
+            drafted_tokens=int(round_stats["drafted"]),
+            accepted_tokens=int(round_stats["accepted"]),
+            generated_tokens=int(round_stats["emitted"]),
+            elapsed_s=float(round_stats["duration_s"]),
+        )
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Accepted / drafted tokens (0.0 when nothing was drafted)."""
+        return self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else 0.0
+
+    @property
+    def mean_accepted_per_round(self) -> float:
+        return self.accepted_tokens / self.rounds if self.rounds else 0.0
+
+    @property
+    def tokens_per_round(self) -> float:
+        """Tokens emitted per target forward pass: the speed-up over plain decoding, before overheads."""
+        return self.generated_tokens / self.rounds if self.rounds else 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Generated tokens over the summed request times (per-request throughput, not wall-clock)."""
+        return self.generated_tokens / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def __add__(self, other: SpeculationTotals) -> SpeculationTotals:
+        return SpeculationTotals(
+            requests=self.requests + other.requests,
+            rounds=self.rounds + other.rounds,
+            drafted_tokens=self.drafted_tokens + other.drafted_tokens,
+            accepted_tokens=self.accepted_tokens + other.accepted_tokens,
+            generated_tokens=self.generated_tokens + other.generated_tokens,
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            elapsed_s=self.elapsed_s + other.elapsed_s,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain numbers, derived rates included."""
+        return {
+            **asdict(self),
+            "acceptance_rate": self.acceptance_rate,
+            "mean_accepted_per_round": self.mean_accepted_per_round,
+            "tokens_per_round": self.tokens_per_round,
+            "tokens_per_second": self.tokens_per_second,
         }

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
@@ -20,62 +20,10 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, GenerationChunk, LLMResult
 
+from gemma_mtp.stats import SpeculationTotals
 from langchain_gemma_mtp._output import ROUNDS_KEY, SUMMARY_KEY
 
 __all__ = ["SpeculationCallbackHandler", "SpeculationTotals"]
-
-
-@dataclass(frozen=True)
-class SpeculationTotals:
-    """Speculation figures added up over one or more requests."""
-
-    requests: int = 0
-    rounds: int = 0
-    drafted_tokens: int = 0
-    accepted_tokens: int = 0
-    generated_tokens: int = 0
-    prompt_tokens: int = 0
-    elapsed_s: float = 0.0
-
-    @property
-    def acceptance_rate(self) -> float:
-        """Accepted / drafted tokens (0.0 when nothing was drafted)."""
-        return self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else 0.0
-
-    @property
-    def mean_accepted_per_round(self) -> float:
-        return self.accepted_tokens / self.rounds if self.rounds else 0.0
-
-    @property
-    def tokens_per_round(self) -> float:
-        """Tokens emitted per target verification pass: the speed-up over plain decoding, before overheads."""
-        return self.generated_tokens / self.rounds if self.rounds else 0.0
-
-    @property
-    def tokens_per_second(self) -> float:
-        """Generated tokens over the summed request times (per-request throughput, not wall-clock)."""
-        return self.generated_tokens / self.elapsed_s if self.elapsed_s > 0 else 0.0
-
-    def __add__(self, other: SpeculationTotals) -> SpeculationTotals:
-        return SpeculationTotals(
-            requests=self.requests + other.requests,
-            rounds=self.rounds + other.rounds,
-            drafted_tokens=self.drafted_tokens + other.drafted_tokens,
-            accepted_tokens=self.accepted_tokens + other.accepted_tokens,
-            generated_tokens=self.generated_tokens + other.generated_tokens,
-            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
-            elapsed_s=self.elapsed_s + other.elapsed_s,
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain numbers, derived rates included."""
-        return {
-            **asdict(self),
-            "acceptance_rate": self.acceptance_rate,
-            "mean_accepted_per_round": self.mean_accepted_per_round,
-            "tokens_per_round": self.tokens_per_round,
-            "tokens_per_second": self.tokens_per_second,
-        }
 
 
 @dataclass
@@ -88,25 +36,11 @@ class _Request:
 
     def add_rounds(self, rounds: list[dict[str, Any]]) -> None:
         for round_ in rounds:
-            self.totals = self.totals + SpeculationTotals(
-                rounds=1,
-                drafted_tokens=int(round_["drafted"]),
-                accepted_tokens=int(round_["accepted"]),
-                generated_tokens=int(round_["emitted"]),
-                elapsed_s=float(round_["duration_s"]),
-            )
+            self.totals = self.totals + SpeculationTotals.of_round(round_)
         self.reported = self.reported or bool(rounds)
 
     def finish(self, summary: dict[str, Any]) -> None:
-        self.totals = SpeculationTotals(
-            requests=1,
-            rounds=int(summary["rounds"]),
-            drafted_tokens=int(summary["drafted_tokens"]),
-            accepted_tokens=int(summary["accepted_tokens"]),
-            generated_tokens=int(summary["generated_tokens"]),
-            prompt_tokens=int(summary["prompt_tokens"]),
-            elapsed_s=float(summary["elapsed_s"]),
-        )
+        self.totals = SpeculationTotals.of_request(summary)
         self.reported = True
         self.finished = True
 

@@ -20,7 +20,7 @@ from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events import BaseEvent
 from pydantic import Field, PrivateAttr
 
-from gemma_mtp import RoundStats, SpeculationStats
+from gemma_mtp import RoundStats, SpeculationStats, SpeculationTotals
 
 __all__ = [
     "SpeculationRoundEvent",
@@ -185,24 +185,14 @@ class SpeculationStatsHandler(BaseEventHandler):
     @property
     def acceptance_rate(self) -> float:
         """Accepted / drafted tokens over all requests seen (0.0 before any draft)."""
-        with self._lock:
-            drafted = sum(s.drafted_tokens for s in self.summaries)
-            accepted = sum(s.accepted_tokens for s in self.summaries)
-        return accepted / drafted if drafted else 0.0
+        return self.speculation_totals().acceptance_rate
 
-    def totals(self) -> dict[str, Any]:
-        """Totals over all requests seen: requests, tokens, rounds and the overall acceptance rate."""
+    def speculation_totals(self) -> SpeculationTotals:
+        """Totals over all requests seen (the same figures the LangChain handler reports)."""
         with self._lock:
             summaries = list(self.summaries)
-        drafted = sum(s.drafted_tokens for s in summaries)
-        accepted = sum(s.accepted_tokens for s in summaries)
-        rounds = sum(s.rounds for s in summaries)
-        return {
-            "requests": len(summaries),
-            "generated_tokens": sum(s.generated_tokens for s in summaries),
-            "drafted_tokens": drafted,
-            "accepted_tokens": accepted,
-            "acceptance_rate": accepted / drafted if drafted else 0.0,
-            "rounds": rounds,
-            "mean_accepted_per_round": accepted / rounds if rounds else 0.0,
-        }
+        return sum((SpeculationTotals.of_request(s.stats) for s in summaries), SpeculationTotals())
+
+    def totals(self) -> dict[str, Any]:
+        """Totals over all requests seen: requests, tokens, rounds, acceptance rate, tokens per round."""
+        return self.speculation_totals().as_dict()
