@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from gemma_mtp.chat import ToolCall
+from gemma_mtp.chat import MalformedToolCallError, ToolCall
 from gemma_mtp.stats import SpeculationStats
 
 __all__ = ["ChatDelta", "ChatFinishReason", "ChatResult", "FinishReason", "GenerationResult", "StreamDelta"]
@@ -58,11 +58,16 @@ class ChatDelta:
     finish_reason: ChatFinishReason | None = None
     raw_text: str = ""
     token_ids: list[int] = field(default_factory=list)
+    malformed_tool_calls: list[MalformedToolCallError] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class ChatResult:
-    """A whole chat answer, parsed: text, thinking (``None`` when the model did not think) and tool calls."""
+    """A whole chat answer, parsed: text, thinking (``None`` when the model did not think) and tool calls.
+
+    A tool call the model wrote but that cannot be read stays in ``content`` and is listed in
+    ``malformed_tool_calls`` (with the text and the reason), never silently dropped.
+    """
 
     content: str
     reasoning: str | None
@@ -72,3 +77,4 @@ class ChatResult:
     raw_text: str
     token_ids: list[int]
     prompt_tokens: int
+    malformed_tool_calls: list[MalformedToolCallError] = field(default_factory=list)

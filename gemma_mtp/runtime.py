@@ -525,12 +525,14 @@ def _parse_stream(
         for delta in deltas:
             events = parser.feed(delta.text)
             content, reasoning, calls = events.content, events.reasoning, list(events.tool_calls)
+            malformed = list(events.malformed_tool_calls)
             finish: ChatFinishReason | None = delta.finish_reason
             if finish is not None:
                 tail = parser.finish()
                 content += tail.content
                 reasoning += tail.reasoning
                 calls += tail.tool_calls
+                malformed += tail.malformed_tool_calls
             saw_tool_call = saw_tool_call or bool(calls)
             if finish == "stop" and saw_tool_call:
                 finish = "tool_calls"
@@ -543,6 +545,7 @@ def _parse_stream(
                 finish_reason=finish,
                 raw_text=raw_prefix + delta.text,
                 token_ids=delta.token_ids,
+                malformed_tool_calls=malformed,
             )
             raw_prefix = ""
     finally:
@@ -578,6 +581,7 @@ def _collect_chat(deltas: list[ChatDelta]) -> ChatResult:
         raw_text="".join(d.raw_text for d in deltas),
         token_ids=[t for d in deltas for t in d.token_ids],
         prompt_tokens=last.prompt_tokens,
+        malformed_tool_calls=[m for d in deltas for m in d.malformed_tool_calls],
     )
 
 

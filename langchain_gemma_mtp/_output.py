@@ -16,10 +16,11 @@ from typing import Any
 
 from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_core.messages.ai import UsageMetadata
-from langchain_core.messages.tool import tool_call, tool_call_chunk
+from langchain_core.messages.tool import invalid_tool_call, tool_call, tool_call_chunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk
 
 from gemma_mtp import ChatDelta, ChatResult, RoundStats, SpeculationStats, ToolCall
+from gemma_mtp.chat import MalformedToolCallError
 
 __all__ = [
     "ROUNDS_KEY",
@@ -42,6 +43,7 @@ def generation_from_result(result: ChatResult, model_name: str) -> ChatGeneratio
         content=result.content,
         additional_kwargs=_reasoning_kwargs(result.reasoning),
         tool_calls=[_lc_tool_call(call) for call in result.tool_calls],
+        invalid_tool_calls=[_lc_invalid_tool_call(error) for error in result.malformed_tool_calls],
         usage_metadata=_usage(result.prompt_tokens, result.stats),
     )
     return ChatGeneration(
@@ -76,6 +78,7 @@ def chunk_from_delta(
             _lc_tool_call_chunk(call, first_tool_index + offset)
             for offset, call in enumerate(delta.tool_calls)
         ],
+        invalid_tool_calls=[_lc_invalid_tool_call(error) for error in delta.malformed_tool_calls],
         usage_metadata=_usage(delta.prompt_tokens, delta.stats) if last else None,
         chunk_position="last" if last else None,
     )
@@ -107,6 +110,11 @@ def _reasoning_kwargs(reasoning: str | None) -> dict[str, Any]:
 
 def _lc_tool_call(call: ToolCall) -> Any:
     return tool_call(name=call.name, args=dict(call.arguments), id=call.id)
+
+
+def _lc_invalid_tool_call(error: MalformedToolCallError) -> Any:
+    """A call the model wrote but that cannot be read: LangChain's place for it (its text stays in content)."""
+    return invalid_tool_call(name=None, args=error.text, id=None, error=error.reason)
 
 
 def _lc_tool_call_chunk(call: ToolCall, index: int) -> Any:

@@ -74,6 +74,22 @@ def test_invoked_tool_call_becomes_tool_calls(llm: ChatGemmaMTP, scripted: Scrip
     assert scripted.requests[0]["tools"][0]["function"]["name"] == "get_weather"
 
 
+def test_unreadable_tool_call_becomes_an_invalid_tool_call(
+    llm: ChatGemmaMTP, scripted: ScriptedAnswers
+) -> None:
+    broken = '<|tool_call>call:get_weather{city:<|"|>Paris}<tool_call|>'
+    scripted.add(broken, broken)
+    bound = llm.bind_tools([get_weather])
+    invoked = bound.invoke("Weather in Paris?")
+    streamed = _concat(list(bound.stream("Weather in Paris?")))
+    for message in (invoked, streamed):
+        assert message.tool_calls == []
+        assert len(message.invalid_tool_calls) == 1
+        assert "Paris" in message.invalid_tool_calls[0]["args"]
+        assert "get_weather" in message.content  # the model's text is never dropped
+    assert invoked.invalid_tool_calls[0]["error"]
+
+
 @pytest.mark.parametrize("piece_tokens", PIECE_SIZES)
 def test_streamed_tool_calls_split_anywhere_merge_into_the_same_calls(
     llm: ChatGemmaMTP, scripted: ScriptedAnswers, piece_tokens: int
