@@ -52,14 +52,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--target", type=Path, default=Path("gemma_mtp/models/mini/target"))
     parser.add_argument("--out", type=Path, default=Path("gemma_mtp/models/mini/assistant"))
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/gemma-mtp-mini"))
-    parser.add_argument("--sequences", type=int, default=1280, help="target continuations to distil on")
+    parser.add_argument("--sequences", type=int, default=2048, help="target continuations to distil on")
     parser.add_argument("--new-tokens", type=int, default=128, help="tokens generated per continuation")
     parser.add_argument("--sampled-fraction", type=float, default=0.25, help="continuations sampled at T=1")
-    parser.add_argument("--steps", type=int, default=160)
+    parser.add_argument("--steps", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--draft-steps", type=int, default=4, help="unrolled draft steps K")
     parser.add_argument(
-        "--num-assistant-tokens", type=int, default=4, help="draft length saved in the config"
+        "--num-assistant-tokens", type=int, default=5, help="draft length saved in the config"
     )
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--layers", type=int, default=1)
