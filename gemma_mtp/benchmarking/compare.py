@@ -23,6 +23,7 @@ from transformers import GenerationConfig, PreTrainedModel
 from transformers.generation.streamers import BaseStreamer
 
 from gemma_mtp.benchmarking.measure import PeakMemory, elapsed_since, synchronize
+from gemma_mtp.benchmarking.naming import assistant_label, model_label
 from gemma_mtp.benchmarking.tables import markdown_table, plural, text_table
 from gemma_mtp.params import SamplingParams
 from gemma_mtp.runtime import Prompt, Runtime
@@ -332,8 +333,8 @@ def compare_methods(
             samples += [runner(method, ids, run, index) for method in METHODS]
     reference = {s.prompt_index: s.token_ids for s in samples if s.method == "target_only" and s.run == 0}
     return ComparisonReport(
-        model=runtime.model_name,
-        assistant=runtime.assistant_name,
+        model=model_label(runtime.model_name),
+        assistant=assistant_label(runtime.assistant_name),
         device=str(runtime.device),
         dtype=str(runtime.target.dtype).removeprefix("torch."),
         draft_length=draft_length,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from gemma_mtp.benchmarking.compare import ComparisonReport
 from gemma_mtp.benchmarking.measure import MachineInfo
-from gemma_mtp.benchmarking.sweep import SweepReport
+from gemma_mtp.benchmarking.sweep import COST_REPEATS, SweepReport
 
 __all__ = ["plot_sweep", "write_markdown"]
 
@@ -111,11 +111,13 @@ def write_markdown(
         "## Draft length and temperature (`gemma-mtp tune`)",
         "",
         "The cost model: expected tokens per round `E(k) = 1 + a_1 + … + a_k` from the measured per-position "
-        "acceptance `a_i`, over the cost of a round `draft(k) + verify(k+1)` timed in isolation, against one plain "
+        "acceptance `a_i`, over the cost of a round `draft(k) + verify(k+1)` timed in isolation (fastest of "
+        f"{COST_REPEATS} repeats in each run), against one plain "
         "decoding step `verify(1)`. *model speed-up* is what the loop would gain if only those forward passes cost "
         "time; *speed-up* is measured (decode phase, our loop with vs without the assistant at the same "
         "temperature). Their gap is the per-round overhead outside the forward passes. `*` marks the best draft "
-        "length.",
+        "length. With sampling, a draft (the assistant's argmax) is accepted with the target's probability of "
+        "that token, so acceptance falls as temperature flattens the target's distribution.",
         "",
         f"Forward costs: verify(1) {sweep_report.costs.verify_s[1] * 1000:.2f} ms; "
         + ", ".join(

@@ -6,7 +6,8 @@ The cost model of one decode round with draft length ``k``:
   draft position ``i`` is accepted (drafts are accepted left to right, so ``a_i`` already includes the
   positions before it; :attr:`SpeculationStats.acceptance_by_position`);
 * cost per round ``c(k) = draft(k) + verify(k + 1)``, the two forward costs timed in isolation with the
-  runtime's own forward steps, against ``verify(1)`` for a plain decoding step.
+  runtime's own forward steps (the fastest of several repeats in every run, the estimate least disturbed by
+  other work on the machine), against ``verify(1)`` for a plain decoding step.
 
 The model's speed-up is ``E(k) * verify(1) / c(k)``: what the loop would gain if nothing but those forward
 passes cost time. The measured speed-up is the ratio of decode-phase throughputs (prefill and first token
@@ -27,6 +28,7 @@ import torch
 from transformers import DynamicCache
 
 from gemma_mtp.benchmarking.measure import elapsed_since, synchronize
+from gemma_mtp.benchmarking.naming import model_label
 from gemma_mtp.benchmarking.tables import markdown_table, plural, text_table
 from gemma_mtp.modeling import Drafter, TargetOutput, TargetStep
 from gemma_mtp.params import SamplingParams
@@ -34,6 +36,7 @@ from gemma_mtp.runtime import Prompt, Runtime
 from gemma_mtp.stats import SpeculationStats
 
 __all__ = [
+    "COST_REPEATS",
     "DEFAULT_DRAFT_LENGTHS",
     "DEFAULT_TEMPERATURES",
     "ForwardCosts",
@@ -45,17 +48,26 @@ __all__ = [
 
 DEFAULT_DRAFT_LENGTHS = tuple(range(1, 9))
 DEFAULT_TEMPERATURES = (0.0, 0.7, 1.0)
+COST_REPEATS = 9
+"""Timings of each forward pass per run; the fastest counts."""
 
 
 @dataclass(frozen=True)
 class ForwardCosts:
-    """Median seconds of the forward passes a round is made of, timed in isolation."""
+    """Seconds of the forward passes a round is made of, timed in isolation (fastest of the repeats)."""
 
     verify_s: dict[int, float]  # target pass over n new tokens (1 = a plain decoding step)
     draft_s: dict[int, float]  # assistant drafting k tokens
 
     def round_s(self, k: int) -> float:
         return self.draft_s[k] + self.verify_s[k + 1]
+
+    def fastest(self, other: ForwardCosts) -> ForwardCosts:
+        """The faster of two measurements of every pass."""
+        return ForwardCosts(
+            verify_s={n: min(s, other.verify_s[n]) for n, s in self.verify_s.items()},
+            draft_s={k: min(s, other.draft_s[k]) for k, s in self.draft_s.items()},
+        )
 
 
 @dataclass(frozen=True)
@@ -183,9 +195,9 @@ def _timed(fn: Callable[[], object], device: torch.device) -> float:
 
 
 def measure_forward_costs(
-    runtime: Runtime, prompt: Prompt, draft_lengths: Sequence[int], *, repeats: int = 9
+    runtime: Runtime, prompt: Prompt, draft_lengths: Sequence[int], *, repeats: int = COST_REPEATS
 ) -> ForwardCosts:
-    """Time ``verify(n)`` for ``n = 1..max(k)+1`` and ``draft(k)`` after a prefill of ``prompt``; medians.
+    """Time ``verify(n)`` for ``n = 1..max(k)+1`` and ``draft(k)`` after a prefill of ``prompt``; fastest of ``repeats``.
 
     Each verify pass gets a freshly prefilled cache (untimed), so every timing sees the same cache length.
     """
@@ -217,8 +229,8 @@ def measure_forward_costs(
     verify(longest + 1)  # untimed warm-up of both models: first calls pay one-off initialisation
     draft(longest)
     return ForwardCosts(
-        verify_s={n: statistics.median(verify(n) for _ in range(repeats)) for n in range(1, longest + 2)},
-        draft_s={k: statistics.median(draft(k) for _ in range(repeats)) for k in draft_lengths},
+        verify_s={n: min(verify(n) for _ in range(repeats)) for n in range(1, longest + 2)},
+        draft_s={k: min(draft(k) for _ in range(repeats)) for k in draft_lengths},
     )
 
 
@@ -294,14 +306,16 @@ def sweep(
     if bad:
         raise ValueError(f"Draft lengths must be integers >= 1, got {bad}.")
     encoded = [runtime.encode(p) for p in prompts]
-    if progress:
-        progress("timing forward passes")
-    costs = measure_forward_costs(runtime, prompts[0], draft_lengths)
     base = SamplingParams(max_new_tokens=max_new_tokens, max_assistant_tokens=max(16, *draft_lengths))
     runtime.generate(encoded[0], base.with_overrides(num_assistant_tokens=max(draft_lengths)))  # warm-up
     settings: list[tuple[float, int]] = [(t, k) for t in temperatures for k in (0, *draft_lengths)]
     pools = {s: _Pool({}, {}) for s in settings}
+    costs: ForwardCosts | None = None
     for run in range(runs):
+        if progress:
+            progress(f"run {run + 1}/{runs}: timing forward passes")
+        measured = measure_forward_costs(runtime, prompts[0], draft_lengths)
+        costs = measured if costs is None else costs.fastest(measured)
         for t, k in settings:
             if progress:
                 progress(
@@ -313,6 +327,7 @@ def sweep(
                     temperature=float(t), seed=seed + 1000 * run + index, num_assistant_tokens=k or None
                 )
                 pools[(t, k)].add(run, runtime.generate(ids, params, use_assistant=k > 0).stats)
+    assert costs is not None  # runs >= 1
     points = []
     for t, k in settings:
         if k == 0:
@@ -336,7 +351,7 @@ def sweep(
             )
         )
     return SweepReport(
-        model=runtime.model_name,
+        model=model_label(runtime.model_name),
         device=str(runtime.device),
         dtype=str(runtime.target.dtype).removeprefix("torch."),
         max_new_tokens=max_new_tokens,

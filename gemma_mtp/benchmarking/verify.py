@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import torch
 
+from gemma_mtp.benchmarking.naming import model_label
 from gemma_mtp.benchmarking.prompts import prompt_preview
 from gemma_mtp.params import SamplingParams
 from gemma_mtp.runtime import Prompt, Runtime
@@ -197,8 +198,8 @@ def verify_greedy(
             status = "near-tie" if divergence.gap < tolerance else "diverged"
         verdicts.append(PromptVerdict(index, prompt_preview(prompt), status, len(mine), divergence))  # type: ignore[arg-type]
     return VerifyReport(
-        model=runtime.model_name,
-        reference=reference.model_name,
+        model=model_label(runtime.model_name),
+        reference=model_label(reference.model_name),
         dtype=str(runtime.target.dtype).removeprefix("torch."),
         tolerance=tolerance,
         max_new_tokens=max_new_tokens,

@@ -124,6 +124,13 @@ def test_verify_identical_outputs_exit_zero(pair_args, capsys) -> None:
     assert "0 real divergences" in out
 
 
+def test_the_packaged_mini_pair_is_the_default_and_named_as_such(one_prompt, capsys) -> None:
+    assert main(["verify", "--prompts", str(one_prompt), "--max-new-tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "gemma-mtp-mini with its assistant vs gemma-mtp-mini alone" in out
+    assert "identical (" in out
+
+
 def test_verify_real_divergence_exits_one(pair_args, other_pair_args, one_prompt, tmp_path, capsys) -> None:
     out_json = tmp_path / "verify.json"
     argv = ["verify", *pair_args, *other_pair_args, "--prompts", str(one_prompt), "--max-new-tokens", "8"]
