@@ -326,13 +326,13 @@ def _tune(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from gemma_mtp.benchmarking import verify_greedy
 
+    prompts = read_prompts(args)  # a bad file fails before minutes of loading
     rt = load_runtime(args)
     reference = None
     if args.reference_model:
         reference = _load(
             args.reference_model, args.reference_assistant, args.device, args.dtype, args.threads
         )
-    prompts = read_prompts(args)
     try:
         report = verify_greedy(
             rt, prompts, max_new_tokens=args.max_new_tokens, tolerance=args.tolerance, reference=reference
