@@ -18,10 +18,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from gemma_mtp.testing.tokenizer import GEMMA4_SPECIAL_TOKENS, kit_chat_template
+from gemma_mtp.testing.tokenizer import train_gemma4_tokenizer
 
 __all__ = [
     "CORPUS_PACKAGE",
@@ -260,32 +259,4 @@ def chat_examples(plays: list[Play], count: int, seed: int) -> list[list[dict[st
 
 def build_tokenizer(texts: list[str], vocab_size: int = VOCAB_SIZE) -> PreTrainedTokenizerFast:
     """Byte-level BPE trained on the corpus, with Gemma 4's special tokens at ids 0..16 and the kit's template."""
-    tok = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=list(GEMMA4_SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer=trainer)
-    if tok.get_vocab_size() != vocab_size:
-        raise RuntimeError(f"tokenizer has {tok.get_vocab_size()} tokens, expected {vocab_size}")
-    for token_id, token in enumerate(GEMMA4_SPECIAL_TOKENS):
-        if tok.token_to_id(token) != token_id:
-            raise RuntimeError(
-                f"special token {token!r} got id {tok.token_to_id(token)}, expected {token_id}"
-            )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<bos>",
-        eos_token="<eos>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        mask_token="<mask>",
-        additional_special_tokens=list(GEMMA4_SPECIAL_TOKENS[5:]),
-        chat_template=kit_chat_template(),
-        clean_up_tokenization_spaces=False,
-        model_max_length=4096,
-    )
+    return train_gemma4_tokenizer(texts, vocab_size)

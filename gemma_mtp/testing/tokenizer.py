@@ -7,12 +7,19 @@ so that templating, parsing and stop handling are exercised against the real for
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from importlib import resources
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-__all__ = ["GEMMA4_SPECIAL_TOKENS", "KIT_VOCAB_SIZE", "build_tokenizer", "kit_chat_template"]
+__all__ = [
+    "GEMMA4_SPECIAL_TOKENS",
+    "KIT_VOCAB_SIZE",
+    "build_tokenizer",
+    "kit_chat_template",
+    "train_gemma4_tokenizer",
+]
 
 KIT_VOCAB_SIZE = 512
 
@@ -55,8 +62,9 @@ def kit_chat_template() -> str:
     return resources.files("gemma_mtp.testing").joinpath("chat_template.jinja").read_text(encoding="utf-8")
 
 
-def build_tokenizer(vocab_size: int = KIT_VOCAB_SIZE) -> PreTrainedTokenizerFast:
-    """Train the kit's byte-level BPE tokenizer (deterministic) and wrap it for transformers."""
+def train_gemma4_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer (deterministic) with Gemma 4's special tokens at ids 0..16 and the
+    kit's chat template, wrapped for transformers. The kit and the mini pair are both built with it."""
     tok = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
@@ -66,9 +74,14 @@ def build_tokenizer(vocab_size: int = KIT_VOCAB_SIZE) -> PreTrainedTokenizerFast
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator([_TRAINING_TEXT] * 4, trainer=trainer)
+    tok.train_from_iterator(texts, trainer=trainer)
     if tok.get_vocab_size() != vocab_size:
-        raise RuntimeError(f"kit tokenizer has {tok.get_vocab_size()} tokens, expected {vocab_size}")
+        raise RuntimeError(f"tokenizer has {tok.get_vocab_size()} tokens, expected {vocab_size}")
+    for token_id, token in enumerate(GEMMA4_SPECIAL_TOKENS):
+        if tok.token_to_id(token) != token_id:
+            raise RuntimeError(
+                f"special token {token!r} got id {tok.token_to_id(token)}, expected {token_id}"
+            )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<bos>",
@@ -81,3 +94,8 @@ def build_tokenizer(vocab_size: int = KIT_VOCAB_SIZE) -> PreTrainedTokenizerFast
         clean_up_tokenization_spaces=False,
         model_max_length=4096,
     )
+
+
+def build_tokenizer(vocab_size: int = KIT_VOCAB_SIZE) -> PreTrainedTokenizerFast:
+    """The kit's tokenizer, trained on a short built-in text."""
+    return train_gemma4_tokenizer([_TRAINING_TEXT] * 4, vocab_size)
