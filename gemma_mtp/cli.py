@@ -148,7 +148,7 @@ def _load(model: str, assistant: str | None, device: str | None, dtype: str, thr
 def load_runtime(args: argparse.Namespace) -> Runtime:
     """Load the pair named by ``common_options``' arguments, with a progress indicator."""
     rt = _load(args.model, args.assistant, args.device, args.dtype, args.threads)
-    dtype = str(rt.target.dtype).removeprefix("torch.")
+    dtype = rt.dtype
     print(f"target {rt.model_name}\nassistant {rt.assistant_name}\non {rt.device} ({dtype})", file=sys.stderr)
     return rt
 

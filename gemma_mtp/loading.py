@@ -13,11 +13,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
 
-from gemma_mtp.families import default_assistant_id
+from gemma_mtp.families import default_assistant_id, family_of
 
-__all__ = ["LoadedPair", "load_pair", "resolve_device", "resolve_dtype", "resolve_names"]
+__all__ = [
+    "LoadedPair",
+    "PairInfo",
+    "default_draft_length",
+    "end_of_generation_ids",
+    "inspect_pair",
+    "load_pair",
+    "resolve_device",
+    "resolve_dtype",
+    "resolve_names",
+]
 
 TARGET_TYPES = ("gemma4", "gemma4_text", "gemma4_unified", "gemma4_unified_text")
 ASSISTANT_TYPES = ("gemma4_assistant", "gemma4_unified_assistant")
@@ -172,6 +182,76 @@ def load_pair(
         assistant_model.to(resolved_device)
     tokenizer = AutoTokenizer.from_pretrained(_local_or_id(target_name), **hub_options)
     return LoadedPair(target_model, assistant_model, tokenizer, target_name, assistant_name)
+
+
+@dataclass
+class PairInfo:
+    """What engines other than ours need to know of a checked pair, read without loading any weights."""
+
+    target_name: str
+    assistant_name: str
+    target_config: Any
+    assistant_config: Any
+    tokenizer: Any
+    context_window: int
+    vocab_size: int
+    eos_token_ids: frozenset[int]
+    default_draft_length: int
+
+
+def inspect_pair(target: str, assistant: str | None = None, **hub_options: Any) -> PairInfo:
+    """Resolve and check a pair as :func:`load_pair` does, reading only configs and the tokenizer."""
+    target_name, assistant_name = resolve_names(target, assistant)
+    target_cfg = _config(target_name, "target", hub_options)
+    assistant_cfg = _config(assistant_name, "assistant", hub_options)
+    _check_pair(target_name, target_cfg, assistant_name, assistant_cfg)
+    tokenizer = AutoTokenizer.from_pretrained(_local_or_id(target_name), **hub_options)
+    text_config = target_cfg.get_text_config()
+    return PairInfo(
+        target_name=target_name,
+        assistant_name=assistant_name,
+        target_config=target_cfg,
+        assistant_config=assistant_cfg,
+        tokenizer=tokenizer,
+        context_window=int(text_config.max_position_embeddings),
+        vocab_size=int(text_config.vocab_size),
+        eos_token_ids=end_of_generation_ids(_generation_config(target_name, hub_options), tokenizer),
+        default_draft_length=default_draft_length(
+            _generation_config(assistant_name, hub_options), text_config
+        ),
+    )
+
+
+def _generation_config(name: str, options: dict[str, Any]) -> GenerationConfig | None:
+    """The checkpoint's generation config, or ``None`` when it ships none."""
+    try:
+        return GenerationConfig.from_pretrained(_local_or_id(name), **options)
+    except OSError:
+        return None
+
+
+def end_of_generation_ids(generation_config: Any, tokenizer: Any) -> frozenset[int]:
+    """The ids that end an answer: the target's generation config's EOS ids and the tokenizer's."""
+    ids: set[int] = set()
+    for source in (getattr(generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+        if source is None:
+            continue
+        ids.update([source] if isinstance(source, int) else source)
+    return frozenset(int(i) for i in ids)
+
+
+def default_draft_length(assistant_generation_config: Any, target_text_config: Any) -> int:
+    """The assistant checkpoint's ``num_assistant_tokens`` when it sets one, else the family's default."""
+    configured = (
+        assistant_generation_config.to_diff_dict().get("num_assistant_tokens")
+        if assistant_generation_config is not None
+        else None
+    )
+    if configured:
+        return int(configured)
+    return family_of(
+        target_text_config.hidden_size, bool(getattr(target_text_config, "enable_moe_block", False))
+    ).draft_length
 
 
 def _local_or_id(name: str) -> str:

@@ -1,9 +1,11 @@
-"""The runtime: one loaded target/assistant pair shared by every caller, and the request API.
+"""The runtime: one loaded model (and its MTP assistant) shared by every caller, and the request API.
 
-``Runtime.load`` caches by (target, assistant, device, dtype, loader options), so two adapters or two
-chains that ask for the same pair share one copy of the weights. Requests are independent (each owns
-its KV cache); forward passes are serialised by a lock, so concurrent callers interleave round by
-round on the same weights and get the same results as if they ran alone.
+``Runtime.load`` caches by (target, assistant, backend, device, dtype, options), so two adapters or two
+chains that ask for the same pair share one engine. Everything a request needs above the decoding
+engine lives here and is the same on every backend (:mod:`gemma_mtp.backends`): tokenizing and chat
+templating, incremental detokenizing, stop sequences, statistics, Gemma 4 response parsing, round
+listeners, worker threads for async calls and cancellation. The backend only turns prompt ids into
+:class:`~gemma_mtp.backends.Round` objects.
 """
 
 from __future__ import annotations
@@ -16,13 +18,10 @@ from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Seque
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
-import torch
-
+from gemma_mtp.backends import Backend, DecodeRequest, Round, load_backend
 from gemma_mtp.chat import StreamingResponseParser, render_chat, tool_call_prefill, validate_messages
 from gemma_mtp.detokenize import IncrementalDetokenizer, StopMatcher
-from gemma_mtp.families import family_of
-from gemma_mtp.loading import LoadedPair, load_pair, resolve_device, resolve_dtype, resolve_names
-from gemma_mtp.modeling import Drafter, TargetStep
+from gemma_mtp.loading import resolve_device, resolve_dtype, resolve_names
 from gemma_mtp.params import SamplingParams
 from gemma_mtp.results import (
     ChatDelta,
@@ -32,7 +31,6 @@ from gemma_mtp.results import (
     GenerationResult,
     StreamDelta,
 )
-from gemma_mtp.speculative import Round, SpeculativeDecoder
 from gemma_mtp.stats import RoundListener, RoundStats, SpeculationStats
 
 __all__ = ["Prompt", "Runtime"]
@@ -43,22 +41,19 @@ _PROMPT_TAIL_TOKENS = 64
 
 
 class Runtime:
-    """A loaded Gemma 4 target + MTP assistant pair and everything needed to decode with it."""
+    """A Gemma 4 target + MTP assistant pair loaded on a decoding backend, and everything needed to use it."""
 
     _cache: ClassVar[dict[tuple[Any, ...], Runtime]] = {}
     _cache_lock: ClassVar[threading.Lock] = threading.Lock()
 
-    def __init__(self, pair: LoadedPair):
-        self._pair = pair
+    def __init__(self, backend: Backend):
+        self._backend = backend
         self._lock = threading.RLock()
         self._listeners: list[RoundListener] = []
-        self._target_step = TargetStep(pair.target)
-        self._drafter = Drafter(pair.assistant, self._target_step.embed)
-        text_config = pair.target.config.get_text_config()
-        self.context_window: int = int(text_config.max_position_embeddings)
-        self.vocab_size: int = int(text_config.vocab_size)
-        self.eos_token_ids: frozenset[int] = self._end_of_generation_ids()
-        self.default_draft_length: int = self._default_draft_length()
+        self.context_window: int = backend.context_window
+        self.vocab_size: int = backend.vocab_size
+        self.eos_token_ids: frozenset[int] = backend.eos_token_ids
+        self.default_draft_length: int = backend.default_draft_length
 
     # -- loading ---------------------------------------------------------------------------------
 
@@ -68,31 +63,53 @@ class Runtime:
         target: str,
         assistant: str | None = None,
         *,
-        device: str | torch.device | None = None,
-        dtype: str | torch.dtype | None = None,
-        **loader_options: Any,
+        backend: str = "transformers",
+        device: Any = None,
+        dtype: Any = None,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        **options: Any,
     ) -> Runtime:
         """Load a pair (or return the one this process already loaded with the same arguments).
 
         ``assistant=None`` follows Google's naming (``<target>-assistant``); ``"gemma-mtp-mini"`` is
-        the small pair shipped inside the package. ``loader_options`` go to ``from_pretrained``
-        (``attn_implementation``, ``device_map``, ``revision``, ...).
+        the small pair shipped inside the package. ``backend`` picks the engine:
+
+        * ``"transformers"`` (default): our speculative loop in this process; ``options`` go to
+          ``from_pretrained`` (``attn_implementation``, ``device_map``, ``revision``, ...).
+        * ``"vllm"``: vLLM's engine in this process, with continuous batching of concurrent requests
+          and MTP drafting; ``options`` go to vLLM's engine arguments (``tensor_parallel_size``,
+          ``max_model_len``, ``gpu_memory_utilization``, ...), ``num_assistant_tokens`` sets the
+          engine's draft length (``0``: no speculation).
+        * ``"openai"``: a running OpenAI-compatible server (``vllm serve``) at ``base_url``.
         """
-        target_name, assistant_name = resolve_names(target, assistant)
-        resolved_device = resolve_device(device)
+        if backend == "transformers":
+            resolved_device = resolve_device(device)
+            device_key, dtype_key = str(resolved_device), str(resolve_dtype(dtype, resolved_device))
+        else:
+            device_key, dtype_key = repr(device), repr(dtype)
         key = (
-            target_name,
-            assistant_name,
-            str(resolved_device),
-            str(resolve_dtype(dtype, resolved_device)),
-            tuple(sorted((k, repr(v)) for k, v in loader_options.items())),
+            *resolve_names(target, assistant),
+            backend,
+            device_key,
+            dtype_key,
+            base_url,
+            api_key,
+            tuple(sorted((k, repr(v)) for k, v in options.items())),
         )
         with cls._cache_lock:
             if key not in cls._cache:
-                pair = load_pair(
-                    target_name, assistant_name, device=resolved_device, dtype=dtype, **loader_options
+                engine = load_backend(
+                    backend,
+                    target,
+                    assistant,
+                    device=device,
+                    dtype=dtype,
+                    base_url=base_url,
+                    api_key=api_key,
+                    **options,
                 )
-                cls._cache[key] = cls(pair)
+                cls._cache[key] = cls(engine)
             return cls._cache[key]
 
     @classmethod
@@ -101,31 +118,68 @@ class Runtime:
         with cls._cache_lock:
             cls._cache.clear()
 
+    def close(self) -> None:
+        """Shut the engine down (vLLM's engine processes, a server client) and forget this runtime.
+
+        In-process transformers weights are freed with the last reference; closing is optional there.
+        """
+        with self._cache_lock:
+            for key, runtime in list(self._cache.items()):
+                if runtime is self:
+                    del self._cache[key]
+        self._backend.close()
+
     # -- what users may need ---------------------------------------------------------------------
 
     @property
+    def backend(self) -> str:
+        """The decoding engine's name: ``"transformers"``, ``"vllm"`` or ``"openai"``."""
+        return self._backend.name
+
+    @property
+    def engine(self) -> Backend:
+        """The backend object itself (for engine-specific settings such as vLLM's draft length)."""
+        return self._backend
+
+    @property
     def target(self) -> Any:
-        return self._pair.target
+        """The target's transformers model (in-process transformers backend only)."""
+        return self._models().target
 
     @property
     def assistant(self) -> Any:
-        return self._pair.assistant
+        """The assistant's transformers model (in-process transformers backend only)."""
+        return self._models().assistant
+
+    def _models(self) -> Any:
+        pair = getattr(self._backend, "pair", None)
+        if pair is None:
+            raise AttributeError(
+                f"This runtime decodes on the {self.backend!r} backend, which holds the weights inside its "
+                "engine; the transformers models are only reachable with backend='transformers'."
+            )
+        return pair
 
     @property
     def tokenizer(self) -> Any:
-        return self._pair.tokenizer
+        return self._backend.tokenizer
 
     @property
     def model_name(self) -> str:
-        return self._pair.target_name
+        return self._backend.model_name
 
     @property
     def assistant_name(self) -> str:
-        return self._pair.assistant_name
+        return self._backend.assistant_name
 
     @property
-    def device(self) -> torch.device:
-        return self._target_step.device
+    def device(self) -> Any:
+        return self._backend.device
+
+    @property
+    def dtype(self) -> str:
+        """The weights' dtype as a name (``"float32"``, ``"bfloat16"``, ...)."""
+        return self._backend.dtype
 
     def add_listener(self, listener: RoundListener) -> None:
         """Call ``listener(RoundStats)`` after every round of every request on this runtime."""
@@ -135,23 +189,6 @@ class Runtime:
     def remove_listener(self, listener: RoundListener) -> None:
         with self._lock:
             self._listeners.remove(listener)
-
-    def _end_of_generation_ids(self) -> frozenset[int]:
-        ids: set[int] = set()
-        for source in (self.target.generation_config.eos_token_id, self.tokenizer.eos_token_id):
-            if source is None:
-                continue
-            ids.update([source] if isinstance(source, int) else source)
-        return frozenset(int(i) for i in ids)
-
-    def _default_draft_length(self) -> int:
-        configured = self.assistant.generation_config.to_diff_dict().get("num_assistant_tokens")
-        if configured:
-            return int(configured)
-        text_config = self.target.config.get_text_config()
-        return family_of(
-            text_config.hidden_size, bool(getattr(text_config, "enable_moe_block", False))
-        ).draft_length
 
     # -- prompts ---------------------------------------------------------------------------------
 
@@ -218,8 +255,9 @@ class Runtime:
         cancel: threading.Event | None = None,
     ) -> Generator[StreamDelta, None, None]:
         """Yield text as soon as each round's tokens are accepted; closing the iterator cancels."""
+        params = self._check_request(params, use_assistant)
         prompt_ids = self.encode(prompt)
-        return self._stream_ids(prompt_ids, params or SamplingParams(), use_assistant, on_round, cancel)
+        return self._stream_ids(prompt_ids, params, use_assistant, on_round, cancel)
 
     def generate(
         self,
@@ -231,10 +269,9 @@ class Runtime:
         cancel: threading.Event | None = None,
     ) -> GenerationResult:
         """Decode a whole answer; with ``use_assistant=False`` the same loop runs the target alone."""
+        params = self._check_request(params, use_assistant)
         prompt_ids = self.encode(prompt)
-        deltas = list(
-            self._stream_ids(prompt_ids, params or SamplingParams(), use_assistant, on_round, cancel)
-        )
+        deltas = list(self._stream_ids(prompt_ids, params, use_assistant, on_round, cancel))
         return _collect(deltas, prompt_ids)
 
     async def agenerate(
@@ -250,6 +287,7 @@ class Runtime:
         Cancelling the awaiting task stops generation before its next round.
         """
         _check_prompt(prompt)
+        self._check_request(params, use_assistant)
         return await _cancellable_thread(
             lambda cancel: self.generate(
                 prompt, params, use_assistant=use_assistant, on_round=on_round, cancel=cancel
@@ -270,11 +308,22 @@ class Runtime:
         for the worker thread.
         """
         _check_prompt(prompt)
+        self._check_request(params, use_assistant)
         return _in_thread(
             lambda cancel: self.stream(
                 prompt, params, use_assistant=use_assistant, on_round=on_round, cancel=cancel
             )
         )
+
+    def _check_request(self, params: SamplingParams | None, use_assistant: bool) -> SamplingParams:
+        """Check a request's parameters against this backend at the call, before any decoding starts."""
+        params = SamplingParams() if params is None else params
+        if not isinstance(params, SamplingParams):
+            raise TypeError(f"params must be a SamplingParams, got {type(params).__name__}")
+        if not isinstance(use_assistant, bool):
+            raise TypeError(f"use_assistant must be True or False, got {use_assistant!r}.")
+        self._backend.check_request(params, use_assistant)
+        return params
 
     def _stream_ids(
         self,
@@ -284,19 +333,12 @@ class Runtime:
         on_round: RoundListener | None,
         cancel: threading.Event | None,
     ) -> Generator[StreamDelta, None, None]:
-        if not isinstance(params, SamplingParams):
-            raise TypeError(f"params must be a SamplingParams, got {type(params).__name__}")
         stats = SpeculationStats()
         stats.start(uuid.uuid4().hex, len(prompt_ids), used_assistant=use_assistant)
         eos = frozenset() if params.ignore_eos else self.eos_token_ids | set(params.stop_token_ids)
         detok = IncrementalDetokenizer(self.tokenizer, skip_special_tokens=params.skip_special_tokens)
         stops = StopMatcher(params.stop)
         budget = min(params.max_new_tokens, self.context_window - len(prompt_ids))
-        generator = torch.Generator(device=self.device)
-        if params.seed is not None:
-            generator.manual_seed(params.seed)
-        else:
-            generator.seed()
 
         def count(kind: str) -> None:
             if kind == "target":
@@ -304,7 +346,9 @@ class Runtime:
             else:
                 stats.assistant_forward_passes += 1
 
-        rounds = self._rounds(prompt_ids, params, budget, generator, count, use_assistant)
+        rounds = self._rounds(
+            DecodeRequest(stats.request_id, prompt_ids, params, budget, use_assistant, count)
+        )
         produced = 0
         round_started = time.perf_counter()
         try:
@@ -329,6 +373,8 @@ class Runtime:
                     tail, stop_seq = stops.push(detok.flush())
                     text += tail + ("" if stop_seq else stops.flush())
                 stats.record_round(rnd.drafted, rnd.accepted, len(kept))
+                if rnd.engine_report is not None:
+                    stats.engine_report = dict(rnd.engine_report)
                 self._notify(
                     RoundStats(
                         request_id=stats.request_id,
@@ -352,19 +398,9 @@ class Runtime:
         finally:
             rounds.close()
 
-    def _rounds(
-        self,
-        prompt_ids: list[int],
-        params: SamplingParams,
-        budget: int,
-        generator: torch.Generator,
-        count_forward: Callable[[str], None],
-        use_assistant: bool,
-    ) -> Generator[Round, None, None]:
+    def _rounds(self, request: DecodeRequest) -> Generator[Round, None, None]:
         """The decoding rounds of one request (the testing kit's scripted answers stand in here)."""
-        decoder = SpeculativeDecoder(self._target_step, self._drafter if use_assistant else None, self._lock)
-        draft_length = params.num_assistant_tokens or self.default_draft_length
-        return decoder.run(prompt_ids, params, draft_length, budget, generator, count_forward)
+        return self._backend.rounds(request)
 
     def _notify(self, round_stats: RoundStats, on_round: RoundListener | None) -> None:
         for listener in [*self._listeners, *([on_round] if on_round else [])]:
@@ -412,6 +448,7 @@ class Runtime:
         ``tools`` are OpenAI-style function specs. ``tool_choice="required"`` or a tool's name forces a
         call by prefilling Gemma 4's tool-call opener; ``"none"`` hides the tools from the model.
         """
+        params = self._check_request(params, use_assistant)
         prompt_ids, chat_params, prefill = self._prepare_chat(
             messages, params, tools, tool_choice, chat_template_kwargs
         )
@@ -461,6 +498,7 @@ class Runtime:
         the chat template waits for the worker thread.
         """
         _check_chat_input(messages, tools, tool_choice)
+        self._check_request(params, use_assistant)
         return _in_thread(
             lambda cancel: self.stream_chat(
                 messages,
@@ -487,6 +525,7 @@ class Runtime:
     ) -> ChatResult:
         """Like :meth:`chat`, on a worker thread, so the event loop keeps running."""
         _check_chat_input(messages, tools, tool_choice)
+        self._check_request(params, use_assistant)
         return await _cancellable_thread(
             lambda cancel: self.chat(
                 messages,

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
 
 import torch
 
+from gemma_mtp.backends.base import Round
 from gemma_mtp.modeling import Drafter, SharedKV, TargetStep
 from gemma_mtp.params import SamplingParams
 from gemma_mtp.sampling import (
@@ -32,16 +32,6 @@ from gemma_mtp.sampling import (
 )
 
 __all__ = ["Round", "SpeculativeDecoder"]
-
-
-@dataclass(frozen=True)
-class Round:
-    """Tokens one target forward pass produced, and how the draft fared."""
-
-    tokens: list[int]
-    drafted: int
-    accepted: int
-    draft_length: int
 
 
 def _trim_rejected(shared_kv: SharedKV, rejected: int) -> SharedKV:

@@ -62,6 +62,9 @@ class SpeculationStats:
     accepted_at_position: list[int] = field(default_factory=list)
     drafted_at_position: list[int] = field(default_factory=list)
     used_assistant: bool = True
+    engine_report: dict[str, Any] | None = None
+    """The engine's own figures for the request where it reports them (vLLM's per-request
+    speculative-decoding metrics, a server's ``metrics.speculative_decoding``); ``None`` otherwise."""
     _start: float = field(default_factory=time.perf_counter, repr=False, compare=False)
 
     @property
@@ -130,6 +133,7 @@ class SpeculationStats:
         copy = SpeculationStats(**{k: v for k, v in self.__dict__.items() if not k.startswith("_")})
         copy.accepted_at_position = list(self.accepted_at_position)
         copy.drafted_at_position = list(self.drafted_at_position)
+        copy.engine_report = dict(self.engine_report) if self.engine_report is not None else None
         copy._start = self._start
         return copy
 
@@ -153,6 +157,7 @@ class SpeculationStats:
             "time_to_first_token_s": self.time_to_first_token_s,
             "elapsed_s": self.elapsed_s,
             "acceptance_by_position": self.acceptance_by_position,
+            "engine_report": self.engine_report,
         }
 
 

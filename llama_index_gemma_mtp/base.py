@@ -126,7 +126,7 @@ class GemmaMTP(FunctionCallingLLM):
             # Describe the pair in the fields too, so that a serialized or unpickled copy loads the same one.
             model = model or runtime.model_name
             kwargs.update(
-                assistant=runtime.assistant_name, device=str(runtime.device), dtype=str(runtime.target.dtype)
+                assistant=runtime.assistant_name, device=str(runtime.device), dtype=runtime.dtype
             )
         elif not model:
             raise ValueError("Pass model= (a hub id or local folder of a Gemma 4 checkpoint) or runtime=.")

@@ -16,14 +16,12 @@ script.requests[0]["prompt"]        # what the model was shown
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from typing import Any
 
-import torch
-
+from gemma_mtp.backends import DecodeRequest, ForwardCounter, Round
 from gemma_mtp.params import SamplingParams
 from gemma_mtp.runtime import Runtime
-from gemma_mtp.speculative import Round
 
 __all__ = ["ScriptedAnswers"]
 
@@ -93,18 +91,10 @@ class ScriptedAnswers:
         }
         return prepared
 
-    def _rounds(
-        self,
-        prompt_ids: list[int],
-        params: SamplingParams,
-        budget: int,
-        generator: torch.Generator,
-        count_forward: Callable[[str], None],
-        use_assistant: bool,
-    ) -> Generator[Round, None, None]:
+    def _rounds(self, decode: DecodeRequest) -> Generator[Round, None, None]:
         tokenizer = self.runtime.tokenizer
-        prompt = tokenizer.decode(prompt_ids, skip_special_tokens=False)
-        request: dict[str, Any] = {"prompt": prompt, "params": params}
+        prompt = tokenizer.decode(decode.prompt_ids, skip_special_tokens=False)
+        request: dict[str, Any] = {"prompt": prompt, "params": decode.params}
         request.update(self._chat_fields or {})
         self._chat_fields = None
         self.requests.append(request)
@@ -114,10 +104,10 @@ class ScriptedAnswers:
         if not token_ids or token_ids[-1] not in self.runtime.eos_token_ids:
             terminator = "<|tool_response>" if "<tool_call|>" in tokenizer.decode(token_ids) else "<turn|>"
             token_ids.append(tokenizer.convert_tokens_to_ids(terminator))
-        return self._deliver(token_ids[:budget], count_forward, use_assistant)
+        return self._deliver(token_ids[: decode.budget], decode.count_forward, decode.use_assistant)
 
     def _deliver(
-        self, token_ids: list[int], count_forward: Callable[[str], None], use_assistant: bool
+        self, token_ids: list[int], count_forward: ForwardCounter, use_assistant: bool
     ) -> Generator[Round, None, None]:
         size = self.piece_tokens if use_assistant else 1
         for start in range(0, len(token_ids), size):

@@ -1,0 +1,83 @@
+"""The backend boundary: what a decoding engine gives the runtime, and nothing more.
+
+Everything above it (tokenizing and chat templating, incremental detokenizing, stop sequences,
+statistics, Gemma 4 response parsing, listeners, cancellation, worker threads) lives in
+:class:`gemma_mtp.Runtime` and is the same for every engine. A backend turns one request's prompt ids
+into a stream of :class:`Round` objects: the tokens one target step produced, and how the draft fared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from gemma_mtp.params import SamplingParams
+
+__all__ = ["Backend", "DecodeRequest", "ForwardCounter", "Round"]
+
+ForwardCounter = Callable[[str], None]
+"""Told ``"target"`` or ``"assistant"`` for every forward pass a request makes (as far as the engine says)."""
+
+
+@dataclass(frozen=True)
+class Round:
+    """Tokens one target step produced for a request, and how the draft fared.
+
+    ``engine_report`` carries the figures the engine itself reported for the whole request (vLLM's
+    per-request speculative-decoding metrics), on the round where the engine finished the request.
+    """
+
+    tokens: list[int]
+    drafted: int
+    accepted: int
+    draft_length: int
+    engine_report: Mapping[str, Any] | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class DecodeRequest:
+    """One request as a backend receives it: prompt ids and validated parameters.
+
+    ``budget`` is the most tokens to produce (``max_new_tokens`` capped by the context window). The
+    runtime stops reading rounds at an end-of-generation token, a stop sequence, the budget or a
+    cancellation; closing the round generator must then free the request in the engine.
+    """
+
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    budget: int
+    use_assistant: bool
+    count_forward: ForwardCounter
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A loaded target (+ assistant) that decodes requests into rounds."""
+
+    name: str
+    model_name: str
+    assistant_name: str
+    tokenizer: Any
+    context_window: int
+    vocab_size: int
+    eos_token_ids: frozenset[int]
+    default_draft_length: int
+
+    @property
+    def device(self) -> Any:
+        """Where the engine runs (a ``torch.device`` in process, a URL for a server)."""
+
+    @property
+    def dtype(self) -> str:
+        """The weights' dtype as a name (``"float32"``, ``"bfloat16"``, ...)."""
+
+    def check_request(self, params: SamplingParams, use_assistant: bool) -> None:
+        """Raise a clear error, before any decoding, for a request this engine cannot serve as asked."""
+
+    def rounds(self, request: DecodeRequest) -> Generator[Round, None, None]:
+        """The request's rounds; closing the generator ends the request in the engine."""
+
+    def close(self) -> None:
+        """Free the engine (idempotent)."""

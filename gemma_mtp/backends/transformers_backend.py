@@ -1,0 +1,82 @@
+"""The in-process transformers backend: our own speculative loop over a loaded target/assistant pair.
+
+Requests are independent (each owns its KV cache); forward passes are serialised by a lock, so
+concurrent callers interleave round by round on the same weights and get the same results as if they
+ran alone. Throughput does not grow with concurrency here: that is what the vLLM backend is for.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Generator
+from typing import Any
+
+import torch
+
+from gemma_mtp.backends.base import DecodeRequest, Round
+from gemma_mtp.loading import LoadedPair, default_draft_length, end_of_generation_ids, load_pair
+from gemma_mtp.modeling import Drafter, TargetStep
+from gemma_mtp.params import SamplingParams
+from gemma_mtp.speculative import SpeculativeDecoder
+
+__all__ = ["TransformersBackend"]
+
+
+class TransformersBackend:
+    """A loaded pair of transformers models and the speculative decoder that runs on them."""
+
+    name = "transformers"
+
+    def __init__(self, pair: LoadedPair):
+        self.pair = pair
+        self.lock = threading.RLock()
+        self.target_step = TargetStep(pair.target)
+        self.drafter = Drafter(pair.assistant, self.target_step.embed)
+        self.model_name = pair.target_name
+        self.assistant_name = pair.assistant_name
+        self.tokenizer = pair.tokenizer
+        text_config = pair.target.config.get_text_config()
+        self.context_window = int(text_config.max_position_embeddings)
+        self.vocab_size = int(text_config.vocab_size)
+        self.eos_token_ids = end_of_generation_ids(pair.target.generation_config, pair.tokenizer)
+        self.default_draft_length = default_draft_length(pair.assistant.generation_config, text_config)
+
+    @classmethod
+    def load(
+        cls,
+        target: str,
+        assistant: str | None,
+        *,
+        device: str | torch.device | None,
+        dtype: str | torch.dtype | None,
+        **loader_options: Any,
+    ) -> TransformersBackend:
+        return cls(load_pair(target, assistant, device=device, dtype=dtype, **loader_options))
+
+    @property
+    def device(self) -> torch.device:
+        return self.target_step.device
+
+    @property
+    def dtype(self) -> str:
+        return str(self.pair.target.dtype).removeprefix("torch.")
+
+    def check_request(self, params: SamplingParams, use_assistant: bool) -> None:
+        """Every field of :class:`SamplingParams` is served by this backend."""
+
+    def rounds(self, request: DecodeRequest) -> Generator[Round, None, None]:
+        params = request.params
+        generator = torch.Generator(device=self.device)
+        if params.seed is not None:
+            generator.manual_seed(params.seed)
+        else:
+            generator.seed()
+        decoder = SpeculativeDecoder(self.target_step, self.drafter if request.use_assistant else None, self.lock)
+        draft_length = params.num_assistant_tokens or self.default_draft_length
+        return decoder.run(
+            request.prompt_ids, params, draft_length, request.budget, generator, request.count_forward
+        )
+
+    def close(self) -> None:
+        """The weights are freed with the last reference to the models; nothing runs in the background."""
+
