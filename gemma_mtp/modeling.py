@@ -8,13 +8,14 @@ per-step ``.item()`` (a host-device synchronisation) with a gather over the sele
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-__all__ = ["Draft", "Drafter", "TargetOutput", "TargetStep"]
+__all__ = ["Draft", "Drafter", "TargetOutput", "TargetStep", "crop_cache"]
 
 SharedKV = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
@@ -38,6 +39,9 @@ class TargetStep:
         self.embed = model.get_input_embeddings()
         self.device = self.lm_head.weight.device
         self.has_sliding = "sliding_attention" in set(self.text_config.layer_types)
+        # transformers renamed the decoder's cache argument (``past_key_values`` before 5.20, ``cache`` since).
+        parameters = inspect.signature(self.decoder.forward).parameters
+        self.cache_argument = "cache" if "cache" in parameters else "past_key_values"
 
     def new_cache(self) -> DynamicCache:
         cache = DynamicCache(config=self.text_config)
@@ -55,8 +59,8 @@ class TargetStep:
         out = self.decoder(
             input_ids=input_ids,
             position_ids=positions,
-            cache=cache,
             use_cache=True,
+            **{self.cache_argument: cache},
             return_shared_kv_states=True,
         )
         hidden = out.last_hidden_state[:, -keep_last:]
@@ -64,6 +68,17 @@ class TargetStep:
         if self.softcap is not None:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return TargetOutput(logits=logits, hidden=hidden, shared_kv=dict(out.shared_kv_states))
+
+
+def crop_cache(cache: DynamicCache, tokens_to_remove: int) -> None:
+    """Remove the newest ``tokens_to_remove`` positions from every layer that holds states.
+
+    Layers that never stored anything (those reading another layer's keys/values) are skipped: older
+    transformers releases fail on them in ``crop``; newer ones skip them the same way.
+    """
+    for layer in cache.layers:
+        if getattr(layer, "keys", None) is not None:
+            layer.crop(-tokens_to_remove)
 
 
 @dataclass

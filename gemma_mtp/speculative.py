@@ -21,7 +21,7 @@ from collections.abc import Callable, Generator
 import torch
 
 from gemma_mtp.backends.base import Round
-from gemma_mtp.modeling import Drafter, SharedKV, TargetStep
+from gemma_mtp.modeling import Drafter, SharedKV, TargetStep, crop_cache
 from gemma_mtp.params import SamplingParams
 from gemma_mtp.sampling import (
     Acceptance,
@@ -103,7 +103,7 @@ class SpeculativeDecoder:
                 count_forward("target")
                 result = self._choose(out.logits, drafts, draft_probs, params, generator)
                 rejected = k - result.accepted
-                cache.crop(-rejected)
+                crop_cache(cache, rejected)
             shared_kv = _trim_rejected(out.shared_kv, rejected)
             hidden = out.hidden[:, result.accepted : result.accepted + 1]
             seen += result.accepted + 1

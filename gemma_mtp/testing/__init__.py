@@ -28,21 +28,32 @@ __all__ = [
     "tiny_runtime",
 ]
 
-_built: dict[tuple[str, bool, int | None], TinyPair] = {}
+_built: dict[tuple[str, bool, int | None, int], TinyPair] = {}
 _lock = threading.Lock()
 _root = Path(tempfile.mkdtemp(prefix="gemma-mtp-kit-"))
 
 
 def tiny_pair(
-    variant: str = "dense", *, agreeing: bool = False, num_assistant_tokens: int | None = 3
+    variant: str = "dense",
+    *,
+    agreeing: bool = False,
+    num_assistant_tokens: int | None = 3,
+    head_dim: int = 16,
 ) -> TinyPair:
-    """A kit pair built once per process (into a temporary folder) and reused."""
-    key = (variant, agreeing, num_assistant_tokens)
+    """A kit pair built once per process (into a temporary folder) and reused.
+
+    ``head_dim=32`` builds a pair that vLLM's CPU attention accepts (it needs head sizes of 32 or more).
+    """
+    key = (variant, agreeing, num_assistant_tokens, head_dim)
     with _lock:
         if key not in _built:
-            name = f"{variant}-{'agreeing' if agreeing else 'random'}-{num_assistant_tokens}"
+            name = f"{variant}-{'agreeing' if agreeing else 'random'}-{num_assistant_tokens}-h{head_dim}"
             _built[key] = build_tiny_pair(
-                _root / name, variant, agreeing=agreeing, num_assistant_tokens=num_assistant_tokens
+                _root / name,
+                variant,
+                agreeing=agreeing,
+                num_assistant_tokens=num_assistant_tokens,
+                head_dim=head_dim,
             )
         return _built[key]
 

@@ -61,15 +61,17 @@ class TinyPair:
     agreeing: bool
 
 
-def _target_config(variant: str, eos_ids: list[int]) -> Gemma4TextConfig | Gemma4UnifiedTextConfig:
+def _target_config(
+    variant: str, eos_ids: list[int], head_dim: int
+) -> Gemma4TextConfig | Gemma4UnifiedTextConfig:
     common: dict[str, Any] = dict(
         vocab_size=KIT_VOCAB_SIZE,
         hidden_size=64,
         intermediate_size=128,
         num_attention_heads=2,
         num_key_value_heads=1,
-        head_dim=16,
-        global_head_dim=32,
+        head_dim=head_dim,
+        global_head_dim=2 * head_dim,
         sliding_window=SLIDING_WINDOW,
         final_logit_softcapping=30.0,
         max_position_embeddings=2048,
@@ -123,7 +125,7 @@ def _target_config(variant: str, eos_ids: list[int]) -> Gemma4TextConfig | Gemma
 
 
 def _assistant_config(
-    variant: str, target_config: Any, agreeing: bool
+    variant: str, target_config: Any, agreeing: bool, head_dim: int
 ) -> Gemma4AssistantConfig | Gemma4UnifiedAssistantConfig:
     hidden = target_config.hidden_size if agreeing else 32
     text: dict[str, Any] = dict(
@@ -134,8 +136,8 @@ def _assistant_config(
         layer_types=["sliding_attention", "full_attention"],
         num_attention_heads=2,
         num_key_value_heads=1,
-        head_dim=16,
-        global_head_dim=32,
+        head_dim=head_dim,
+        global_head_dim=2 * head_dim,
         sliding_window=SLIDING_WINDOW,
         max_position_embeddings=2048,
         pad_token_id=0,
@@ -226,11 +228,13 @@ def build_tiny_pair(
     agreeing: bool = False,
     seed: int = 0,
     num_assistant_tokens: int | None = 3,
+    head_dim: int = 16,
 ) -> TinyPair:
     """Build a tiny target + assistant pair into ``dest`` (two subfolders) and return where they lie.
 
     ``num_assistant_tokens=None`` leaves it out of the assistant's generation config, as some real
-    assistants do, so that the per-family default is exercised.
+    assistants do, so that the per-family default is exercised. ``head_dim`` sets the sliding layers'
+    head size (global layers get twice it); vLLM's CPU attention needs at least 32.
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown kit variant {variant!r}; choose one of {', '.join(VARIANTS)}")
@@ -238,8 +242,8 @@ def build_tiny_pair(
     tokenizer = build_tokenizer()
     eos_ids = [tokenizer.convert_tokens_to_ids(t) for t in END_OF_GENERATION]
     torch.manual_seed(seed)
-    target_config = _target_config(variant, eos_ids)
-    assistant_config = _assistant_config(variant, target_config, agreeing)
+    target_config = _target_config(variant, eos_ids, head_dim)
+    assistant_config = _assistant_config(variant, target_config, agreeing, head_dim)
     if agreeing:
         _untie(target_config)
     target_cls = Gemma4UnifiedForCausalLM if variant == "unified" else Gemma4ForCausalLM
@@ -256,5 +260,7 @@ def build_tiny_pair(
     target_dir, assistant_dir = dest / "target", dest / "assistant"
     _save(target, tokenizer, target_dir, target_gen)
     _save(assistant, tokenizer, assistant_dir, assistant_gen)
-    (dest / "kit.json").write_text(json.dumps({"variant": variant, "agreeing": agreeing, "seed": seed}))
+    (dest / "kit.json").write_text(
+        json.dumps({"variant": variant, "agreeing": agreeing, "seed": seed, "head_dim": head_dim})
+    )
     return TinyPair(target_dir, assistant_dir, variant, agreeing)

