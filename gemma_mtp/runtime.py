@@ -375,6 +375,8 @@ class Runtime:
                 stats.record_round(rnd.drafted, rnd.accepted, len(kept))
                 if rnd.engine_report is not None:
                     stats.engine_report = dict(rnd.engine_report)
+                    if not self._backend.round_statistics:
+                        stats.adopt_engine_report(rnd.engine_report)
                 self._notify(
                     RoundStats(
                         request_id=stats.request_id,

@@ -13,7 +13,7 @@ EOS, a stop sequence or the token budget, only the tokens actually emitted are c
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -125,6 +125,25 @@ class SpeculationStats:
         if self.time_to_first_token_s is None and emitted > 0:
             self.time_to_first_token_s = time.perf_counter() - self._start
         self.elapsed_s = time.perf_counter() - self._start
+
+    def adopt_engine_report(self, report: Mapping[str, Any]) -> None:
+        """Take drafting figures from the engine's per-request report (vLLM's spec-decode metrics).
+
+        Used where rounds cannot be observed one engine step at a time (server mode). The emitted tokens
+        stay as counted; accepted drafts are capped by them, as for observed rounds.
+        """
+        generated = self.generated_tokens
+        self.rounds = int(report["num_spec_steps"]) + 1  # the prefill step drafts nothing
+        self.target_forward_passes = self.rounds
+        self.drafted_tokens = int(report["num_draft_tokens"])
+        self.accepted_tokens = min(int(report["num_accepted_draft_tokens"]), generated)
+        self.target_tokens = generated - self.accepted_tokens
+        drafted_steps = list(report.get("per_step_drafted") or [])
+        accepted_steps = list(report.get("per_step_accepted") or [])
+        if drafted_steps:
+            depth = max(drafted_steps)
+            self.drafted_at_position = [sum(d > i for d in drafted_steps) for i in range(depth)]
+            self.accepted_at_position = [sum(a > i for a in accepted_steps) for i in range(depth)]
 
     def finish(self) -> None:
         self.elapsed_s = time.perf_counter() - self._start

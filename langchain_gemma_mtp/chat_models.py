@@ -21,7 +21,7 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable
 from langchain_core.runnables.config import run_in_executor
-from pydantic import ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 from typing_extensions import Self
 
 from gemma_mtp import ChatDelta, RoundStats, Runtime, SamplingParams
@@ -155,6 +155,20 @@ class ChatGemmaMTP(BaseChatModel):
     dtype: str | None = None
     """Weight dtype (``"bfloat16"``, ``"float32"``, ...); ``None`` lets the runtime choose."""
 
+    backend: str = "transformers"
+    """Decoding engine: ``"transformers"`` (in process), ``"vllm"`` (vLLM's engine in process, batching
+    concurrent calls) or ``"openai"`` (a running OpenAI-compatible server such as ``vllm serve``)."""
+
+    base_url: str | None = None
+    """The server's URL for ``backend="openai"`` (e.g. ``"http://127.0.0.1:8000/v1"``)."""
+
+    api_key: SecretStr | None = None
+    """The server's API key for ``backend="openai"``, when it asks for one."""
+
+    loader_options: dict[str, Any] = Field(default_factory=dict)
+    """Further keyword arguments for ``Runtime.load``: ``from_pretrained`` options (transformers), engine
+    arguments (vllm: ``tensor_parallel_size``, ``max_model_len``, ...), client options (openai)."""
+
     max_tokens: int | None = None
     """Most new tokens per answer; ``None`` takes the runtime's default."""
 
@@ -201,7 +215,15 @@ class ChatGemmaMTP(BaseChatModel):
                 "or runtime= (a loaded gemma_mtp.Runtime)."
             )
         if self.runtime is not None:
-            ignored = [name for name in ("assistant", "device", "dtype") if getattr(self, name) is not None]
+            ignored = [
+                name
+                for name in ("assistant", "device", "dtype", "base_url", "api_key")
+                if getattr(self, name) is not None
+            ]
+            if self.loader_options:
+                ignored.append("loader_options")
+            if self.backend != "transformers":
+                ignored.append("backend")
             if ignored:
                 raise ValueError(
                     f"{', '.join(ignored)} only apply when ChatGemmaMTP loads the pair itself; with "
@@ -247,6 +269,7 @@ class ChatGemmaMTP(BaseChatModel):
             "assistant": self.assistant,
             "device": self.device,
             "dtype": self.dtype,
+            "backend": self.backend if self.runtime is None else self.runtime.backend,
             "use_assistant": self.use_assistant,
             **{name: getattr(self, name) for name in _FIELD_TO_PARAM},
         }
@@ -265,13 +288,25 @@ class ChatGemmaMTP(BaseChatModel):
     def _runtime_for(self, model: str | None) -> Runtime:
         """The runtime serving this call: a per-call ``model`` override, the given one, or the lazy load."""
         if model is not None and model != self.model_name:
-            return Runtime.load(model, device=self.device, dtype=self.dtype)
+            return self._load(model, None)
         if self.runtime is not None:
             return self.runtime
         if self._loaded is None:
             # Runtime.load is thread-safe and cached: racing first calls get the same runtime back.
-            self._loaded = Runtime.load(self.model_name, self.assistant, device=self.device, dtype=self.dtype)
+            self._loaded = self._load(self.model_name, self.assistant)
         return self._loaded
+
+    def _load(self, model: str, assistant: str | None) -> Runtime:
+        return Runtime.load(
+            model,
+            assistant,
+            backend=self.backend,
+            device=self.device,
+            dtype=self.dtype,
+            base_url=self.base_url,
+            api_key=self.api_key.get_secret_value() if self.api_key is not None else None,
+            **self.loader_options,
+        )
 
     def _runtime_is_ready(self, model: str | None) -> bool:
         """Whether ``_runtime_for(model)`` returns without loading weights (safe on an event loop)."""

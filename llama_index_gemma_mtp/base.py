@@ -91,9 +91,21 @@ class GemmaMTP(FunctionCallingLLM):
     dtype: str | None = Field(
         default=None, description="Weights dtype, e.g. 'bfloat16'; the runtime picks if unset."
     )
+    backend: str = Field(
+        default="transformers",
+        description="Decoding engine: 'transformers' (in process), 'vllm' (vLLM's engine in process, batching "
+        "concurrent calls) or 'openai' (a running OpenAI-compatible server such as `vllm serve`).",
+    )
+    base_url: str | None = Field(
+        default=None, description="The server's URL for backend='openai', e.g. 'http://127.0.0.1:8000/v1'."
+    )
+    api_key: str | None = Field(
+        default=None, exclude=True, description="The server's API key for backend='openai', if it needs one."
+    )
     loader_options: dict[str, Any] = Field(
         default_factory=dict,
-        description="Further keyword arguments for Runtime.load (e.g. attn_implementation).",
+        description="Further keyword arguments for Runtime.load: from_pretrained options (transformers), "
+        "engine arguments (vllm: tensor_parallel_size, max_model_len, ...), client options (openai).",
     )
     max_new_tokens: int = Field(
         default=DEFAULT_NUM_OUTPUTS, description="Most tokens to generate per request."
@@ -117,7 +129,13 @@ class GemmaMTP(FunctionCallingLLM):
         if runtime is not None:
             if not isinstance(runtime, Runtime):
                 raise TypeError(f"runtime must be a gemma_mtp.Runtime, got {type(runtime).__name__}.")
-            clashing = sorted(k for k in ("assistant", "device", "dtype", "loader_options") if kwargs.get(k))
+            clashing = sorted(
+                k
+                for k in ("assistant", "device", "dtype", "loader_options", "base_url", "api_key")
+                if kwargs.get(k)
+            )
+            if kwargs.get("backend", "transformers") != "transformers":
+                clashing.append("backend")
             if clashing:
                 raise ValueError(
                     f"{', '.join(clashing)} only apply when GemmaMTP loads the model itself; "
@@ -126,7 +144,10 @@ class GemmaMTP(FunctionCallingLLM):
             # Describe the pair in the fields too, so that a serialized or unpickled copy loads the same one.
             model = model or runtime.model_name
             kwargs.update(
-                assistant=runtime.assistant_name, device=str(runtime.device), dtype=runtime.dtype
+                assistant=runtime.assistant_name,
+                device=str(runtime.device) if runtime.backend != "openai" else None,
+                dtype=runtime.dtype,
+                backend=runtime.backend,
             )
         elif not model:
             raise ValueError("Pass model= (a hub id or local folder of a Gemma 4 checkpoint) or runtime=.")
@@ -164,7 +185,14 @@ class GemmaMTP(FunctionCallingLLM):
         """The loaded target + assistant pair (loaded on first use)."""
         if self._runtime is None:
             self._runtime = Runtime.load(
-                self.model, self.assistant, device=self.device, dtype=self.dtype, **self.loader_options
+                self.model,
+                self.assistant,
+                backend=self.backend,
+                device=self.device,
+                dtype=self.dtype,
+                base_url=self.base_url,
+                api_key=self.api_key,
+                **self.loader_options,
             )
         return self._runtime
 

@@ -64,6 +64,9 @@ class Backend(Protocol):
     vocab_size: int
     eos_token_ids: frozenset[int]
     default_draft_length: int
+    round_statistics: bool
+    """Whether each round's ``drafted``/``accepted`` are the engine's (``False``: a server's chunks may
+    span several engine steps, and the request's figures come from its final ``engine_report``)."""
 
     @property
     def device(self) -> Any:

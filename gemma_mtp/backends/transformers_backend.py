@@ -26,6 +26,7 @@ class TransformersBackend:
     """A loaded pair of transformers models and the speculative decoder that runs on them."""
 
     name = "transformers"
+    round_statistics = True
 
     def __init__(self, pair: LoadedPair):
         self.pair = pair
@@ -71,7 +72,9 @@ class TransformersBackend:
             generator.manual_seed(params.seed)
         else:
             generator.seed()
-        decoder = SpeculativeDecoder(self.target_step, self.drafter if request.use_assistant else None, self.lock)
+        decoder = SpeculativeDecoder(
+            self.target_step, self.drafter if request.use_assistant else None, self.lock
+        )
         draft_length = params.num_assistant_tokens or self.default_draft_length
         return decoder.run(
             request.prompt_ids, params, draft_length, request.budget, generator, request.count_forward
@@ -79,4 +82,3 @@ class TransformersBackend:
 
     def close(self) -> None:
         """The weights are freed with the last reference to the models; nothing runs in the background."""
-

@@ -80,6 +80,7 @@ class VLLMBackend:
     """A vLLM ``AsyncLLM`` serving one Gemma 4 target with its MTP assistant (or without speculation)."""
 
     name = "vllm"
+    round_statistics = True
 
     def __init__(self, info: PairInfo, engine: Any, loop: _EngineLoop, draft_length: int, dtype: str):
         self.info = info

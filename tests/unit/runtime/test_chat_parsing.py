@@ -432,6 +432,7 @@ def _canonical_gemma4_template() -> dict[str, Any]:
     return dict(serving._RESPONSE_TEMPLATE_FALLBACKS[("gemma4",)])
 
 
+@needs_response_parser
 def test_our_template_differs_from_transformers_gemma4_only_where_documented() -> None:
     canonical = _canonical_gemma4_template()
     ours = GEMMA4_RESPONSE_TEMPLATE

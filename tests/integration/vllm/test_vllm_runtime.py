@@ -1,0 +1,266 @@
+"""The runtime on vLLM's in-process engine: same answers, same errors, engine-batched, aborts on leave.
+
+One engine (the agreeing dense kit pair, head size 32) serves the whole module; the same pair on the
+transformers backend is the reference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from gemma_mtp import Runtime, SamplingParams
+from gemma_mtp.stats import RoundStats
+
+PROMPTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Tell me about Paris and the weather there, in a few words please.",
+    [2, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60],
+]
+MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather in a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+]
+
+
+def _wait_until_idle(rt: Runtime, timeout: float = 30.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = rt.engine.unfinished_requests()  # type: ignore[attr-defined]
+        if left == 0:
+            return 0
+        time.sleep(0.05)
+    return rt.engine.unfinished_requests()  # type: ignore[attr-defined]
+
+
+def test_runtime_describes_the_engine(runtimes: tuple[Runtime, Runtime]) -> None:
+    vllm_rt, local_rt = runtimes
+    assert vllm_rt.backend == "vllm"
+    assert vllm_rt.model_name == local_rt.model_name
+    assert vllm_rt.assistant_name == local_rt.assistant_name
+    assert vllm_rt.default_draft_length == local_rt.default_draft_length == 3
+    assert vllm_rt.eos_token_ids == local_rt.eos_token_ids
+    assert vllm_rt.dtype == "float32"
+    assert vllm_rt.context_window == 512  # the engine's max_model_len
+    with pytest.raises(AttributeError, match="backend='transformers'"):
+        _ = vllm_rt.target
+
+
+@pytest.mark.parametrize("prompt", PROMPTS, ids=["text", "longer-text", "ids"])
+def test_greedy_output_equals_the_transformers_backend(
+    runtimes: tuple[Runtime, Runtime], prompt: Any
+) -> None:
+    vllm_rt, local_rt = runtimes
+    params = SamplingParams(max_new_tokens=48, ignore_eos=True)
+    ours = vllm_rt.generate(prompt, params)
+    reference = local_rt.generate(prompt, params)
+    assert ours.token_ids == reference.token_ids
+    assert ours.text == reference.text
+    assert ours.finish_reason == "length"
+
+
+def test_chat_with_end_of_turn_equals_the_transformers_backend(runtimes: tuple[Runtime, Runtime]) -> None:
+    vllm_rt, local_rt = runtimes
+    params = SamplingParams(max_new_tokens=200)
+    ours = vllm_rt.chat(MESSAGES, params)
+    reference = local_rt.chat(MESSAGES, params)
+    assert ours.raw_text == reference.raw_text
+    assert ours.token_ids == reference.token_ids
+    assert ours.finish_reason == reference.finish_reason
+
+
+def test_statistics_agree_with_vllms_own_per_request_metrics(runtimes: tuple[Runtime, Runtime]) -> None:
+    vllm_rt, _ = runtimes
+    rounds: list[RoundStats] = []
+    result = vllm_rt.generate(
+        PROMPTS[1], SamplingParams(max_new_tokens=60, ignore_eos=True), on_round=rounds.append
+    )
+    stats, report = result.stats, result.stats.engine_report
+    assert report is not None, "vLLM reports per-request metrics when the request finishes in the engine"
+    assert stats.acceptance_rate > 0
+    assert stats.drafted_tokens == report["num_draft_tokens"]
+    assert stats.rounds == report["num_spec_steps"] + 1  # the prefill step drafts nothing
+    # Round for round: the first round is the prefill; the last one may be cut at the budget, where we
+    # count only emitted tokens as accepted.
+    assert [r.drafted for r in rounds[1:]] == report["per_step_drafted"]
+    assert [r.accepted for r in rounds[1:-1]] == report["per_step_accepted"][:-1]
+    assert rounds[-1].accepted == min(report["per_step_accepted"][-1], rounds[-1].emitted)
+    assert stats.accepted_tokens <= report["num_accepted_draft_tokens"]
+    assert stats.generated_tokens == len(result.token_ids) == 60
+    assert stats.target_forward_passes == stats.rounds
+
+
+def test_streaming_delivers_step_by_step_and_equals_generate(runtimes: tuple[Runtime, Runtime]) -> None:
+    vllm_rt, _ = runtimes
+    params = SamplingParams(max_new_tokens=40, ignore_eos=True)
+    deltas = list(vllm_rt.stream(PROMPTS[0], params))
+    whole = vllm_rt.generate(PROMPTS[0], params)
+    assert len(deltas) > 3
+    assert all(len(d.token_ids) <= vllm_rt.default_draft_length + 1 for d in deltas)
+    assert "".join(d.text for d in deltas) == whole.text
+    assert [t for d in deltas for t in d.token_ids] == whole.token_ids
+    assert deltas[-1].finish_reason == "length"
+
+
+def test_leaving_a_stream_aborts_the_request_in_the_engine(runtimes: tuple[Runtime, Runtime]) -> None:
+    vllm_rt, _ = runtimes
+    stream = vllm_rt.stream(PROMPTS[0], SamplingParams(max_new_tokens=400, ignore_eos=True))
+    next(stream)
+    assert vllm_rt.engine.unfinished_requests() == 1  # type: ignore[attr-defined]
+    stream.close()
+    assert _wait_until_idle(vllm_rt) == 0
+    assert vllm_rt.generate(PROMPTS[0], SamplingParams(max_new_tokens=5)).text  # still serving
+
+
+def test_a_stop_sequence_ends_the_request_in_the_engine(runtimes: tuple[Runtime, Runtime]) -> None:
+    vllm_rt, local_rt = runtimes
+    free = local_rt.generate(PROMPTS[0], SamplingParams(max_new_tokens=40, ignore_eos=True)).text
+    stop = free[10:13]
+    params = SamplingParams(max_new_tokens=300, ignore_eos=True, stop=[stop])
+    ours = vllm_rt.generate(PROMPTS[0], params)
+    assert ours.finish_reason == "stop" and ours.stop_sequence == stop
+    assert ours.text == local_rt.generate(PROMPTS[0], params).text
+    assert _wait_until_idle(vllm_rt) == 0
+
+
+async def test_cancelling_a_task_aborts_the_request(runtimes: tuple[Runtime, Runtime]) -> None:
+    vllm_rt, _ = runtimes
+    started = asyncio.Event()
+
+    async def consume() -> None:
+        async for _ in vllm_rt.astream(PROMPTS[0], SamplingParams(max_new_tokens=400, ignore_eos=True)):
+            started.set()
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(started.wait(), 120)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await asyncio.to_thread(_wait_until_idle, vllm_rt) == 0
+
+
+async def test_async_calls_equal_sync_calls(runtimes: tuple[Runtime, Runtime]) -> None:
+    vllm_rt, _ = runtimes
+    params = SamplingParams(max_new_tokens=24, ignore_eos=True)
+    sync = vllm_rt.generate(PROMPTS[0], params)
+    result = await vllm_rt.agenerate(PROMPTS[0], params)
+    streamed = [d async for d in vllm_rt.astream(PROMPTS[0], params)]
+    chat = await vllm_rt.achat(MESSAGES, SamplingParams(max_new_tokens=24))
+    chat_stream = [d async for d in vllm_rt.astream_chat(MESSAGES, SamplingParams(max_new_tokens=24))]
+    assert result.token_ids == sync.token_ids
+    assert [t for d in streamed for t in d.token_ids] == sync.token_ids
+    assert chat.token_ids == [t for d in chat_stream for t in d.token_ids]
+
+
+def test_concurrent_callers_are_served_together_with_their_own_answers(
+    runtimes: tuple[Runtime, Runtime],
+) -> None:
+    vllm_rt, _ = runtimes
+    params = SamplingParams(max_new_tokens=32, ignore_eos=True)
+    prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[2], PROMPTS[0] + " Again.", PROMPTS[1] + " More."]
+    expected = [vllm_rt.generate(p, params).token_ids for p in prompts]
+    results: dict[int, list[int]] = {}
+    in_flight: list[int] = []
+
+    def call(i: int) -> None:
+        def watch(_: RoundStats) -> None:
+            in_flight.append(vllm_rt.engine.unfinished_requests())  # type: ignore[attr-defined]
+
+        results[i] = vllm_rt.generate(prompts[i], params, on_round=watch).token_ids
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [results[i] for i in range(len(prompts))] == expected
+    assert max(in_flight) > 1, "concurrent requests were in the engine at the same time"
+
+
+def test_seeded_sampling_is_reproducible(runtimes: tuple[Runtime, Runtime]) -> None:
+    vllm_rt, _ = runtimes
+    params = SamplingParams(max_new_tokens=24, temperature=0.9, seed=7, ignore_eos=True)
+    first = vllm_rt.generate(PROMPTS[1], params)
+    assert vllm_rt.generate(PROMPTS[1], params).token_ids == first.token_ids
+    assert len(first.token_ids) == 24
+
+
+def test_tool_call_answers_parse_the_same_on_both_backends(runtimes: tuple[Runtime, Runtime]) -> None:
+    vllm_rt, local_rt = runtimes
+    params = SamplingParams(max_new_tokens=80)
+    ours = vllm_rt.chat(MESSAGES, params, tools=TOOLS, tool_choice="get_weather")
+    reference = local_rt.chat(MESSAGES, params, tools=TOOLS, tool_choice="get_weather")
+    assert ours.raw_text.startswith("<|tool_call>call:get_weather")
+    assert ours.raw_text == reference.raw_text
+    assert ours.tool_calls == reference.tool_calls
+    assert ours.malformed_tool_calls == reference.malformed_tool_calls
+    assert ours.content == reference.content
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda rt: rt.generate(""), ValueError, "prompt is empty"),
+        (lambda rt: rt.generate([1, 10**9]), ValueError, "Token ids must be integers"),
+        (lambda rt: rt.generate("hi", {"max_new_tokens": 3}), TypeError, "SamplingParams"),
+        (lambda rt: rt.chat([{"role": "wizard", "content": "x"}]), ValueError, "role"),
+        (lambda rt: rt.generate("x" * 5000), ValueError, "context window of 512"),
+    ],
+    ids=["empty", "bad-ids", "params-type", "bad-role", "too-long"],
+)
+def test_bad_input_gets_the_same_errors_as_in_process(
+    runtimes: tuple[Runtime, Runtime], call: Any, error: type, match: str
+) -> None:
+    vllm_rt, local_rt = runtimes
+    with pytest.raises(error, match=match):
+        call(vllm_rt)
+    if match != "context window of 512":
+        with pytest.raises(error, match=match):
+            call(local_rt)
+    assert vllm_rt.generate(PROMPTS[0], SamplingParams(max_new_tokens=3)).token_ids
+
+
+@pytest.mark.parametrize(
+    ("params", "use_assistant", "match"),
+    [
+        (SamplingParams(num_assistant_tokens=5), True, "drafts 3 tokens per step"),
+        (SamplingParams(adaptive_draft=True), True, "adaptive_draft is not available"),
+        (SamplingParams(temperature=0.7, sample_drafts=True), True, "sample_drafts is not available"),
+        (SamplingParams(max_assistant_tokens=2), True, "below this vLLM engine's draft length"),
+        (SamplingParams(), False, "num_assistant_tokens=0"),
+    ],
+    ids=["draft-length", "adaptive", "sampled-drafts", "max-draft", "no-assistant"],
+)
+def test_what_the_engine_cannot_do_is_refused_at_the_call(
+    runtimes: tuple[Runtime, Runtime], params: SamplingParams, use_assistant: bool, match: str
+) -> None:
+    vllm_rt, _ = runtimes
+    with pytest.raises(ValueError, match=match):
+        vllm_rt.stream("hello", params, use_assistant=use_assistant)
+    with pytest.raises(ValueError, match=match):
+        vllm_rt.astream("hello", params, use_assistant=use_assistant)
+    assert vllm_rt.generate("hello", SamplingParams(num_assistant_tokens=3, max_new_tokens=4)).token_ids
+
+
+def test_engine_options_the_backend_builds_are_refused() -> None:
+    with pytest.raises(ValueError, match="speculative_config= cannot be passed"):
+        Runtime.load("gemma-mtp-mini", backend="vllm", speculative_config={"method": "mtp"})
+    with pytest.raises(ValueError, match="base_url only apply to backend='openai'"):
+        Runtime.load("gemma-mtp-mini", backend="vllm", base_url="http://127.0.0.1:1/v1")
+    with pytest.raises(ValueError, match="runs on 'cpu'"):
+        Runtime.load("gemma-mtp-mini", backend="vllm", device="cuda")
