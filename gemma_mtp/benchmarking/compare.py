@@ -28,7 +28,14 @@ from gemma_mtp.benchmarking.tables import markdown_table, plural, text_table
 from gemma_mtp.params import SamplingParams
 from gemma_mtp.runtime import Prompt, Runtime
 
-__all__ = ["METHODS", "ComparisonReport", "MethodSummary", "Sample", "compare_methods"]
+__all__ = [
+    "METHODS",
+    "ComparisonReport",
+    "MethodSummary",
+    "Sample",
+    "compare_methods",
+    "reference_mtp_available",
+]
 
 METHODS: dict[str, str] = {
     "mtp": "gemma-mtp, with assistant",
@@ -250,6 +257,7 @@ class _Runner:
         }
         assisted = method == "hf_assisted"
         if assisted:
+            _require_reference_mtp_generator()
             kwargs["assistant_model"] = self.rt.assistant
         with (
             _counting_calls(self.rt.target) as target_calls,
@@ -299,6 +307,29 @@ def _summarise(
             )
         )
     return summaries
+
+
+def reference_mtp_available() -> bool:
+    """Whether transformers' own MTP path (``generate(assistant_model=...)``) works: it fails inside
+    transformers before 5.20, whose candidate generator still had the older interface."""
+    import inspect
+
+    from transformers.generation.candidate_generator import SinglePositionMultiTokenCandidateGenerator
+
+    return (
+        "input_ids" not in inspect.signature(SinglePositionMultiTokenCandidateGenerator.__init__).parameters
+    )
+
+
+def _require_reference_mtp_generator() -> None:
+    import transformers
+
+    if not reference_mtp_available():
+        raise RuntimeError(
+            f"The {METHODS['hf_assisted']!r} method needs transformers >= 5.20 (installed: "
+            f"{transformers.__version__}, whose MTP candidate generator fails inside generate). Upgrade "
+            "transformers in an environment without vLLM to compare against it."
+        )
 
 
 def compare_methods(

@@ -1,7 +1,7 @@
 """vLLM backend tests: skipped, with the install command, where vLLM is not installed.
 
-Starting a vLLM engine takes tens of seconds on a small CPU, so each test module starts one engine (a
-module-scoped fixture) and shuts it down when the module ends.
+Starting a vLLM engine takes tens of seconds on a small CPU, so the in-process tests share one engine
+(a session-scoped fixture, shut down at the end) and the server tests start one ``vllm serve``.
 """
 
 from __future__ import annotations
@@ -57,7 +57,12 @@ def load_runtimes(**options: Any) -> tuple[Runtime, Runtime]:
     return vllm_rt, local_rt
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
+def engine_options() -> dict[str, Any]:
+    return dict(ENGINE_OPTIONS)
+
+
+@pytest.fixture(scope="session")
 def runtimes() -> Iterator[tuple[Runtime, Runtime]]:
     vllm_rt, local_rt = load_runtimes()
     try:

@@ -1,0 +1,179 @@
+"""Server mode: ``backend="openai"`` against a ``vllm serve`` this module starts on 127.0.0.1.
+
+The server runs the agreeing kit pair with MTP and per-request speculative-decoding metrics; the same
+pair in process is the reference for answers and tool-call parsing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gemma_mtp import Runtime, SamplingParams
+
+MESSAGES = [{"role": "user", "content": "What is the weather in Paris?"}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather in a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+]
+START_TIMEOUT_S = 600
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return str(response.read().decode())
+
+
+@pytest.fixture(scope="module")
+def server(runtimes: tuple[Runtime, Runtime], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    _, local_rt = runtimes
+    port = _free_port()
+    vllm_cli = shutil.which("vllm") or str(Path(sys.executable).with_name("vllm"))
+    log = tmp_path_factory.mktemp("vllm-serve") / "server.log"
+    command = [
+        vllm_cli, "serve", local_rt.model_name,
+        "--host", "127.0.0.1", "--port", str(port),
+        "--dtype", "float32", "--max-model-len", "512", "--enforce-eager", "--seed", "0",
+        "--kv-cache-memory-bytes", str(256 << 20),
+        "--speculative-config",
+        json.dumps({"method": "mtp", "model": local_rt.assistant_name, "num_speculative_tokens": 3}),
+        "--per-request-spec-decode-metrics", "detailed",
+    ]  # fmt: skip
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"vllm serve exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+            try:
+                _get(f"http://127.0.0.1:{port}/health")
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(
+                        f"vllm serve did not start in {START_TIMEOUT_S} s:\n{log.read_text()[-4000:]}"
+                    )
+                time.sleep(1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def remote(server: str, runtimes: tuple[Runtime, Runtime]) -> Iterator[Runtime]:
+    _, local_rt = runtimes
+    rt = Runtime.load(local_rt.model_name, local_rt.assistant_name, backend="openai", base_url=f"{server}/v1")
+    try:
+        yield rt
+    finally:
+        rt.close()
+
+
+def _running_requests(server: str) -> float:
+    running = [
+        line
+        for line in _get(f"{server}/metrics").splitlines()
+        if line.startswith("vllm:num_requests_running")
+    ]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in running)
+
+
+def test_greedy_answers_equal_in_process(remote: Runtime, runtimes: tuple[Runtime, Runtime]) -> None:
+    _, local_rt = runtimes
+    params = SamplingParams(max_new_tokens=48, ignore_eos=True)
+    for prompt in ("The quick brown fox jumps over the lazy dog.", [2, 40, 41, 42, 43, 44, 45]):
+        ours = remote.generate(prompt, params)
+        assert ours.token_ids == local_rt.generate(prompt, params).token_ids
+        assert ours.finish_reason == "length"
+
+
+def test_statistics_come_from_the_servers_metrics(remote: Runtime) -> None:
+    result = remote.generate("Tell me about Paris.", SamplingParams(max_new_tokens=60, ignore_eos=True))
+    report = result.stats.engine_report
+    assert report is not None, (
+        "vllm serve --per-request-spec-decode-metrics sends metrics.speculative_decoding"
+    )
+    assert result.stats.drafted_tokens == report["num_draft_tokens"] > 0
+    assert result.stats.rounds == report["num_spec_steps"] + 1
+    assert result.stats.acceptance_rate > 0
+    assert result.stats.accepted_tokens == min(report["num_accepted_draft_tokens"], 60)
+    assert len(result.stats.acceptance_by_position) == 3
+
+
+def test_streaming_chat_and_tool_calls_parse_as_in_process(
+    remote: Runtime, runtimes: tuple[Runtime, Runtime]
+) -> None:
+    _, local_rt = runtimes
+    params = SamplingParams(max_new_tokens=80)
+    deltas = list(remote.stream_chat(MESSAGES, params, tools=TOOLS, tool_choice="get_weather"))
+    reference = local_rt.chat(MESSAGES, params, tools=TOOLS, tool_choice="get_weather")
+    assert len(deltas) > 1
+    assert "".join(d.raw_text for d in deltas) == reference.raw_text
+    assert [c for d in deltas for c in d.tool_calls] == reference.tool_calls
+    assert [str(m) for d in deltas for m in d.malformed_tool_calls] == [
+        str(m) for m in reference.malformed_tool_calls
+    ]
+
+
+async def test_async_calls_and_leaving_a_stream(remote: Runtime, server: str) -> None:
+    params = SamplingParams(max_new_tokens=24, ignore_eos=True)
+    sync = remote.generate("Hello there", params)
+    assert (await remote.agenerate("Hello there", params)).token_ids == sync.token_ids
+    stream = remote.astream("Hello there", SamplingParams(max_new_tokens=400, ignore_eos=True))
+    async for _ in stream:
+        break
+    await stream.aclose()
+    deadline = time.monotonic() + 30
+    while _running_requests(server) > 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _running_requests(server) == 0
+
+
+def test_per_request_drafting_settings_are_refused(remote: Runtime) -> None:
+    with pytest.raises(ValueError, match="fixed when it starts"):
+        remote.generate("hi", SamplingParams(num_assistant_tokens=2))
+    with pytest.raises(ValueError, match="use_assistant=False cannot be asked of a running server"):
+        remote.generate("hi", use_assistant=False)
+    with pytest.raises(ValueError, match="needs base_url="):
+        Runtime.load(remote.model_name, remote.assistant_name, backend="openai")
+
+
+def test_a_server_without_metrics_is_said_so(remote: Runtime, caplog: Any) -> None:
+    backend: Any = remote.engine
+    backend._warned_no_metrics = False
+    with caplog.at_level("WARNING", logger="gemma_mtp"):
+        assert backend._report(None) is None
+    assert "sent no metrics.speculative_decoding" in caplog.text
