@@ -280,6 +280,10 @@ def _bench(args: argparse.Namespace) -> int:
     from gemma_mtp.benchmarking import compare_methods, describe_machine
 
     prompts = read_prompts(args)  # a bad file fails before minutes of loading
+    if args.concurrency is not None:
+        return _bench_concurrency(args, prompts)
+    if args.backend != ["transformers"]:
+        raise CLIError("--backend applies to the concurrency benchmark: add --concurrency 1,2,4,8,16")
     rt = load_runtime(args)
     report = compare_methods(
         rt,
@@ -295,6 +299,59 @@ def _bench(args: argparse.Namespace) -> int:
     print(report.format_text())
     _write_json(args.json, {"machine": machine.as_dict(), **report.as_dict()})
     return 0
+
+
+def _bench_concurrency(args: argparse.Namespace, prompts: list[Prompt]) -> int:
+    from gemma_mtp.benchmarking import describe_machine
+    from gemma_mtp.benchmarking.concurrency import Setting, measure_concurrency
+
+    settings: list[Setting] = []
+    for backend in args.backend:
+        if backend == "transformers":
+            rt = load_runtime(args)
+            settings += [Setting("transformers + MTP", rt, True), Setting("transformers alone", rt, False)]
+        elif backend == "vllm":
+            options = dict(args.vllm_option or [])
+            with_mtp = _load_engine(args, "vllm", options)
+            alone = _load_engine(args, "vllm", {**options, "num_assistant_tokens": 0})
+            settings += [Setting("vllm + MTP", with_mtp, True), Setting("vllm alone", alone, False)]
+        else:
+            if not args.base_url:
+                raise CLIError("--backend openai needs --base-url (the server's OpenAI-compatible URL)")
+            server = _load_engine(args, "openai", {"base_url": args.base_url})
+            settings.append(Setting("server (openai)", server, True))
+    report = measure_concurrency(
+        settings,
+        prompts,
+        levels=args.concurrency,
+        max_new_tokens=args.max_new_tokens,
+        progress=_progress(sys.stderr),
+    )
+    _end_progress(sys.stderr)
+    import torch
+
+    machine = describe_machine(torch.device("cpu") if args.device is None else torch.device(args.device))
+    print("\n".join(machine.lines()) + "\n")
+    print(report.format_text())
+    if args.plot is not None:
+        report.plot(args.plot)
+    _write_json(args.json, {"machine": machine.as_dict(), **report.as_dict()})
+    return 0
+
+
+def _load_engine(args: argparse.Namespace, backend: str, options: dict[str, Any]) -> Runtime:
+    try:
+        with Spinner(f"Starting {backend} on {args.model}"):
+            return Runtime.load(
+                args.model,
+                args.assistant,
+                backend=backend,
+                device=args.device,
+                dtype=None if args.dtype == "auto" else args.dtype,
+                **options,
+            )
+    except (OSError, ValueError, ImportError) as err:
+        raise CLIError(str(err)) from err
 
 
 def _tune(args: argparse.Namespace) -> int:
@@ -397,6 +454,26 @@ def common_options(max_new_tokens: int, prompts: bool = True) -> argparse.Argume
     return common
 
 
+def _levels(text: str) -> list[int]:
+    try:
+        levels = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from err
+    if not levels or any(level < 1 for level in levels):
+        raise argparse.ArgumentTypeError(f"concurrency levels must be integers >= 1, got {text!r}")
+    return levels
+
+
+def _engine_option(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gemma-mtp",
@@ -429,6 +506,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-assistant-tokens", type=_positive_int, help="draft length (default: the assistant's own)"
     )
     bench.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
+    concurrency = bench.add_argument_group(
+        "concurrency",
+        "with --concurrency: aggregate tokens/s and request latency against concurrent requests, per backend, "
+        "with and without MTP (instead of the four-method comparison)",
+    )
+    concurrency.add_argument(
+        "--concurrency", type=_levels, metavar="N,N,...", help="concurrency levels, e.g. 1,2,4,8,16"
+    )
+    concurrency.add_argument(
+        "--backend",
+        nargs="+",
+        choices=("transformers", "vllm", "openai"),
+        default=["transformers"],
+        help="backends to measure side by side (default: transformers)",
+    )
+    concurrency.add_argument(
+        "--vllm-option",
+        type=_engine_option,
+        action="append",
+        metavar="KEY=VALUE",
+        help="a vLLM engine argument (VALUE read as JSON when it parses), e.g. enforce_eager=true; repeatable",
+    )
+    concurrency.add_argument("--base-url", help="the server for --backend openai, e.g. http://127.0.0.1:8000/v1")
+    concurrency.add_argument("--plot", type=Path, metavar="PNG", help="also plot the results")
     bench.set_defaults(handler=_bench)
 
     tune = commands.add_parser(

@@ -42,19 +42,10 @@ def kit_pair() -> Any:
     return tiny_pair("dense", agreeing=True, head_dim=32)
 
 
-def load_runtimes(**options: Any) -> tuple[Runtime, Runtime]:
-    """The same kit pair on the vLLM backend and on the transformers backend."""
+def load_local_runtime() -> Runtime:
+    """The kit pair on the transformers backend: the reference."""
     pair = kit_pair()
-    vllm_rt = Runtime.load(
-        str(pair.target_dir),
-        str(pair.assistant_dir),
-        backend="vllm",
-        dtype="float32",
-        **ENGINE_OPTIONS,
-        **options,
-    )
-    local_rt = Runtime.load(str(pair.target_dir), str(pair.assistant_dir), device="cpu", dtype="float32")
-    return vllm_rt, local_rt
+    return Runtime.load(str(pair.target_dir), str(pair.assistant_dir), device="cpu", dtype="float32")
 
 
 @pytest.fixture(scope="session")
@@ -63,9 +54,21 @@ def engine_options() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
-def runtimes() -> Iterator[tuple[Runtime, Runtime]]:
-    vllm_rt, local_rt = load_runtimes()
+def local_runtime() -> Runtime:
+    return load_local_runtime()
+
+
+@pytest.fixture(scope="session")
+def runtimes(local_runtime: Runtime) -> Iterator[tuple[Runtime, Runtime]]:
+    """The kit pair on vLLM's engine (started once for the session) and on the transformers backend."""
+    vllm_rt = Runtime.load(
+        local_runtime.model_name,
+        local_runtime.assistant_name,
+        backend="vllm",
+        dtype="float32",
+        **ENGINE_OPTIONS,
+    )
     try:
-        yield vllm_rt, local_rt
+        yield vllm_rt, local_runtime
     finally:
         vllm_rt.close()
