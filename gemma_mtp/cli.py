@@ -325,6 +325,7 @@ def _bench_concurrency(args: argparse.Namespace, prompts: list[Prompt]) -> int:
         prompts,
         levels=args.concurrency,
         max_new_tokens=args.max_new_tokens,
+        model=args.model,
         progress=_progress(sys.stderr),
     )
     _end_progress(sys.stderr)

@@ -148,18 +148,14 @@ class VLLMBackend:
         if platform == "cpu" and "kv_cache_memory_bytes" not in options:
             options["kv_cache_memory_bytes"] = DEFAULT_CPU_KV_CACHE_BYTES
         options.setdefault("disable_log_stats", True)
-        args = AsyncEngineArgs(
-            model=info.target_name,
-            dtype=dtype_name,
-            speculative_config=(
-                {"method": "mtp", "model": info.assistant_name, "num_speculative_tokens": draft_length}
-                if draft_length > 0
-                else None
-            ),
-            per_request_spec_decode_metrics="detailed",
-            trust_remote_code=False,
-            **options,
-        )
+        if draft_length > 0:
+            options["speculative_config"] = {
+                "method": "mtp",
+                "model": info.assistant_name,
+                "num_speculative_tokens": draft_length,
+            }
+            options["per_request_spec_decode_metrics"] = "detailed"
+        args = AsyncEngineArgs(model=info.target_name, dtype=dtype_name, trust_remote_code=False, **options)
         loop = _EngineLoop()
         try:
             engine = loop.submit(_start_engine(args)).result()
@@ -252,6 +248,7 @@ class VLLMBackend:
             while True:
                 kind, item = outputs.get()
                 if kind == "error":
+                    finished = True  # the engine holds nothing more for this request
                     raise item
                 completion = item.outputs[0]
                 finished = bool(item.finished)
@@ -310,6 +307,9 @@ class VLLMBackend:
             return
         self._closed = True
         atexit.unregister(self.close)
+        handler = getattr(self.engine, "output_handler", None)
+        if handler is not None:  # stopped first, so that the engine's exit is not reported as its death
+            self._loop.loop.call_soon_threadsafe(handler.cancel)
         try:
             self.engine.shutdown()
         finally:

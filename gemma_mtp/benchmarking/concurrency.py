@@ -92,6 +92,16 @@ class ConcurrencyReport:
             "points": [asdict(p) for p in self.points],
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ConcurrencyReport:
+        """The report :meth:`as_dict` wrote (for re-plotting saved results)."""
+        return cls(
+            data["model"],
+            int(data["max_new_tokens"]),
+            int(data["prompts"]),
+            [ConcurrencyPoint(**p) for p in data["points"]],
+        )
+
     def plot(self, path: Any) -> None:
         """Aggregate tokens/s and mean latency against concurrency, one line per setting (needs matplotlib)."""
         import matplotlib
@@ -123,9 +133,13 @@ def measure_concurrency(
     *,
     levels: Sequence[int] = DEFAULT_LEVELS,
     max_new_tokens: int = 64,
+    model: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ConcurrencyReport:
-    """Measure every setting at every concurrency level (after one warm-up request per setting)."""
+    """Measure every setting at every concurrency level (after one warm-up request per setting).
+
+    ``model`` names the model in the report (default: the first runtime's ``model_name``).
+    """
     if not settings:
         raise ValueError("measure_concurrency needs at least one setting")
     if not prompts:
@@ -143,7 +157,7 @@ def measure_concurrency(
             if progress:
                 progress(f"{setting.label}: {level} concurrent")
             points.append(_measure(setting, prompts, level, params))
-    return ConcurrencyReport(settings[0].runtime.model_name, max_new_tokens, len(prompts), points)
+    return ConcurrencyReport(model or settings[0].runtime.model_name, max_new_tokens, len(prompts), points)
 
 
 def _measure(

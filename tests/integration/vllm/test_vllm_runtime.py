@@ -276,3 +276,28 @@ def test_engine_options_the_backend_builds_are_refused() -> None:
         Runtime.load("gemma-mtp-mini", backend="vllm", base_url="http://127.0.0.1:1/v1")
     with pytest.raises(ValueError, match="runs on 'cpu'"):
         Runtime.load("gemma-mtp-mini", backend="vllm", device="cuda")
+
+
+def test_an_engine_without_speculation_serves_target_only_requests(
+    runtimes: tuple[Runtime, Runtime], engine_options: dict[str, Any]
+) -> None:
+    vllm_rt, local_rt = runtimes
+    alone = Runtime.load(
+        vllm_rt.model_name,
+        vllm_rt.assistant_name,
+        backend="vllm",
+        dtype="float32",
+        num_assistant_tokens=0,
+        **engine_options,
+    )
+    try:
+        assert alone is not vllm_rt
+        params = SamplingParams(max_new_tokens=32, ignore_eos=True)
+        result = alone.generate(PROMPTS[1], params, use_assistant=False)
+        assert result.token_ids == local_rt.generate(PROMPTS[1], params, use_assistant=False).token_ids
+        assert result.stats.drafted_tokens == 0 and result.stats.rounds == 32
+        assert not result.stats.used_assistant
+        with pytest.raises(ValueError, match="started without speculation"):
+            alone.generate(PROMPTS[1], params)
+    finally:
+        alone.close()

@@ -367,3 +367,17 @@ async def test_bad_async_input_is_rejected(llm: ChatGemmaMTP) -> None:
             [HumanMessage(content=[{"type": "audio", "base64": "AA", "mime_type": "audio/wav"}])]
         ):
             pass
+
+
+def test_backend_and_engine_options_reach_runtime_load(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # whether or not vLLM is installed
+    llm = ChatGemmaMTP(model="gemma-mtp-mini", backend="vllm", loader_options={"max_model_len": 512})
+    assert llm._identifying_params["backend"] == "vllm"
+    with pytest.raises(ImportError, match="backend='vllm' needs vLLM"):
+        llm.invoke("hi")
+    with pytest.raises(ValueError, match="backend"):
+        ChatGemmaMTP(runtime=runtime, backend="vllm")
+    with pytest.raises(ValueError, match="base_url"):
+        ChatGemmaMTP(runtime=runtime, base_url="http://127.0.0.1:1/v1")

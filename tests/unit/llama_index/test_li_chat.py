@@ -232,3 +232,15 @@ def test_an_error_during_generation_reaches_the_stream_consumer(llm: GemmaMTP, r
     finally:
         runtime.remove_listener(failing_listener)
     assert llm.chat(QUESTION).message.content
+
+
+def test_backend_and_engine_options_reach_runtime_load(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # whether or not vLLM is installed
+    llm = GemmaMTP(model="gemma-mtp-mini", backend="vllm", loader_options={"max_model_len": 512})
+    with pytest.raises(ImportError, match="backend='vllm' needs vLLM"):
+        _ = llm.runtime
+    with pytest.raises(ValueError, match="backend"):
+        GemmaMTP(runtime=runtime, backend="vllm")
+    assert GemmaMTP(runtime=runtime).backend == "transformers"

