@@ -82,8 +82,11 @@ class VLLMBackend:
     name = "vllm"
     round_statistics = True
 
-    def __init__(self, info: PairInfo, engine: Any, loop: _EngineLoop, draft_length: int, dtype: str):
+    def __init__(
+        self, info: PairInfo, engine: Any, loop: _EngineLoop, draft_length: int, dtype: str, platform: str
+    ):
         self.info = info
+        self.platform = platform  # "cpu" or "cuda": the vLLM build installed
         self.engine = engine
         self._loop = loop
         self.draft_length = draft_length
@@ -96,9 +99,6 @@ class VLLMBackend:
         self.eos_token_ids = info.eos_token_ids
         self.default_draft_length = draft_length
         self._closed = False
-        from vllm.platforms import current_platform
-
-        self.platform = str(current_platform.device_type)
         atexit.register(self.close)
 
     @classmethod
@@ -162,7 +162,7 @@ class VLLMBackend:
         except BaseException:
             loop.stop()
             raise
-        return cls(info, engine, loop, draft_length, dtype_name)
+        return cls(info, engine, loop, draft_length, dtype_name, platform)
 
     # -- what the runtime reads -----------------------------------------------------------------------
 

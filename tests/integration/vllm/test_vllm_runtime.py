@@ -7,6 +7,7 @@ transformers backend is the reference.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from typing import Any
@@ -301,3 +302,28 @@ def test_an_engine_without_speculation_serves_target_only_requests(
             alone.generate(PROMPTS[1], params)
     finally:
         alone.close()
+
+
+def test_tensor_parallel_over_two_cpu_workers(
+    runtimes: tuple[Runtime, Runtime], engine_options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vllm_rt, local_rt = runtimes
+    if vllm_rt.engine.platform != "cpu" or (os.cpu_count() or 1) < 2:  # type: ignore[attr-defined]
+        pytest.skip("tensor parallelism on the CPU build needs two cores (on GPUs: two GPUs)")
+    # One core per worker: vLLM's automatic binding wants a NUMA node per worker.
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")
+    split = Runtime.load(
+        vllm_rt.model_name,
+        vllm_rt.assistant_name,
+        backend="vllm",
+        dtype="float32",
+        tensor_parallel_size=2,
+        **engine_options,
+    )
+    try:
+        params = SamplingParams(max_new_tokens=30, ignore_eos=True)
+        result = split.generate(PROMPTS[1], params)
+        assert result.token_ids == local_rt.generate(PROMPTS[1], params).token_ids
+        assert result.stats.acceptance_rate > 0
+    finally:
+        split.close()
