@@ -10,18 +10,23 @@ out.text, out.stats.acceptance_rate
 """
 
 from gemma_mtp.chat import ToolCall
+from gemma_mtp.lifecycle import RequestSummary, SummaryListener
 from gemma_mtp.params import SamplingParams
 from gemma_mtp.results import ChatDelta, ChatResult, GenerationResult, StreamDelta
 from gemma_mtp.runtime import Prompt, Runtime
 from gemma_mtp.stats import RoundListener, RoundStats, SpeculationStats, SpeculationTotals
+from gemma_mtp.streams import AsyncRequestStream, RequestStream
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncRequestStream",
     "ChatDelta",
     "ChatResult",
     "GenerationResult",
     "Prompt",
+    "RequestStream",
+    "RequestSummary",
     "RoundListener",
     "RoundStats",
     "Runtime",
@@ -29,6 +34,7 @@ __all__ = [
     "SpeculationStats",
     "SpeculationTotals",
     "StreamDelta",
+    "SummaryListener",
     "ToolCall",
     "__version__",
 ]

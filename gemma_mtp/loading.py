@@ -6,6 +6,7 @@ with both names and what differs, instead of producing garbage drafts later.
 
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass
 from importlib import resources
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import constants as hf_constants
+from huggingface_hub import get_session, try_to_load_from_cache
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
 
 from gemma_mtp.families import default_assistant_id, family_of
@@ -34,6 +37,7 @@ ASSISTANT_TYPES = ("gemma4_assistant", "gemma4_unified_assistant")
 
 # Pairs that ship inside the installed package (no network needed).
 PACKAGED_PAIRS = {"gemma-mtp-mini": "mini"}
+_HUB_PROBE_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -93,20 +97,64 @@ def _looks_local(name: str) -> bool:
 
 
 def _config(name: str, role: str, options: dict[str, Any]) -> Any:
+    """The checkpoint's config, failing fast and clearly when it cannot be found.
+
+    transformers retries an unreachable hub for about half a minute before giving up; when the id is not
+    a folder and not in the local Hugging Face cache, one short request to the hub tells at once whether
+    it can be reached, and the error says so.
+    """
     path = Path(name).expanduser()
     if path.exists():
         name = str(path)
     elif _looks_local(name):
         raise FileNotFoundError(
-            f"The {role} folder {name!r} does not exist. Pass a hub id or an existing folder."
+            f"The {role} folder {name!r} does not exist. Pass a hub id or an existing folder.{_suggestion(name)}"
         )
+    elif not _offline(options) and not _in_hub_cache(name, options):
+        problem = _hub_unreachable()
+        if problem is not None:
+            raise OSError(
+                f"Could not load the {role} {name!r}: it is not a folder, not in the local Hugging Face cache, "
+                f"and the Hugging Face Hub ({hf_constants.ENDPOINT}) could not be reached ({problem})."
+                f"{_suggestion(name)} Check the id, or your network access to the Hub."
+            )
     try:
         return AutoConfig.from_pretrained(name, trust_remote_code=False, **options)
     except OSError as err:
+        reason = str(err).strip().rstrip(".")
         raise OSError(
-            f"Could not load the {role} {name!r}: {err}. Check the id or folder, your network access to the "
-            "Hugging Face Hub, and that the model's licence was accepted."
+            f"Could not load the {role} {name!r}: {reason}.{_suggestion(name)} Check the id or folder, your "
+            "network access to the Hugging Face Hub, and that the model's licence was accepted."
         ) from err
+
+
+def _suggestion(name: str) -> str:
+    """A hint naming the packaged pair ``name`` is a near miss of, if any."""
+    close = difflib.get_close_matches(Path(name).name, list(PACKAGED_PAIRS), n=1, cutoff=0.8)
+    return f" Did you mean the packaged pair {close[0]!r}?" if close else ""
+
+
+def _offline(options: dict[str, Any]) -> bool:
+    return bool(options.get("local_files_only")) or bool(hf_constants.HF_HUB_OFFLINE)
+
+
+def _in_hub_cache(name: str, options: dict[str, Any]) -> bool:
+    try:
+        found = try_to_load_from_cache(
+            name, "config.json", cache_dir=options.get("cache_dir"), revision=options.get("revision")
+        )
+    except ValueError:  # not a valid hub id; the hub call below reports it
+        return False
+    return isinstance(found, str)
+
+
+def _hub_unreachable() -> str | None:
+    """Why the Hugging Face Hub cannot be reached, or ``None`` when it answers (one request, 5 s at most)."""
+    try:
+        get_session().head(hf_constants.ENDPOINT, timeout=_HUB_PROBE_TIMEOUT_S)
+    except Exception as err:  # any transport failure means unreachable; its text goes into the message
+        return f"{type(err).__name__}: {err}"
+    return None
 
 
 def _check_pair(target_name: str, target_cfg: Any, assistant_name: str, assistant_cfg: Any) -> None:

@@ -7,12 +7,14 @@ models stay usable for the next request.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from numbers import Integral, Real
 from typing import Any
 
-__all__ = ["SamplingParams"]
+__all__ = ["SamplingParams", "caller_names"]
 
 
 def _check_int(name: str, value: Any, *, minimum: int, allow_none: bool = False) -> None:
@@ -129,3 +131,23 @@ def _as_int_tuple(ids: Any) -> tuple[int, ...]:
     for item in items:
         _check_int("stop_token_ids entry", item, minimum=0)
     return tuple(int(i) for i in items)
+
+
+@contextmanager
+def caller_names(names: Mapping[str, str]) -> Iterator[None]:
+    """Re-raise sampling-parameter errors with the names the caller used for the fields.
+
+    An adapter whose framework calls ``max_new_tokens`` ``max_tokens`` builds its parameters inside
+    ``with caller_names({"max_new_tokens": "max_tokens"}):`` so that ``max_tokens=0`` is reported as
+    ``max_tokens must be >= 1``, the name the user wrote.
+    """
+    try:
+        yield
+    except (TypeError, ValueError) as err:
+        message = str(err)
+        renamed = message
+        for field, name in names.items():
+            renamed = re.sub(rf"\b{re.escape(field)}\b", name, renamed)
+        if renamed == message:
+            raise
+        raise type(err)(renamed) from err

@@ -10,17 +10,17 @@ listeners, worker threads for async calls and cancellation. The backend only tur
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import threading
 import time
-import uuid
-from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 from gemma_mtp.backends import Backend, DecodeRequest, Round, load_backend
 from gemma_mtp.chat import StreamingResponseParser, render_chat, tool_call_prefill, validate_messages
 from gemma_mtp.detokenize import IncrementalDetokenizer, StopMatcher
+from gemma_mtp.lifecycle import Request, SummaryListener
 from gemma_mtp.loading import resolve_device, resolve_dtype, resolve_names
 from gemma_mtp.params import SamplingParams
 from gemma_mtp.results import (
@@ -31,7 +31,8 @@ from gemma_mtp.results import (
     GenerationResult,
     StreamDelta,
 )
-from gemma_mtp.stats import RoundListener, RoundStats, SpeculationStats
+from gemma_mtp.stats import RoundListener, RoundStats
+from gemma_mtp.streams import AsyncRequestStream, RequestStream
 
 __all__ = ["Prompt", "Runtime"]
 
@@ -44,10 +45,13 @@ class Runtime:
     """A Gemma 4 target + MTP assistant pair loaded on a decoding backend, and everything needed to use it."""
 
     _cache: ClassVar[dict[tuple[Any, ...], Runtime]] = {}
+    _failed: ClassVar[dict[tuple[Any, ...], BaseException]] = {}
     _cache_lock: ClassVar[threading.Lock] = threading.Lock()
 
-    def __init__(self, backend: Backend):
+    def __init__(self, backend: Backend, *, name: str | None = None):
         self._backend = backend
+        self._name = name or backend.model_name
+        self._load_arguments: _LoadArguments | None = None
         self._lock = threading.RLock()
         self._listeners: list[RoundListener] = []
         self.context_window: int = backend.context_window
@@ -82,6 +86,10 @@ class Runtime:
           ``max_model_len``, ``gpu_memory_utilization``, ...), ``num_assistant_tokens`` sets the
           engine's draft length (``0``: no speculation).
         * ``"openai"``: a running OpenAI-compatible server (``vllm serve``) at ``base_url``.
+
+        A load that failed is remembered for the same arguments and fails again at once, so that a
+        chain calling a model with a wrong id does not retry the hub on every call;
+        :meth:`clear_cache` forgets it.
         """
         if backend == "transformers":
             resolved_device = resolve_device(device)
@@ -98,25 +106,47 @@ class Runtime:
             tuple(sorted((k, repr(v)) for k, v in options.items())),
         )
         with cls._cache_lock:
+            if key in cls._failed:
+                raise _remembered(cls._failed[key])
             if key not in cls._cache:
-                engine = load_backend(
-                    backend,
-                    target,
-                    assistant,
-                    device=device,
-                    dtype=dtype,
-                    base_url=base_url,
-                    api_key=api_key,
-                    **options,
+                try:
+                    engine = load_backend(
+                        backend,
+                        target,
+                        assistant,
+                        device=device,
+                        dtype=dtype,
+                        base_url=base_url,
+                        api_key=api_key,
+                        **options,
+                    )
+                except (OSError, ValueError) as err:
+                    cls._failed[key] = err
+                    raise
+                runtime = cls(engine, name=str(target))
+                runtime._load_arguments = _LoadArguments(
+                    str(target), assistant, backend, device, dtype, base_url, api_key, dict(options)
                 )
-                cls._cache[key] = cls(engine)
+                cls._cache[key] = runtime
             return cls._cache[key]
 
     @classmethod
     def clear_cache(cls) -> None:
-        """Forget every loaded pair (their memory is freed once nothing else refers to them)."""
+        """Forget every loaded pair (their memory is freed once nothing else refers to them) and every
+        remembered failed load."""
         with cls._cache_lock:
             cls._cache.clear()
+            cls._failed.clear()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as its load arguments: unpickling loads the pair through :meth:`load`, so a copy in the
+        same process shares this runtime, and one in another process loads (or reuses) its own."""
+        if self._load_arguments is None:
+            raise TypeError(
+                "This Runtime was built from an already loaded backend, not by Runtime.load, so it cannot be "
+                "pickled: load it with Runtime.load(...) to make it picklable."
+            )
+        return (_load_runtime, (self._load_arguments,))
 
     def close(self) -> None:
         """Shut the engine down (vLLM's engine processes, a server client) and forget this runtime.
@@ -166,7 +196,8 @@ class Runtime:
 
     @property
     def model_name(self) -> str:
-        return self._backend.model_name
+        """The target as the caller named it (hub id, packaged pair name or folder)."""
+        return self._name
 
     @property
     def assistant_name(self) -> str:
@@ -243,7 +274,21 @@ class Runtime:
     def count_prompt_tokens(self, prompt: Prompt, tools: Sequence[dict[str, Any]] | None = None) -> int:
         return len(self.encode(prompt, tools=tools))
 
+    @functools.cached_property
+    def chat_overhead_tokens(self) -> int:
+        """Tokens the chat template adds around a system and a user message (turn markers, roles, the
+        generation prompt): room that frameworks packing text into the context window must leave free."""
+        probe = "x"
+        messages = [{"role": "system", "content": probe}, {"role": "user", "content": probe}]
+        text_tokens = 2 * len(self.tokenizer.encode(probe, add_special_tokens=False))
+        return max(0, len(self.encode(messages)) - text_tokens)
+
     # -- generation ------------------------------------------------------------------------------
+    #
+    # Every entry point makes one Request (see gemma_mtp.lifecycle): it starts at the call, checks its
+    # input there (a rejection ends it with an ``error`` summary and raises), and ends exactly once with a
+    # summary sent to ``on_summary``. Streams are RequestStream / AsyncRequestStream objects whose
+    # close()/aclose()/cancel() set the request's cancel flag, which the loop reads after every round.
 
     def stream(
         self,
@@ -252,12 +297,17 @@ class Runtime:
         *,
         use_assistant: bool = True,
         on_round: RoundListener | None = None,
+        on_summary: SummaryListener | None = None,
         cancel: threading.Event | None = None,
-    ) -> Generator[StreamDelta, None, None]:
-        """Yield text as soon as each round's tokens are accepted; closing the iterator cancels."""
-        params = self._check_request(params, use_assistant)
-        prompt_ids = self.encode(prompt)
-        return self._stream_ids(prompt_ids, params, use_assistant, on_round, cancel)
+    ) -> RequestStream[StreamDelta]:
+        """Yield text as soon as each round's tokens are accepted.
+
+        The prompt is encoded and checked here, so bad input raises at the call. ``close()``, ``cancel()``
+        or setting ``cancel`` stops decoding after the round in progress; ``on_summary`` receives the
+        request's :class:`~gemma_mtp.lifecycle.RequestSummary` once, however it ends.
+        """
+        request = Request(on_round, on_summary, cancel)
+        return self._open_stream(request, prompt, params, use_assistant)
 
     def generate(
         self,
@@ -266,13 +316,14 @@ class Runtime:
         *,
         use_assistant: bool = True,
         on_round: RoundListener | None = None,
+        on_summary: SummaryListener | None = None,
         cancel: threading.Event | None = None,
     ) -> GenerationResult:
         """Decode a whole answer; with ``use_assistant=False`` the same loop runs the target alone."""
-        params = self._check_request(params, use_assistant)
-        prompt_ids = self.encode(prompt)
-        deltas = list(self._stream_ids(prompt_ids, params, use_assistant, on_round, cancel))
-        return _collect(deltas, prompt_ids)
+        stream = self.stream(
+            prompt, params, use_assistant=use_assistant, on_round=on_round, on_summary=on_summary, cancel=cancel
+        )
+        return _collect(_drain(stream), stream.request.prompt_token_ids)
 
     async def agenerate(
         self,
@@ -281,18 +332,17 @@ class Runtime:
         *,
         use_assistant: bool = True,
         on_round: RoundListener | None = None,
+        on_summary: SummaryListener | None = None,
     ) -> GenerationResult:
-        """Like :meth:`generate`, on a worker thread (templating included), so the event loop keeps running.
+        """Like :meth:`generate`, on a worker thread (encoding included), so the event loop keeps running.
 
-        Cancelling the awaiting task stops generation before its next round.
+        Cancelling the awaiting task cancels the request; the task's ``CancelledError`` propagates once the
+        worker has finished its round and the ``cancelled`` summary has been sent.
         """
-        _check_prompt(prompt)
-        self._check_request(params, use_assistant)
-        return await _cancellable_thread(
-            lambda cancel: self.generate(
-                prompt, params, use_assistant=use_assistant, on_round=on_round, cancel=cancel
-            )
-        )
+        request = Request(on_round, on_summary)
+        stream = AsyncRequestStream(request, lambda: self._open_stream(request, prompt, params, use_assistant))
+        deltas = await stream.collect()
+        return _collect(deltas, request.prompt_token_ids)
 
     def astream(
         self,
@@ -301,19 +351,24 @@ class Runtime:
         *,
         use_assistant: bool = True,
         on_round: RoundListener | None = None,
-    ) -> AsyncGenerator[StreamDelta, None]:
-        """Like :meth:`stream`, on a worker thread; ``aclose()``, ``break`` or cancellation stops it.
+        on_summary: SummaryListener | None = None,
+    ) -> AsyncRequestStream[StreamDelta]:
+        """Like :meth:`stream`, decoded on a worker thread; ``aclose()``, ``cancel()`` or cancelling the
+        reading task stops it.
 
-        Chat messages are checked here, so bad input raises at the call; tokenizing and templating wait
-        for the worker thread.
+        The prompt is encoded and checked here, on the caller's thread, so bad input (an over-long prompt
+        included) raises at the call, as with :meth:`stream`.
         """
-        _check_prompt(prompt)
-        self._check_request(params, use_assistant)
-        return _in_thread(
-            lambda cancel: self.stream(
-                prompt, params, use_assistant=use_assistant, on_round=on_round, cancel=cancel
-            )
-        )
+        request = Request(on_round, on_summary)
+        return AsyncRequestStream(request, self._open_stream(request, prompt, params, use_assistant))
+
+    def _open_stream(
+        self, request: Request, prompt: Prompt, params: SamplingParams | None, use_assistant: bool
+    ) -> RequestStream[StreamDelta]:
+        with request.checking_input():
+            checked = self._check_request(params, use_assistant)
+            prompt_ids = self.encode(prompt)
+        return RequestStream(request, self._stream_ids(prompt_ids, checked, use_assistant, request))
 
     def _check_request(self, params: SamplingParams | None, use_assistant: bool) -> SamplingParams:
         """Check a request's parameters against this backend at the call, before any decoding starts."""
@@ -330,11 +385,11 @@ class Runtime:
         prompt_ids: list[int],
         params: SamplingParams,
         use_assistant: bool,
-        on_round: RoundListener | None,
-        cancel: threading.Event | None,
+        request: Request,
     ) -> Generator[StreamDelta, None, None]:
-        stats = SpeculationStats()
-        stats.start(uuid.uuid4().hex, len(prompt_ids), used_assistant=use_assistant)
+        stats = request.stats
+        request.prompt_token_ids = prompt_ids
+        stats.start(request.request_id, len(prompt_ids), used_assistant=use_assistant)
         eos = frozenset() if params.ignore_eos else self.eos_token_ids | set(params.stop_token_ids)
         detok = IncrementalDetokenizer(self.tokenizer, skip_special_tokens=params.skip_special_tokens)
         stops = StopMatcher(params.stop)
@@ -387,9 +442,9 @@ class Runtime:
                         draft_length=rnd.draft_length,
                         duration_s=round_duration,
                     ),
-                    on_round,
+                    request.on_round,
                 )
-                if finish is None and cancel is not None and cancel.is_set():
+                if finish is None and request.cancelled:
                     finish = "cancelled"
                 if finish is not None:
                     stats.finish()
@@ -421,6 +476,8 @@ class Runtime:
         """Render and validate eagerly, so bad input raises in the caller before any decoding starts."""
         if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
             raise TypeError(f"messages must be a list of role/content dicts, got {type(messages).__name__}")
+        validate_messages(messages)
+        checked = params or SamplingParams()
         prefill = tool_call_prefill(tool_choice, tools)
         shown_tools = None if tool_choice == "none" else tools
         prompt_ids = self.encode(
@@ -429,9 +486,27 @@ class Runtime:
         # The parser needs Gemma 4's markers (thinking channel, tool calls) in the text, and the end of the
         # prompt: some templates open the thinking channel in the generation prompt, and the prefill opens
         # a tool call. The parser reads only what follows the prompt's last model-turn anchor.
-        chat_params = (params or SamplingParams()).with_overrides(skip_special_tokens=False)
+        chat_params = checked.with_overrides(skip_special_tokens=False)
         prompt_tail = self.tokenizer.decode(prompt_ids[-_PROMPT_TAIL_TOKENS:], skip_special_tokens=False)
         return prompt_ids, chat_params, _ChatPrefix(prompt_tail, prefill)
+
+    def _open_chat(
+        self,
+        request: Request,
+        messages: Sequence[dict[str, Any]],
+        params: SamplingParams | None,
+        tools: Sequence[dict[str, Any]] | None,
+        tool_choice: str | None,
+        use_assistant: bool,
+        chat_template_kwargs: dict[str, Any] | None,
+    ) -> RequestStream[ChatDelta]:
+        with request.checking_input():
+            checked = self._check_request(params, use_assistant)
+            prompt_ids, chat_params, prefix = self._prepare_chat(
+                messages, checked, tools, tool_choice, chat_template_kwargs
+            )
+        deltas = self._stream_ids(prompt_ids, chat_params, use_assistant, request)
+        return RequestStream(request, _parse_stream(deltas, prefix, len(prompt_ids)))
 
     def stream_chat(
         self,
@@ -443,19 +518,17 @@ class Runtime:
         use_assistant: bool = True,
         chat_template_kwargs: dict[str, Any] | None = None,
         on_round: RoundListener | None = None,
+        on_summary: SummaryListener | None = None,
         cancel: threading.Event | None = None,
-    ) -> Generator[ChatDelta, None, None]:
+    ) -> RequestStream[ChatDelta]:
         """Render ``messages`` with the chat template; stream the answer parsed into text, thinking and tool calls.
 
         ``tools`` are OpenAI-style function specs. ``tool_choice="required"`` or a tool's name forces a
-        call by prefilling Gemma 4's tool-call opener; ``"none"`` hides the tools from the model.
+        call by prefilling Gemma 4's tool-call opener; ``"none"`` hides the tools from the model. The
+        request is rendered and checked here, so bad input raises at the call.
         """
-        params = self._check_request(params, use_assistant)
-        prompt_ids, chat_params, prefill = self._prepare_chat(
-            messages, params, tools, tool_choice, chat_template_kwargs
-        )
-        deltas = self._stream_ids(prompt_ids, chat_params, use_assistant, on_round, cancel)
-        return _parse_stream(deltas, prefill, len(prompt_ids))
+        request = Request(on_round, on_summary, cancel)
+        return self._open_chat(request, messages, params, tools, tool_choice, use_assistant, chat_template_kwargs)
 
     def chat(
         self,
@@ -467,10 +540,11 @@ class Runtime:
         use_assistant: bool = True,
         chat_template_kwargs: dict[str, Any] | None = None,
         on_round: RoundListener | None = None,
+        on_summary: SummaryListener | None = None,
         cancel: threading.Event | None = None,
     ) -> ChatResult:
         """Like :meth:`stream_chat`, returning the whole parsed answer."""
-        deltas = self.stream_chat(
+        stream = self.stream_chat(
             messages,
             params,
             tools=tools,
@@ -478,9 +552,10 @@ class Runtime:
             use_assistant=use_assistant,
             chat_template_kwargs=chat_template_kwargs,
             on_round=on_round,
+            on_summary=on_summary,
             cancel=cancel,
         )
-        return _collect_chat(list(deltas))
+        return _collect_chat(_drain(stream))
 
     def astream_chat(
         self,
@@ -492,26 +567,18 @@ class Runtime:
         use_assistant: bool = True,
         chat_template_kwargs: dict[str, Any] | None = None,
         on_round: RoundListener | None = None,
-    ) -> AsyncGenerator[ChatDelta, None]:
-        """Like :meth:`stream_chat`, on a worker thread (templating included); ``aclose()``, ``break`` or
-        cancellation stops it.
+        on_summary: SummaryListener | None = None,
+    ) -> AsyncRequestStream[ChatDelta]:
+        """Like :meth:`stream_chat`, decoded on a worker thread; ``aclose()``, ``cancel()`` or cancelling
+        the reading task stops it.
 
-        Messages, tools and ``tool_choice`` are checked here, so bad input raises at the call; rendering
-        the chat template waits for the worker thread.
+        The conversation is rendered and checked here, on the caller's thread (a chat template renders in
+        about a millisecond), so bad input, an over-long prompt included, raises at the call.
         """
-        _check_chat_input(messages, tools, tool_choice)
-        self._check_request(params, use_assistant)
-        return _in_thread(
-            lambda cancel: self.stream_chat(
-                messages,
-                params,
-                tools=tools,
-                tool_choice=tool_choice,
-                use_assistant=use_assistant,
-                chat_template_kwargs=chat_template_kwargs,
-                on_round=on_round,
-                cancel=cancel,
-            )
+        request = Request(on_round, on_summary)
+        return AsyncRequestStream(
+            request,
+            self._open_chat(request, messages, params, tools, tool_choice, use_assistant, chat_template_kwargs),
         )
 
     async def achat(
@@ -524,22 +591,21 @@ class Runtime:
         use_assistant: bool = True,
         chat_template_kwargs: dict[str, Any] | None = None,
         on_round: RoundListener | None = None,
+        on_summary: SummaryListener | None = None,
     ) -> ChatResult:
-        """Like :meth:`chat`, on a worker thread, so the event loop keeps running."""
-        _check_chat_input(messages, tools, tool_choice)
-        self._check_request(params, use_assistant)
-        return await _cancellable_thread(
-            lambda cancel: self.chat(
-                messages,
-                params,
-                tools=tools,
-                tool_choice=tool_choice,
-                use_assistant=use_assistant,
-                chat_template_kwargs=chat_template_kwargs,
-                on_round=on_round,
-                cancel=cancel,
-            )
+        """Like :meth:`chat`, on a worker thread (templating included), so the event loop keeps running.
+
+        Cancelling the awaiting task cancels the request; the task's ``CancelledError`` propagates once the
+        worker has finished its round and the ``cancelled`` summary has been sent.
+        """
+        request = Request(on_round, on_summary)
+        stream = AsyncRequestStream(
+            request,
+            lambda: self._open_chat(
+                request, messages, params, tools, tool_choice, use_assistant, chat_template_kwargs
+            ),
         )
+        return _collect_chat(await stream.collect())
 
     def __copy__(self) -> Runtime:
         """A runtime is a shared, loaded resource: copies are the runtime itself."""
@@ -626,78 +692,46 @@ def _collect_chat(deltas: list[ChatDelta]) -> ChatResult:
     )
 
 
-def _check_chat_input(
-    messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None, tool_choice: str | None
-) -> None:
-    """The cheap checks of a chat request (no templating), for async calls to raise at the call site."""
-    validate_messages(messages)
-    tool_call_prefill(tool_choice, tools)
-
-
-def _check_prompt(prompt: Prompt) -> None:
-    if (
-        not isinstance(prompt, str)
-        and isinstance(prompt, Sequence)
-        and prompt
-        and isinstance(prompt[0], dict)
-    ):
-        validate_messages(prompt)  # type: ignore[arg-type]
-    elif not isinstance(prompt, (str, Sequence)):
-        raise TypeError(
-            f"prompt must be a string, a list of token ids or a list of chat messages, got {type(prompt).__name__}"
-        )
-
-
-async def _cancellable_thread(call: Callable[[threading.Event], _T]) -> _T:
-    """Run a blocking call on a worker thread; cancelling the awaiting task sets its cancel event."""
-    cancel = threading.Event()
+def _drain(stream: RequestStream[_T]) -> list[_T]:
+    """Every item of a stream; closing it on the way out ends the request even on Ctrl-C."""
     try:
-        return await asyncio.to_thread(call, cancel)
-    except asyncio.CancelledError:
-        cancel.set()
-        raise
-
-
-async def _in_thread(make: Callable[[threading.Event], Iterator[_T]]) -> AsyncGenerator[_T, None]:
-    """Run a blocking iterator on its own thread and hand its items to the event loop.
-
-    The thread owns the iterator from start to end; leaving the ``async for`` early (break, ``aclose``,
-    task cancellation) sets the cancel event, which the decoding loop checks between rounds.
-    """
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-    cancel = threading.Event()
-
-    def put(kind: str, item: Any) -> None:
-        if not loop.is_closed():
-            loop.call_soon_threadsafe(queue.put_nowait, (kind, item))
-
-    def produce() -> None:
-        try:
-            iterator = make(cancel)
-            try:
-                for item in iterator:
-                    put("item", item)
-                    if cancel.is_set():
-                        break
-            finally:
-                close = getattr(iterator, "close", None)
-                if close is not None:
-                    close()
-        except BaseException as err:  # handed to the awaiting side, which re-raises it
-            put("error", err)
-        else:
-            put("done", None)
-
-    threading.Thread(target=produce, name="gemma-mtp-request", daemon=True).start()
-    try:
-        while True:
-            kind, item = await queue.get()
-            if kind == "item":
-                yield item
-            elif kind == "error":
-                raise item
-            else:
-                return
+        return list(stream)
     finally:
-        cancel.set()
+        stream.close()
+
+
+@dataclass(frozen=True)
+class _LoadArguments:
+    target: str
+    assistant: str | None
+    backend: str
+    device: Any
+    dtype: Any
+    base_url: str | None
+    api_key: str | None
+    options: dict[str, Any]
+
+
+def _load_runtime(arguments: _LoadArguments) -> Runtime:
+    return Runtime.load(
+        arguments.target,
+        arguments.assistant,
+        backend=arguments.backend,
+        device=arguments.device,
+        dtype=arguments.dtype,
+        base_url=arguments.base_url,
+        api_key=arguments.api_key,
+        **arguments.options,
+    )
+
+
+def _remembered(error: BaseException) -> BaseException:
+    """A fresh exception repeating a remembered load failure (raising the stored one would grow its traceback)."""
+    note = " (This load failed earlier in this process and is not retried; call Runtime.clear_cache() to retry.)"
+    try:
+        again = type(error)(f"{error}{note}")
+    except Exception:
+        again = RuntimeError(f"{type(error).__name__}: {error}{note}")
+    again.__cause__ = error
+    return again
+

@@ -17,14 +17,16 @@ from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackMana
 from langchain_core.language_models import LanguageModelInput
 from langchain_core.language_models.chat_models import BaseChatModel, LangSmithParams
 from langchain_core.language_models.model_profile import ModelProfile
-from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable
+from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import run_in_executor
 from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 from typing_extensions import Self
 
 from gemma_mtp import ChatDelta, RoundStats, Runtime, SamplingParams
+from gemma_mtp.params import caller_names
+from gemma_mtp.streams import AsyncGuardedStream, GuardedStream
 from langchain_gemma_mtp._messages import to_runtime_messages
 from langchain_gemma_mtp._output import chunk_from_delta, generation_from_result, llm_output
 from langchain_gemma_mtp._structured import StructuredMethod, structured_output
@@ -48,6 +50,9 @@ _FIELD_TO_PARAM = {
     "stop": "stop",
 }
 """Constructor fields that are sampling parameters, and their names in :class:`SamplingParams`."""
+
+_PARAM_TO_FIELD = {param: name for name, param in _FIELD_TO_PARAM.items() if param != name}
+"""Runtime field names that LangChain users know under another name, for error messages."""
 
 
 _PROFILE = ModelProfile(
@@ -316,7 +321,8 @@ class ChatGemmaMTP(BaseChatModel):
 
     def _base_params(self) -> SamplingParams:
         values = {param: getattr(self, name) for name, param in _FIELD_TO_PARAM.items()}
-        return SamplingParams(**{k: v for k, v in values.items() if v is not None})
+        with caller_names(_PARAM_TO_FIELD):
+            return SamplingParams(**{k: v for k, v in values.items() if v is not None})
 
     def _prepare(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
@@ -349,9 +355,13 @@ class ChatGemmaMTP(BaseChatModel):
                 f"ChatGemmaMTP got unknown call option(s) {unknown}. Call options: "
                 f"{sorted(_CALL_OPTIONS - {'stream'})}; sampling parameters: {sorted(known)}."
             )
+        # Errors name the parameter as the caller wrote it: the field's name, unless this call used the
+        # runtime's own name for it.
+        renamed = {param: name for param, name in _PARAM_TO_FIELD.items() if param not in sampling}
         if "max_tokens" in sampling:
             sampling["max_new_tokens"] = sampling.pop("max_tokens")
-        params = self._base_params().with_overrides(stop=stop, **sampling)
+        with caller_names(renamed):
+            params = self._base_params().with_overrides(stop=stop, **sampling)
         tools = format_tools(kwargs.get("tools") or [])
         template_kwargs = {**(self.chat_template_kwargs or {}), **(kwargs.get("chat_template_kwargs") or {})}
         options = {
@@ -411,7 +421,7 @@ class ChatGemmaMTP(BaseChatModel):
                 if chunk is not None:
                     yield chunk
         finally:
-            _close(deltas)
+            deltas.close()
 
     async def _astream(
         self,
@@ -432,7 +442,35 @@ class ChatGemmaMTP(BaseChatModel):
                 if chunk is not None:
                     yield chunk
         finally:
-            await _aclose(deltas)
+            await deltas.aclose()
+
+    # LangChain's stream wrappers do not close the ``_stream`` generator they iterate when they are closed,
+    # so the public streams come inside a guard: closing it cancels the runtime request explicitly.
+
+    def stream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> Iterator[AIMessageChunk]:
+        """LangChain's ``stream``; ``close()`` on the returned iterator stops decoding after the round in progress."""
+        parent = super().stream
+        return GuardedStream(lambda: parent(input, config, stop=stop, **kwargs))
+
+    def astream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[AIMessageChunk]:
+        """LangChain's ``astream``; ``aclose()`` on the returned iterator stops decoding after the round in
+        progress."""
+        parent = super().astream
+        return AsyncGuardedStream(lambda: parent(input, config, stop=stop, **kwargs))
 
     # -- tools and structured output ----------------------------------------------------------------
 
@@ -515,17 +553,3 @@ class _Chunker:
         )
         self._tool_calls += len(delta.tool_calls)
         return chunk
-
-
-def _close(deltas: Iterator[ChatDelta]) -> None:
-    """Stop the runtime's request when the caller stops reading (a generator's ``close`` cancels it)."""
-    close = getattr(deltas, "close", None)
-    if close is not None:
-        close()
-
-
-async def _aclose(deltas: AsyncIterator[ChatDelta]) -> None:
-    """The async twin of :func:`_close`: ``aclose`` cancels the request on the runtime's worker thread."""
-    aclose = getattr(deltas, "aclose", None)
-    if aclose is not None:
-        await aclose()

@@ -10,8 +10,9 @@ Every public method fires one set of LlamaIndex LLM events: the decorated method
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from llama_index.core.base.llms.generic_utils import (
@@ -39,7 +40,8 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
 
-from gemma_mtp import ChatDelta, Runtime, SamplingParams
+from gemma_mtp import Runtime, SamplingParams
+from gemma_mtp.streams import AsyncGuardedStream, GuardedStream
 from llama_index_gemma_mtp.events import RequestReporter
 from llama_index_gemma_mtp.messages import to_openai_tools, to_runtime_messages, tool_selections
 from llama_index_gemma_mtp.responses import StreamAccumulator, chat_response
@@ -75,6 +77,7 @@ class GemmaMTP(FunctionCallingLLM):
 
         llm = GemmaMTP(model="google/gemma-4-E2B-it", device="cuda", dtype="bfloat16")
         Settings.llm = llm
+        Settings.tokenizer = llm.tokenizer  # pack prompts with Gemma's tokenizer, not a GPT one
         print(llm.complete("Why is the sky blue?"))
         ```
 
@@ -197,14 +200,28 @@ class GemmaMTP(FunctionCallingLLM):
         return self._runtime
 
     @property
+    def tokenizer(self) -> Callable[[str], list[int]]:
+        """This model's tokenizer as LlamaIndex expects one (text in, token ids out, no special tokens).
+
+        LlamaIndex packs prompts (``PromptHelper``, text splitters, token counting) with ``Settings.tokenizer``,
+        a process-wide setting that defaults to a GPT tokenizer and that an LLM cannot set for itself. Gemma's
+        tokenizer counts differently, so set it once, or a long query can overflow the context window::
+
+            Settings.tokenizer = llm.tokenizer
+        """
+        return partial(self.runtime.tokenizer.encode, add_special_tokens=False)
+
+    @property
     def metadata(self) -> LLMMetadata:
+        """``context_window`` is the model's window less what the chat template adds around a system and a
+        user message, so that LlamaIndex's prompt packing, which counts only the text, leaves room for it."""
         runtime = self.runtime
         return LLMMetadata(
-            context_window=runtime.context_window,
+            context_window=runtime.context_window - runtime.chat_overhead_tokens,
             num_output=self.max_new_tokens,
             is_chat_model=True,
             is_function_calling_model=True,
-            model_name=runtime.model_name,
+            model_name=self.model,
         )
 
     # -- request preparation ------------------------------------------------------------------------------
@@ -240,88 +257,87 @@ class GemmaMTP(FunctionCallingLLM):
         )
 
     # -- chat ---------------------------------------------------------------------------------------------
+    #
+    # LlamaIndex's callback decorator wraps a stream in its own generator, which does not close the stream
+    # it wraps when it is closed. The public streaming methods therefore return a guard around the decorated
+    # call: closing the guard cancels the runtime request explicitly, then closes LlamaIndex's generator.
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         return self._chat(messages, **kwargs)
 
-    @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        return self._stream_chat(messages, **kwargs)
+        """Stream the answer; ``close()`` on the returned stream stops decoding after the round in progress."""
+        return GuardedStream(lambda: self._traced_stream_chat(messages, **kwargs))
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         return await self._achat(messages, **kwargs)
 
-    @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        """Stream the answer; ``aclose()`` on the returned stream stops decoding after the round in progress."""
+        return await AsyncGuardedStream.open(lambda: self._traced_astream_chat(messages, **kwargs))
+
+    @llm_chat_callback()
+    def _traced_stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        return self._stream_chat(messages, **kwargs)
+
+    @llm_chat_callback()
+    async def _traced_astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
         return await self._astream_chat(messages, **kwargs)
 
     def _chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        request = self._request(messages, kwargs)
-        runtime = self.runtime
-        with RequestReporter(runtime.model_name, active_span_id.get()) as reporter:
-            result = runtime.chat(
-                request.messages, request.params, on_round=reporter.on_round, **request.options
+        reporter = RequestReporter(self.model, active_span_id.get())
+        with reporter.reporting_rejections():
+            request = self._request(messages, kwargs)
+            result = self.runtime.chat(
+                request.messages,
+                request.params,
+                on_round=reporter.on_round,
+                on_summary=reporter.on_summary,
+                **request.options,
             )
-            reporter.observe(result.stats, result.finish_reason)
-        return chat_response(runtime.model_name, result)
+        return chat_response(self.model, result)
 
     async def _achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        request = self._request(messages, kwargs)
-        runtime = self.runtime
-        with RequestReporter(runtime.model_name, active_span_id.get()) as reporter:
-            result = await runtime.achat(
-                request.messages, request.params, on_round=reporter.on_round, **request.options
+        reporter = RequestReporter(self.model, active_span_id.get())
+        with reporter.reporting_rejections():
+            request = self._request(messages, kwargs)
+            result = await self.runtime.achat(
+                request.messages,
+                request.params,
+                on_round=reporter.on_round,
+                on_summary=reporter.on_summary,
+                **request.options,
             )
-            reporter.observe(result.stats, result.finish_reason)
-        return chat_response(runtime.model_name, result)
+        return chat_response(self.model, result)
 
     def _stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        request = self._request(messages, kwargs)
-        runtime = self.runtime
-        reporter = RequestReporter(runtime.model_name, active_span_id.get())
-        # The runtime renders and checks the request here, so bad input raises at the call; decoding starts
-        # when the stream is first iterated.
-        deltas = runtime.stream_chat(
-            request.messages, request.params, on_round=reporter.on_round, **request.options
-        )
-
-        def gen() -> ChatResponseGen:
-            with reporter:
-                try:
-                    accumulator = StreamAccumulator(runtime.model_name)
-                    for delta in deltas:
-                        reporter.observe(delta.stats, delta.finish_reason)
-                        response = accumulator.add(delta)
-                        if response is not None:
-                            yield response
-                finally:
-                    _close(deltas)
-
-        return gen()
+        reporter = RequestReporter(self.model, active_span_id.get())
+        with reporter.reporting_rejections():
+            request = self._request(messages, kwargs)
+            # The runtime renders and checks the request here, so bad input raises at the call.
+            deltas = self.runtime.stream_chat(
+                request.messages,
+                request.params,
+                on_round=reporter.on_round,
+                on_summary=reporter.on_summary,
+                **request.options,
+            )
+        return deltas.map(StreamAccumulator(self.model).add)
 
     async def _astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
-        request = self._request(messages, kwargs)
-        runtime = self.runtime
-        reporter = RequestReporter(runtime.model_name, active_span_id.get())
-        deltas = runtime.astream_chat(
-            request.messages, request.params, on_round=reporter.on_round, **request.options
-        )
-
-        async def gen() -> ChatResponseAsyncGen:
-            with reporter:
-                try:
-                    accumulator = StreamAccumulator(runtime.model_name)
-                    async for delta in deltas:
-                        reporter.observe(delta.stats, delta.finish_reason)
-                        response = accumulator.add(delta)
-                        if response is not None:
-                            yield response
-                finally:
-                    await _aclose(deltas)
-
-        return gen()
+        reporter = RequestReporter(self.model, active_span_id.get())
+        with reporter.reporting_rejections():
+            request = self._request(messages, kwargs)
+            deltas = self.runtime.astream_chat(
+                request.messages,
+                request.params,
+                on_round=reporter.on_round,
+                on_summary=reporter.on_summary,
+                **request.options,
+            )
+        return deltas.map(StreamAccumulator(self.model).add)
 
     # -- completion (derived from the undecorated chat methods) ---------------------------------------------
 
@@ -329,21 +345,29 @@ class GemmaMTP(FunctionCallingLLM):
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         return chat_to_completion_decorator(self._chat)(_checked_prompt(prompt), **kwargs)
 
-    @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
-        return stream_chat_to_completion_decorator(self._stream_chat)(_checked_prompt(prompt), **kwargs)
+        """Stream the completion; ``close()`` on the returned stream stops decoding after the round in progress."""
+        return GuardedStream(lambda: self._traced_stream_complete(prompt, formatted, **kwargs))
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         return await achat_to_completion_decorator(self._achat)(_checked_prompt(prompt), **kwargs)
 
-    @llm_completion_callback()
     async def astream_complete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseAsyncGen:
-        return await astream_chat_to_completion_decorator(self._astream_chat)(
-            _checked_prompt(prompt), **kwargs
-        )
+        """Stream the completion; ``aclose()`` on the returned stream stops decoding after the round in progress."""
+        return await AsyncGuardedStream.open(lambda: self._traced_astream_complete(prompt, formatted, **kwargs))
+
+    @llm_completion_callback()
+    def _traced_stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        return stream_chat_to_completion_decorator(self._stream_chat)(_checked_prompt(prompt), **kwargs)
+
+    @llm_completion_callback()
+    async def _traced_astream_complete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponseAsyncGen:
+        return await astream_chat_to_completion_decorator(self._astream_chat)(_checked_prompt(prompt), **kwargs)
 
     # -- function calling -----------------------------------------------------------------------------------
 
@@ -401,19 +425,6 @@ class GemmaMTP(FunctionCallingLLM):
                 f"Response text: {response.message.content!r}"
             )
         return selections
-
-
-def _close(deltas: Iterator[ChatDelta]) -> None:
-    """Stop the runtime's request: closing its delta iterator cancels generation before the next round."""
-    close = getattr(deltas, "close", None)
-    if close is not None:
-        close()
-
-
-async def _aclose(deltas: AsyncIterator[ChatDelta]) -> None:
-    aclose = getattr(deltas, "aclose", None)
-    if aclose is not None:
-        await aclose()
 
 
 def _checked_prompt(prompt: Any) -> str:

@@ -10,9 +10,9 @@ so the span id is captured when the call starts and stamped on every event expli
 
 from __future__ import annotations
 
-import asyncio
 import threading
-from types import TracebackType
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from llama_index.core.instrumentation import get_dispatcher
@@ -20,7 +20,7 @@ from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events import BaseEvent
 from pydantic import Field, PrivateAttr
 
-from gemma_mtp import RoundStats, SpeculationStats, SpeculationTotals
+from gemma_mtp import RequestSummary, RoundStats, SpeculationTotals
 
 __all__ = [
     "SpeculationRoundEvent",
@@ -29,10 +29,6 @@ __all__ = [
 ]
 
 dispatcher = get_dispatcher(__name__)
-
-# How a request ends when its consumer stops it: a closed stream, a cancelled task, Ctrl-C.
-_CANCELLATIONS = (GeneratorExit, asyncio.CancelledError, KeyboardInterrupt)
-
 
 class SpeculationRoundEvent(BaseEvent):
     """One draft-and-verify round of a GemmaMTP request.
@@ -84,24 +80,20 @@ class SpeculationSummaryEvent(BaseEvent):
 
 
 class RequestReporter:
-    """Turns one request's runtime statistics into events; the adapter makes one per call.
+    """Turns one request's runtime hooks into events; the adapter makes one per call.
 
-    ``on_round`` is handed to the runtime as the per-round hook. ``observe`` records the latest statistics
-    snapshot (and the finish reason once known). Used as a context manager around the request, it sends the
-    summary exactly once on the way out, whether the request finished, raised or was cancelled.
+    ``on_round`` and ``on_summary`` are handed to the runtime, which calls ``on_summary`` exactly once
+    however the request ends (finished, cancelled, failed, input rejected), with everything done up to
+    then. The runtime is the one source of the summary; :meth:`reporting_rejections` only covers a call
+    that fails before the runtime saw it (an unknown keyword argument, a model that cannot be loaded).
     """
 
     def __init__(self, model_name: str, span_id: str | None) -> None:
         self._model_name = model_name
         self._span_id = span_id
-        self._stats: SpeculationStats | None = None
-        self._finish_reason: str | None = None
-        self._request_id = ""
-        self._done = False
-        self._lock = threading.Lock()
+        self._sent = False
 
     def on_round(self, round_stats: RoundStats) -> None:
-        self._request_id = self._request_id or round_stats.request_id
         dispatcher.event(
             SpeculationRoundEvent(
                 model_name=self._model_name,
@@ -110,39 +102,16 @@ class RequestReporter:
             )
         )
 
-    def observe(self, stats: SpeculationStats, finish_reason: str | None = None) -> None:
-        self._stats = stats
-        if finish_reason is not None:
-            self._finish_reason = finish_reason
-
-    def __enter__(self) -> RequestReporter:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.finish(exc)
-
-    def finish(self, error: BaseException | None = None) -> None:
-        """Send the summary: the runtime's finish reason, else ``cancelled`` or ``error``."""
-        with self._lock:
-            if self._done:
-                return
-            self._done = True
-        if self._finish_reason is not None:
-            finish_reason = self._finish_reason
-        elif error is None or isinstance(error, _CANCELLATIONS):
-            finish_reason = "cancelled"
-        else:
-            finish_reason = "error"
-        stats = self._stats if self._stats is not None else SpeculationStats(request_id=self._request_id)
+    def on_summary(self, summary: RequestSummary) -> None:
+        self._sent = True
+        stats = summary.stats
         dispatcher.event(
             SpeculationSummaryEvent(
                 model_name=self._model_name,
                 span_id=self._span_id,
-                request_id=stats.request_id or self._request_id,
-                finish_reason=finish_reason,
-                error=None if finish_reason != "error" else f"{type(error).__name__}: {error}",
+                request_id=summary.request_id,
+                finish_reason=summary.finish_reason,
+                error=summary.error,
                 prompt_tokens=stats.prompt_tokens,
                 generated_tokens=stats.generated_tokens,
                 drafted_tokens=stats.drafted_tokens,
@@ -153,6 +122,16 @@ class RequestReporter:
                 stats=stats.as_dict(),
             )
         )
+
+    @contextmanager
+    def reporting_rejections(self) -> Iterator[None]:
+        """Around the start of a call: an error raised before the runtime sent a summary gets one."""
+        try:
+            yield
+        except BaseException as err:
+            if not self._sent:
+                self.on_summary(RequestSummary.rejected(err))
+            raise
 
 
 class SpeculationStatsHandler(BaseEventHandler):

@@ -6,6 +6,41 @@ work, oversubscribed threads make each forward pass many times slower. One threa
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
 import torch
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def run_exit_scenario() -> Callable[[str, int], list[int]]:
+    """Run ``tests/processes/exit_after_early_stream_exit.py``: real processes that leave a stream early and
+    exit; returns their exit codes."""
+    root = Path(__file__).resolve().parents[1]
+    script = root / "tests" / "processes" / "exit_after_early_stream_exit.py"
+
+    def run(scenario: str, runs: int) -> list[int]:
+        if not hasattr(os, "fork"):
+            pytest.skip("the process driver forks")
+        path = os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)
+        done = subprocess.run(
+            [sys.executable, str(script), scenario, str(runs)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": path},
+            timeout=900,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        codes: list[int] = json.loads(done.stdout.strip().splitlines()[-1])
+        assert len(codes) == runs
+        return codes
+
+    return run

@@ -147,7 +147,9 @@ def test_a_given_runtime_is_described_in_the_settings(llm: GemmaMTP, runtime: Ru
 
 def test_metadata_reports_the_model(llm: GemmaMTP, runtime: Runtime) -> None:
     meta = llm.metadata
-    assert meta.context_window == runtime.context_window
+    # The window less the chat template's own tokens, which LlamaIndex's prompt packing does not count.
+    assert meta.context_window == runtime.context_window - runtime.chat_overhead_tokens
+    assert 0 < runtime.chat_overhead_tokens < 64
     assert meta.num_output == 24
     assert meta.is_chat_model and meta.is_function_calling_model
     assert meta.model_name == runtime.model_name
