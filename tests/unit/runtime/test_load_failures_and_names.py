@@ -116,8 +116,8 @@ def test_a_loaded_runtime_pickles_as_its_load_arguments() -> None:
     assert pickle.loads(pickle.dumps(runtime)) is runtime
 
 
-def test_a_runtime_built_from_a_pair_refuses_to_pickle_clearly() -> None:
+def test_a_runtime_built_from_a_backend_refuses_to_pickle_clearly() -> None:
     runtime = Runtime.load("gemma-mtp-mini", device="cpu")
-    handmade = Runtime(runtime._pair)
+    handmade = Runtime(runtime.engine)
     with pytest.raises(TypeError, match=r"Runtime\.load"):
         pickle.dumps(handmade)
