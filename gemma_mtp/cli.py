@@ -365,17 +365,23 @@ def _tune(args: argparse.Namespace) -> int:
         prompts,
         draft_lengths=args.draft_lengths,
         temperatures=args.temperatures,
+        draft_methods=args.draft_methods,
         max_new_tokens=args.max_new_tokens,
         runs=args.runs,
+        head_to_head_runs=args.head_to_head_runs,
         progress=_progress(sys.stderr),
     )
     _end_progress(sys.stderr)
     machine = describe_machine(rt.device)
     print("\n".join(machine.lines()) + "\n")
     print(report.format_text())
-    best = report.best(min(report.temperatures)).draft_length
+    best = report.best(min(report.temperatures))
+    pin = f"num_assistant_tokens={best.draft_length}" + (
+        f", sample_drafts={best.method == 'sampled'}" if best.temperature > 0 else ""
+    )
     print(
-        f"\nuse it: SamplingParams(num_assistant_tokens={best}), or num_assistant_tokens={best} on the adapters"
+        "\nthe default draft policy needs no settings; to pin the best fixed setting instead: "
+        f"SamplingParams({pin}), or num_assistant_tokens={best.draft_length} on the adapters"
     )
     _write_json(args.json, {"machine": machine.as_dict(), **report.as_dict()})
     return 0
@@ -412,6 +418,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from err
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from err
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
     return value
 
 
@@ -544,7 +560,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--draft-lengths", type=_positive_int, nargs="+", default=list(range(1, 9)), metavar="K"
     )
     tune.add_argument("--temperatures", type=_temperature, nargs="+", default=[0.0, 0.7, 1.0], metavar="T")
+    tune.add_argument(
+        "--draft-methods",
+        nargs="+",
+        choices=["argmax", "sampled"],
+        default=["argmax", "sampled"],
+        help="draft methods swept when sampling (default: both)",
+    )
     tune.add_argument("--runs", type=_positive_int, default=2, help="runs per setting (default: 2)")
+    tune.add_argument(
+        "--head-to-head-runs",
+        type=_non_negative_int,
+        default=3,
+        help="runs of the default policy against the best fixed setting, back to back (default: 3; 0 skips)",
+    )
     tune.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     tune.set_defaults(handler=_tune)
 

@@ -46,14 +46,26 @@ class SamplingParams:
     model decoding alone. With ``temperature > 0`` the output follows the target's distribution after
     temperature, ``top_k`` and ``top_p`` are applied to the target's logits.
 
-    ``num_assistant_tokens=None`` takes the assistant's ``generation_config.num_assistant_tokens`` when
-    the checkpoint sets it, else a per-family default (see :mod:`gemma_mtp.families`).
-    ``adaptive_draft=True`` grows the draft after a fully accepted round and shrinks it after a
-    rejection, between 1 and ``max_assistant_tokens``.
+    Draft settings: each one left at ``None`` is decided per round by the runtime's draft policy
+    (:mod:`gemma_mtp.policy`), which drafts the number of tokens (0 included: plain decoding) and the
+    draft method with the most expected tokens per second, from the acceptance seen so far and the
+    round costs measured on this runtime. Setting one pins that part of the decision:
 
-    ``sample_drafts=True`` (with ``temperature > 0``) makes the assistant sample its drafts from its own
-    warped distribution instead of taking its argmax; the acceptance rule follows how drafts were made,
-    so the output distribution is the target's either way.
+    * ``num_assistant_tokens`` pins the draft length (between 1 and ``max_assistant_tokens``).
+    * ``adaptive_draft=False`` pins the draft length to ``num_assistant_tokens``, or when that is unset
+      to the assistant's ``generation_config.num_assistant_tokens`` (else a per-family default, see
+      :mod:`gemma_mtp.families`). ``adaptive_draft=True`` grows the draft by two after a fully
+      accepted round and shrinks it by one after a rejection, between 1 and ``max_assistant_tokens``,
+      starting from that same length.
+    * ``sample_drafts=True`` (sampling only) makes the assistant sample its drafts from its own warped
+      distribution; ``False`` drafts its argmax. Unset: argmax drafts when greedy or seeded, else
+      sampled drafts unless argmax drafts are measured to do better. The acceptance rule follows how
+      drafts were made, so the output distribution is the target's either way.
+
+    ``seed`` makes a sampled answer reproducible. With argmax drafts (the default for seeded requests)
+    the answer depends on the seed alone: it is the answer the target alone gives with that seed, whatever
+    the draft lengths. With ``sample_drafts=True`` it also depends on the draft lengths, so pin
+    ``num_assistant_tokens`` too for a reproducible answer.
     """
 
     max_new_tokens: int = 256
@@ -63,12 +75,12 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     num_assistant_tokens: int | None = None
-    adaptive_draft: bool = False
+    adaptive_draft: bool | None = None
     max_assistant_tokens: int = 16
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     skip_special_tokens: bool = True
-    sample_drafts: bool = False
+    sample_drafts: bool | None = None
 
     def __post_init__(self) -> None:
         _check_int("max_new_tokens", self.max_new_tokens, minimum=1)
@@ -85,9 +97,19 @@ class SamplingParams:
             )
         object.__setattr__(self, "stop", _as_str_tuple(self.stop))
         object.__setattr__(self, "stop_token_ids", _as_int_tuple(self.stop_token_ids))
-        for flag in ("adaptive_draft", "ignore_eos", "skip_special_tokens", "sample_drafts"):
+        for flag in ("ignore_eos", "skip_special_tokens"):
             if not isinstance(getattr(self, flag), bool):
                 raise TypeError(f"{flag} must be True or False, got {getattr(self, flag)!r}.")
+        for flag in ("adaptive_draft", "sample_drafts"):
+            if getattr(self, flag) is not None and not isinstance(getattr(self, flag), bool):
+                raise TypeError(
+                    f"{flag} must be True, False or None (the draft policy decides), got {getattr(self, flag)!r}."
+                )
+        if self.sample_drafts and self.temperature == 0.0:
+            raise ValueError(
+                "sample_drafts=True needs temperature > 0: greedy decoding drafts the assistant's argmax. "
+                "Leave sample_drafts unset to let the draft policy choose per temperature."
+            )
 
     @property
     def greedy(self) -> bool:

@@ -389,7 +389,12 @@ class Runtime:
     ) -> Generator[StreamDelta, None, None]:
         stats = request.stats
         request.prompt_token_ids = prompt_ids
-        stats.start(request.request_id, len(prompt_ids), used_assistant=use_assistant)
+        draft_policy = (
+            self._backend.describe_draft_policy(params) if use_assistant else "no drafts (target alone)"
+        )
+        stats.start(
+            request.request_id, len(prompt_ids), used_assistant=use_assistant, draft_policy=draft_policy
+        )
         eos = frozenset() if params.ignore_eos else self.eos_token_ids | set(params.stop_token_ids)
         detok = IncrementalDetokenizer(self.tokenizer, skip_special_tokens=params.skip_special_tokens)
         stops = StopMatcher(params.stop)
@@ -427,7 +432,7 @@ class Runtime:
                 if finish is not None and stop_seq is None:
                     tail, stop_seq = stops.push(detok.flush())
                     text += tail + ("" if stop_seq else stops.flush())
-                stats.record_round(rnd.drafted, rnd.accepted, len(kept))
+                stats.record_round(rnd.drafted, rnd.accepted, len(kept), rnd.draft_method)
                 if rnd.engine_report is not None:
                     stats.engine_report = dict(rnd.engine_report)
                     if not self._backend.round_statistics:
@@ -441,6 +446,7 @@ class Runtime:
                         emitted=len(kept),
                         draft_length=rnd.draft_length,
                         duration_s=round_duration,
+                        draft_method=rnd.draft_method,
                     ),
                     request.on_round,
                 )

@@ -68,25 +68,32 @@ def accept_greedy(target_logits: torch.Tensor, drafts: torch.Tensor) -> Acceptan
 def accept_argmax_drafts(
     target_probs: torch.Tensor, drafts: torch.Tensor, generator: torch.Generator | None
 ) -> Acceptance:
-    """Exact speculative sampling for point-mass (argmax) drafts; ``target_probs`` has ``k + 1`` rows."""
+    """Exact speculative sampling for point-mass (argmax) drafts; ``target_probs`` has ``k + 1`` rows.
+
+    Every emitted token is drawn from its row by inverse transform with a uniform of its own, the
+    uniforms taken from ``generator`` in order, one per emitted token; a draft is accepted when that
+    token equals it. This is the rule above (accept ``x`` with probability ``p(x)``, else a token of
+    ``p`` without ``x``), and the generator is left exactly one uniform further per emitted token. So
+    with a seeded generator the answer does not depend on the drafts or their lengths: it is what
+    plain decoding (``k = 0``) draws with the same seed.
+    """
     k = drafts.shape[0]
-    accepted = k
-    if k:
-        uniforms = torch.rand(k, generator=generator, device=target_probs.device)
-        draft_probs = target_probs[torch.arange(k, device=drafts.device), drafts]
-        rejected = (uniforms >= draft_probs).nonzero()
-        if rejected.numel():
-            accepted = int(rejected[0].item())
-    if accepted < k:
-        residual = target_probs[accepted].clone()
-        residual[drafts[accepted]] = 0.0
-        total = residual.sum()
-        # p(x) == 1 cannot be rejected (u < 1), so the residual always has mass; guard anyway.
-        residual = residual / total if total > 0 else target_probs[accepted]
-        nxt = torch.multinomial(residual, 1, generator=generator)
-    else:
-        nxt = torch.multinomial(target_probs[k], 1, generator=generator)
-    return Acceptance(accepted, [*drafts[:accepted].tolist(), int(nxt.item())])
+    uniforms, states = [], []
+    for _ in range(k + 1):
+        uniforms.append(torch.rand(1, generator=generator, device=target_probs.device))
+        if generator is not None:
+            states.append(generator.get_state())
+    cdf = target_probs.cumsum(dim=-1)
+    total = cdf[:, -1:]
+    # Strictly below the total, so the search always lands on a token with positive probability.
+    scaled = torch.minimum(
+        torch.cat(uniforms).unsqueeze(-1) * total, torch.nextafter(total, torch.zeros_like(total))
+    )
+    picks = torch.searchsorted(cdf, scaled, right=True).squeeze(-1)
+    accepted = int((picks[:k] == drafts).int().cumprod(dim=0).sum().item()) if k else 0
+    if generator is not None and accepted < k:
+        generator.set_state(states[accepted])  # give back the uniforms of tokens not emitted
+    return Acceptance(accepted, [*drafts[:accepted].tolist(), int(picks[accepted].item())])
 
 
 def accept_sampled_drafts(

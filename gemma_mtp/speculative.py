@@ -11,11 +11,16 @@ Each round the assistant drafts ``k`` tokens after ``pending`` from ``hidden`` a
 target processes ``[pending, d1..dk]`` in one forward pass, which yields its own choice after each of
 them; the accepted drafts plus one token of the target's are emitted, and the cache is cropped back to
 the accepted prefix. Without an assistant, ``k = 0`` and the same loop is plain decoding.
+
+A :class:`~gemma_mtp.policy.DraftPolicy` chooses each round's ``k`` (0 allowed) and draft method before
+the round and is told the outcome (drafts accepted, the round's duration) after it, so its choices rest
+on finished rounds only.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Generator
 
 import torch
@@ -23,6 +28,7 @@ import torch
 from gemma_mtp.backends.base import Round
 from gemma_mtp.modeling import Drafter, SharedKV, TargetStep, crop_cache
 from gemma_mtp.params import SamplingParams
+from gemma_mtp.policy import DraftPolicy, FixedDraft
 from gemma_mtp.sampling import (
     Acceptance,
     accept_argmax_drafts,
@@ -57,7 +63,7 @@ class SpeculativeDecoder:
         self,
         prompt_ids: list[int],
         params: SamplingParams,
-        draft_length: int,
+        policy: DraftPolicy | None,
         budget: int,
         generator: torch.Generator | None,
         count_forward: Callable[[str], None],
@@ -66,7 +72,10 @@ class SpeculativeDecoder:
 
         The caller stops iterating at EOS or a stop sequence; closing the generator ends the request.
         ``count_forward`` is told ``"target"`` or ``"assistant"`` for every forward pass made.
+        ``policy`` chooses each round's draft (``None``: no drafts, as without an assistant).
         """
+        if policy is None or self.drafter is None:
+            policy = FixedDraft(0, "argmax")
         device = self.target.device
         cache = self.target.new_cache()
         with self.lock:
@@ -81,15 +90,18 @@ class SpeculativeDecoder:
         seen = len(prompt_ids)  # positions the target has processed
         pending = first.tokens[0]
         hidden, shared_kv = out.hidden[:, -1:], out.shared_kv
-        k_now = draft_length
+        cycle_start = time.perf_counter()
         while produced < budget:
-            k = min(k_now, budget - produced - 1) if self.drafter is not None else 0
+            decision = policy.decide(budget - produced - 1)
+            k = decision.length
             pending_t = torch.tensor([[pending]], device=device)
             draft_probs = None
+            waiting = time.perf_counter()
             with self.lock:
+                waited = time.perf_counter() - waiting
                 if k > 0:
                     assert self.drafter is not None
-                    sample_with = (lambda s: warp(s, params)) if params.sample_drafts else None
+                    sample_with = (lambda s: warp(s, params)) if decision.method == "sampled" else None
                     draft = self.drafter.draft(
                         pending_t, hidden, shared_kv, seen, k, sample_with=sample_with, generator=generator
                     )
@@ -109,9 +121,18 @@ class SpeculativeDecoder:
             seen += result.accepted + 1
             pending = result.tokens[-1]
             produced += len(result.tokens)
-            yield Round(tokens=result.tokens, drafted=k, accepted=result.accepted, draft_length=k)
-            if params.adaptive_draft and k > 0:
-                k_now = min(k_now + 2, params.max_assistant_tokens) if rejected == 0 else max(1, k_now - 1)
+            yield Round(
+                tokens=result.tokens,
+                drafted=k,
+                accepted=result.accepted,
+                draft_length=k,
+                draft_method=decision.label,
+            )
+            # The round's cost: everything from its decision until the caller asks for the next round
+            # (forward passes, acceptance, the caller's handling of the tokens), less waiting for the lock.
+            now = time.perf_counter()
+            policy.record(decision, result.accepted, now - cycle_start - waited)
+            cycle_start = now
 
     @staticmethod
     def _choose(

@@ -31,6 +31,8 @@ class RoundStats:
     emitted: int
     draft_length: int
     duration_s: float
+    draft_method: str = "none"
+    """``"argmax"`` or ``"sampled"`` drafts, ``"none"`` for a round without drafts (plain decoding)."""
 
     @property
     def acceptance_rate(self) -> float:
@@ -65,6 +67,8 @@ class SpeculationStats:
     engine_report: dict[str, Any] | None = None
     """The engine's own figures for the request where it reports them (vLLM's per-request
     speculative-decoding metrics, a server's ``metrics.speculative_decoding``); ``None`` otherwise."""
+    draft_policy: str = ""
+    rounds_by_draft_method: dict[str, int] = field(default_factory=dict)
     _start: float = field(default_factory=time.perf_counter, repr=False, compare=False)
 
     @property
@@ -102,16 +106,20 @@ class SpeculationStats:
 
     # -- recording (used by the decoding loop) ---------------------------------------------------
 
-    def start(self, request_id: str, prompt_tokens: int, used_assistant: bool) -> None:
+    def start(
+        self, request_id: str, prompt_tokens: int, used_assistant: bool, draft_policy: str = ""
+    ) -> None:
         self.request_id = request_id
         self.prompt_tokens = prompt_tokens
         self.used_assistant = used_assistant
+        self.draft_policy = draft_policy
         self._start = time.perf_counter()
 
-    def record_round(self, drafted: int, accepted: int, emitted: int) -> None:
+    def record_round(self, drafted: int, accepted: int, emitted: int, draft_method: str = "none") -> None:
         """Add one verify round: ``accepted`` drafts passed verification, ``emitted`` tokens were kept."""
         kept_accepted = min(accepted, emitted)
         self.rounds += 1
+        self.rounds_by_draft_method[draft_method] = self.rounds_by_draft_method.get(draft_method, 0) + 1
         self.drafted_tokens += drafted
         self.accepted_tokens += kept_accepted
         self.target_tokens += emitted - kept_accepted
@@ -153,6 +161,7 @@ class SpeculationStats:
         copy.accepted_at_position = list(self.accepted_at_position)
         copy.drafted_at_position = list(self.drafted_at_position)
         copy.engine_report = dict(self.engine_report) if self.engine_report is not None else None
+        copy.rounds_by_draft_method = dict(self.rounds_by_draft_method)
         copy._start = self._start
         return copy
 
@@ -161,6 +170,8 @@ class SpeculationStats:
         return {
             "request_id": self.request_id,
             "used_assistant": self.used_assistant,
+            "draft_policy": self.draft_policy,
+            "rounds_by_draft_method": dict(self.rounds_by_draft_method),
             "prompt_tokens": self.prompt_tokens,
             "generated_tokens": self.generated_tokens,
             "drafted_tokens": self.drafted_tokens,

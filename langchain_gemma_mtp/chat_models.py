@@ -187,7 +187,7 @@ class ChatGemmaMTP(BaseChatModel):
     """Sample from the k most likely tokens only; ``0`` disables the cut."""
 
     num_assistant_tokens: int | None = None
-    """Tokens the assistant drafts per round; ``None`` takes the checkpoint's or the family's default."""
+    """Pins the tokens the assistant drafts per round; ``None`` lets the runtime's draft policy decide each round."""
 
     seed: int | None = None
     """Seed for sampled decoding, for reproducible sampled answers."""

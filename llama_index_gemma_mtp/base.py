@@ -118,7 +118,7 @@ class GemmaMTP(FunctionCallingLLM):
     top_k: int = Field(default=0, description="Sample among the k most likely tokens (0 disables it).")
     num_assistant_tokens: int | None = Field(
         default=None,
-        description="Tokens drafted per round; the checkpoint's or the family's default if unset.",
+        description="Pins the tokens drafted per round; unset, the runtime's draft policy decides each round.",
     )
     seed: int | None = Field(default=None, description="Seed for reproducible sampling.")
     stop: list[str] = Field(default_factory=list, description="Stop sequences (not included in the output).")

@@ -33,6 +33,8 @@ class Round:
     accepted: int
     draft_length: int
     engine_report: Mapping[str, Any] | None = field(default=None, compare=False)
+    draft_method: str = "none"
+    """``"argmax"`` or ``"sampled"`` drafts, ``"none"`` for a round without drafts."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,9 @@ class Backend(Protocol):
 
     def check_request(self, params: SamplingParams, use_assistant: bool) -> None:
         """Raise a clear error, before any decoding, for a request this engine cannot serve as asked."""
+
+    def describe_draft_policy(self, params: SamplingParams) -> str:
+        """How this engine decides a request's drafts, in a few words (for the request's statistics)."""
 
     def rounds(self, request: DecodeRequest) -> Generator[Round, None, None]:
         """The request's rounds; closing the generator ends the request in the engine."""

@@ -94,6 +94,9 @@ class OpenAIBackend:
     def dtype(self) -> str:
         return self._dtype or "server"
 
+    def describe_draft_policy(self, params: SamplingParams) -> str:
+        return f"the server's speculative configuration ({self.base_url})"
+
     def check_request(self, params: SamplingParams, use_assistant: bool) -> None:
         """Refuse what a request cannot ask of a running server."""
         if not use_assistant:

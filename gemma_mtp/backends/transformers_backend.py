@@ -17,6 +17,7 @@ from gemma_mtp.backends.base import DecodeRequest, Round
 from gemma_mtp.loading import LoadedPair, default_draft_length, end_of_generation_ids, load_pair
 from gemma_mtp.modeling import Drafter, TargetStep
 from gemma_mtp.params import SamplingParams
+from gemma_mtp.policy import DraftPolicy, PolicyMemory, policy_for
 from gemma_mtp.speculative import SpeculativeDecoder
 
 __all__ = ["TransformersBackend"]
@@ -41,6 +42,7 @@ class TransformersBackend:
         self.vocab_size = int(text_config.vocab_size)
         self.eos_token_ids = end_of_generation_ids(pair.target.generation_config, pair.tokenizer)
         self.default_draft_length = default_draft_length(pair.assistant.generation_config, text_config)
+        self.policy_memory = PolicyMemory()
 
     @classmethod
     def load(
@@ -65,6 +67,17 @@ class TransformersBackend:
     def check_request(self, params: SamplingParams, use_assistant: bool) -> None:
         """Every field of :class:`SamplingParams` is served by this backend."""
 
+    def draft_policy(self, params: SamplingParams) -> DraftPolicy:
+        """The draft policy a request with these settings gets (see :func:`gemma_mtp.policy.policy_for`).
+
+        Requests on this backend share what the adaptive policy measures: round costs on this device,
+        acceptance by temperature and draft method, and when to probe.
+        """
+        return policy_for(params, self.policy_memory, self.default_draft_length)
+
+    def describe_draft_policy(self, params: SamplingParams) -> str:
+        return self.draft_policy(params).description
+
     def rounds(self, request: DecodeRequest) -> Generator[Round, None, None]:
         params = request.params
         generator = torch.Generator(device=self.device)
@@ -75,9 +88,9 @@ class TransformersBackend:
         decoder = SpeculativeDecoder(
             self.target_step, self.drafter if request.use_assistant else None, self.lock
         )
-        draft_length = params.num_assistant_tokens or self.default_draft_length
+        policy = self.draft_policy(params) if request.use_assistant else None
         return decoder.run(
-            request.prompt_ids, params, draft_length, request.budget, generator, request.count_forward
+            request.prompt_ids, params, policy, request.budget, generator, request.count_forward
         )
 
     def close(self) -> None:

@@ -183,6 +183,11 @@ class VLLMBackend:
         """Requests the engine is still working on (finished and aborted ones are gone)."""
         return int(self.engine.get_num_unfinished_requests())
 
+    def describe_draft_policy(self, params: SamplingParams) -> str:
+        if not self.speculative:
+            return "no drafts (target alone)"
+        return f"fixed by the vLLM engine: {self.draft_length} argmax drafts per step"
+
     def check_request(self, params: SamplingParams, use_assistant: bool) -> None:
         """Refuse, with the reason and the fix, what vLLM's engine would not do as asked."""
         if use_assistant and not self.speculative:

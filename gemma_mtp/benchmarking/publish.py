@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import statistics
 from pathlib import Path
+from typing import Any
 
 from gemma_mtp.benchmarking.compare import ComparisonReport
 from gemma_mtp.benchmarking.measure import MachineInfo
@@ -13,6 +15,7 @@ __all__ = ["plot_sweep", "write_markdown"]
 
 SPEEDUP_PLOT = "speedup_vs_draft_length.png"
 ACCEPTANCE_PLOT = "acceptance_vs_temperature.png"
+POLICY_PLOT = "policy_vs_fixed.png"
 
 
 def plot_sweep(report: SweepReport, img_dir: Path) -> list[Path]:
@@ -28,16 +31,37 @@ def plot_sweep(report: SweepReport, img_dir: Path) -> list[Path]:
     img_dir.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for color, t in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], report.temperatures, strict=False):
-        points = [p for p in report.points if p.temperature == t]
-        ks = [p.draft_length for p in points]
-        ax.plot(ks, [p.measured_speedup for p in points], "o-", color=color, label=f"T={t:g} measured")
-        ax.plot(ks, [p.model_speedup for p in points], "--", color=color, alpha=0.6, label=f"T={t:g} model")
+        for method, style in (("argmax", "o-"), ("sampled", "s:")):
+            points = [p for p in report.points if p.temperature == t and p.method == method]
+            if not points:
+                continue
+            ks = [p.draft_length for p in points]
+            ax.plot(
+                ks, [p.measured_speedup for p in points], style, color=color, label=f"T={t:g} {method} drafts"
+            )
+            if method == "argmax":
+                ax.plot(
+                    ks,
+                    [p.model_speedup for p in points],
+                    "--",
+                    color=color,
+                    alpha=0.5,
+                    label=f"T={t:g} model",
+                )
+        if t in report.policy:
+            ax.axhline(
+                report.policy[t].measured_speedup,
+                color=color,
+                linestyle="-.",
+                linewidth=1.2,
+                label=f"T={t:g} default policy",
+            )
     ax.set_xticks(sorted({p.draft_length for p in report.points}))
     ax.axhline(1.0, color="grey", linewidth=0.8)
     ax.set_xlabel("draft length (num_assistant_tokens)")
     ax.set_ylabel("decode speed-up over the target alone")
     ax.set_title(f"{_short(report.model)} on {report.device}")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     speedup = img_dir / SPEEDUP_PLOT
     fig.savefig(speedup, dpi=110)
@@ -47,24 +71,78 @@ def plot_sweep(report: SweepReport, img_dir: Path) -> list[Path]:
     lengths = sorted({p.draft_length for p in report.points})
     cmap = plt.get_cmap("viridis", max(2, len(lengths)))
     for i, k in enumerate(lengths):
-        points = sorted((p for p in report.points if p.draft_length == k), key=lambda p: p.temperature)
-        ax.plot(
-            [p.temperature for p in points],
-            [p.acceptance_rate for p in points],
-            "o-",
-            color=cmap(i),
-            label=f"k={k}",
-        )
+        for method, style in (("argmax", "o-"), ("sampled", "s:")):
+            points = sorted(
+                (p for p in report.points if p.draft_length == k and p.method == method),
+                key=lambda p: p.temperature,
+            )
+            if points:
+                ax.plot(
+                    [p.temperature for p in points],
+                    [p.acceptance_rate for p in points],
+                    style,
+                    color=cmap(i),
+                    label=f"k={k}" if method == "argmax" else None,
+                )
     ax.set_xlabel("temperature")
     ax.set_ylabel("acceptance rate (accepted / drafted)")
     ax.set_ylim(0, 1)
-    ax.set_title(f"{_short(report.model)}: acceptance vs temperature")
+    ax.set_title(f"{_short(report.model)}: acceptance vs temperature (dotted: sampled drafts)")
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
     acceptance = img_dir / ACCEPTANCE_PLOT
     fig.savefig(acceptance, dpi=110)
     plt.close(fig)
-    return [speedup, acceptance]
+    plots = [speedup, acceptance]
+    if report.head_to_head:
+        plots.append(_plot_head_to_head(report, img_dir, plt))
+    return plots
+
+
+def _plot_head_to_head(report: SweepReport, img_dir: Path, plt: Any) -> Path:
+    """Default policy and best fixed setting against the target alone, per temperature, with run ranges."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    rows = report.head_to_head
+    xs = range(len(rows))
+    width = 0.38
+    for offset, name, values in (
+        (-width / 2, "default policy", [h.policy_speedups for h in rows]),
+        (width / 2, "best fixed setting", [h.fixed_speedups for h in rows]),
+    ):
+        medians = [statistics.median(v) for v in values]
+        low = [m - min(v) for m, v in zip(medians, values, strict=True)]
+        high = [max(v) - m for m, v in zip(medians, values, strict=True)]
+        ax.bar([x + offset for x in xs], medians, width, yerr=[low, high], capsize=3, label=name)
+    ax.axhline(1.0, color="grey", linewidth=0.8, label="target alone")
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels([f"T={h.temperature:g}\n({h.best_fixed})" for h in rows])
+    ax.set_ylabel("decode speed-up over the target alone")
+    ax.set_title(f"{_short(report.model)}: default policy vs best fixed (median, range over runs)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = img_dir / POLICY_PLOT
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _head_to_head_section(report: SweepReport, links: list[str]) -> list[str]:
+    if not report.head_to_head:
+        return []
+    return [
+        "## Default draft policy vs the best fixed setting",
+        "",
+        report.describe_head_to_head() + ". "
+        "Each temperature's best fixed setting is the sweep's above (chosen after the fact, so it is the "
+        "best of many noisy measurements); each run decodes every prompt with the target alone, the default "
+        "policy and that setting back to back, in rotating order, and the ratios are that run's "
+        "decode-phase throughputs.",
+        "",
+        report.format_head_to_head_markdown(),
+        "",
+        *(f"![{Path(link).stem.replace('_', ' ')}]({link})" for link in links if link.endswith(POLICY_PLOT)),
+        "",
+    ]
 
 
 def _short(name: str) -> str:
@@ -79,8 +157,9 @@ def write_markdown(
     sweep_report: SweepReport,
     plots: list[Path],
     command: str,
+    note: str = "",
 ) -> None:
-    """The whole results page; plot links are relative to ``path``."""
+    """The whole results page; plot links are relative to ``path``; ``note`` goes under the machine."""
     links = [os.path.relpath(p, path.parent).replace(os.sep, "/") for p in plots]
     mtp = comparison.summary("mtp")
     hf = comparison.summary("hf_assisted")
@@ -95,6 +174,7 @@ def write_markdown(
         "",
         *(f"- {line}" for line in machine.lines()),
         "",
+        *([note, ""] if note else []),
         "## Our loop and Hugging Face `generate`, with and without the assistant",
         "",
         comparison.describe() + ".",
@@ -116,8 +196,11 @@ def write_markdown(
         "decoding step `verify(1)`. *model speed-up* is what the loop would gain if only those forward passes cost "
         "time; *speed-up* is measured (decode phase, our loop with vs without the assistant at the same "
         "temperature). Their gap is the per-round overhead outside the forward passes. `*` marks the best draft "
-        "length. With sampling, a draft (the assistant's argmax) is accepted with the target's probability of "
-        "that token, so acceptance falls as temperature flattens the target's distribution.",
+        "setting. With sampling, an argmax draft is accepted with the target's probability of that token, so its "
+        "acceptance falls as temperature flattens the target's distribution; a draft sampled from the assistant "
+        "is accepted with `min(1, p/q)`, which holds up better. The model's forward costs are argmax drafting's. "
+        "Below each table, the default draft policy (no draft settings: it picks the draft length, 0 included, "
+        "and the method each round) measured alongside, unseeded.",
         "",
         f"Forward costs: verify(1) {sweep_report.costs.verify_s[1] * 1000:.2f} ms; "
         + ", ".join(
@@ -129,8 +212,13 @@ def write_markdown(
         "",
         sweep_report.format_markdown(),
         "",
-        *(f"![{Path(link).stem.replace('_', ' ')}]({link})" for link in links),
+        *(
+            f"![{Path(link).stem.replace('_', ' ')}]({link})"
+            for link in links
+            if not link.endswith(POLICY_PLOT)
+        ),
         "",
+        *_head_to_head_section(sweep_report, links),
         "## Reproduce",
         "",
         "```bash",

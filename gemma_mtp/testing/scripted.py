@@ -115,7 +115,11 @@ class ScriptedAnswers:
             count_forward("target")
             drafted = size if use_assistant and start else 0
             yield Round(
-                tokens=piece, drafted=drafted, accepted=min(drafted, len(piece) - 1), draft_length=drafted
+                tokens=piece,
+                drafted=drafted,
+                accepted=min(drafted, len(piece) - 1),
+                draft_length=drafted,
+                draft_method="argmax" if drafted else "none",
             )
 
     @staticmethod

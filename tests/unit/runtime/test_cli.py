@@ -103,24 +103,31 @@ def test_tune_prints_the_cost_model_and_picks_a_draft_length(pair_args, one_prom
     out_json = tmp_path / "tune.json"
     argv = ["tune", *pair_args, "--prompts", str(one_prompt), "--draft-lengths", "1", "3"]
     argv += ["--temperatures", "0", "0.7", "--runs", "1", "--max-new-tokens", "8", "--json", str(out_json)]
+    argv += ["--head-to-head-runs", "2"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     for text in ("E[tokens/round]", "model ms/round", "model speed-up", "speed-up", "temperature 0.7"):
         assert text in out
-    assert "best draft length at temperature 0:" in out
+    assert "best fixed setting at temperature 0: k=" in out
+    assert "default policy at temperature 0.7:" in out and "of rounds without drafts" in out
+    assert "Default policy vs best fixed setting" in out
     assert "SamplingParams(num_assistant_tokens=" in out
     report = json.loads(out_json.read_text())
-    assert {(p["temperature"], p["draft_length"]) for p in report["points"]} == {
-        (0.0, 1),
-        (0.0, 3),
-        (0.7, 1),
-        (0.7, 3),
+    assert {(p["temperature"], p["draft_length"], p["method"]) for p in report["points"]} == {
+        (0.0, 1, "argmax"),
+        (0.0, 3, "argmax"),
+        *((0.7, k, m) for k in (1, 3) for m in ("argmax", "sampled")),
     }
     for p in report["points"]:
         assert p["expected_tokens_per_round"] == pytest.approx(1 + sum(p["acceptance_by_position"]))
         assert p["model_speedup"] > 0 and p["measured_speedup"] > 0
-    assert set(report["best_draft_length"].values()) <= {1, 3}
+    assert {b["draft_length"] for b in report["best_setting"].values()} <= {1, 3}
     assert set(report["forward_costs"]["verify_s"]) == {"1", "2", "3", "4"}
+    for t in ("0.0", "0.7"):
+        policy = report["default_policy"][t]
+        assert policy["measured_speedup"] > 0 and 0.0 <= policy["plain_round_share"] <= 1.0
+    assert [h["temperature"] for h in report["head_to_head"]] == [0.0, 0.7]
+    assert all(len(h["policy_speedups"]) == 2 for h in report["head_to_head"])
 
 
 def test_verify_identical_outputs_exit_zero(pair_args, capsys) -> None:
@@ -234,6 +241,8 @@ def test_run_benchmarks_writes_the_page_and_plots(pair_args, one_prompt, tmp_pat
         "1",
         "--max-new-tokens",
         "6",
+        "--head-to-head-runs",
+        "1",
     ]
     argv += [
         "--draft-lengths",
@@ -256,7 +265,8 @@ def test_run_benchmarks_writes_the_page_and_plots(pair_args, one_prompt, tmp_pat
         "## Reproduce",
     ):
         assert heading in text
-    assert "| gemma-mtp, with assistant |" in text and "best draft length at temperature 1" in text
-    for plot in ("speedup_vs_draft_length.png", "acceptance_vs_temperature.png"):
+    assert "| gemma-mtp, with assistant |" in text and "best fixed setting at temperature 1" in text
+    assert "## Default draft policy vs the best fixed setting" in text
+    for plot in ("speedup_vs_draft_length.png", "acceptance_vs_temperature.png", "policy_vs_fixed.png"):
         assert (img / plot).read_bytes().startswith(b"\x89PNG")
         assert f"](img/{plot})" in text

@@ -120,3 +120,22 @@ def test_adaptive_draft_length_stays_exact() -> None:
         ids, SamplingParams(max_new_tokens=64, ignore_eos=True, adaptive_draft=True, max_assistant_tokens=8)
     )
     assert result.token_ids == expected
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("kind", ["agreeing", "random"])
+def test_default_draft_policy_is_exact(variant: str, kind: str) -> None:
+    """The default policy changes draft length and skips drafting round by round; the text never changes."""
+    rt = tiny_runtime(kind, variant)
+    lengths: set[int] = set()
+    for prompt in (SHORT, LONG):
+        ids = rt.encode(prompt)
+        expected = reference(rt, ids, 64, eos=False)
+        result = rt.generate(
+            ids,
+            SamplingParams(max_new_tokens=64, ignore_eos=True),
+            on_round=lambda r: lengths.add(r.draft_length),
+        )
+        assert result.token_ids == expected
+        assert result.stats.draft_policy.startswith("adaptive")
+    assert 0 in lengths and len(lengths) > 2, lengths  # plain rounds and several draft lengths happened

@@ -43,8 +43,9 @@ def test_draft_length_defaults(agreeing: Runtime) -> None:
     assert agreeing.default_draft_length == 3  # the kit assistant's generation_config.num_assistant_tokens
     unset = tiny_runtime("agreeing", "dense", num_assistant_tokens=None)
     assert unset.default_draft_length == 4  # per-family default, never transformers' fallback of 20
-    result = unset.generate(PROMPT, PARAMS)
-    assert len(result.stats.drafted_at_position) == 4
+    pinned = unset.generate(PROMPT, PARAMS.with_overrides(adaptive_draft=False))  # the default length
+    assert len(pinned.stats.drafted_at_position) == 4
+    assert pinned.stats.draft_policy == "fixed: 4 argmax drafts per round"
 
 
 def test_stream_concatenates_to_generate(agreeing: Runtime) -> None:
@@ -65,7 +66,7 @@ def test_streamed_text_equals_decoding_all_tokens_at_once(agreeing: Runtime) -> 
 
 def test_statistics_are_consistent(agreeing: Runtime) -> None:
     rounds: list[RoundStats] = []
-    result = agreeing.generate(PROMPT, PARAMS, on_round=rounds.append)
+    result = agreeing.generate(PROMPT, PARAMS.with_overrides(num_assistant_tokens=3), on_round=rounds.append)
     s = result.stats
     assert s.accepted_tokens <= s.drafted_tokens
     assert s.generated_tokens == len(result.token_ids) == s.accepted_tokens + s.target_tokens
@@ -81,6 +82,9 @@ def test_statistics_are_consistent(agreeing: Runtime) -> None:
     assert sum(r.duration_s for r in rounds) <= s.elapsed_s + 1e-3
     assert s.as_dict()["acceptance_rate"] == s.acceptance_rate
     assert len(s.acceptance_by_position) == 3
+    assert s.draft_policy == "fixed: 3 argmax drafts per round"
+    assert s.rounds_by_draft_method == {"none": 1, "argmax": s.rounds - 1}  # the first round is the prefill
+    assert all(r.draft_method == ("argmax" if r.drafted else "none") for r in rounds)
 
 
 def test_listeners_receive_every_round(agreeing: Runtime) -> None:

@@ -77,7 +77,8 @@ def test_hugging_face_rule_with_argmax_drafts_is_biased() -> None:
 # -- the whole loop -------------------------------------------------------------------------------
 
 PROMPT = "Hello there"
-PARAMS = dict(temperature=4.0, top_k=4, max_new_tokens=3, num_assistant_tokens=1, ignore_eos=True)
+BASE = dict(temperature=4.0, top_k=4, max_new_tokens=3, ignore_eos=True)
+PARAMS = dict(BASE, num_assistant_tokens=1)
 SAMPLES = 1500
 # 16 cells, 1500 draws: an exact sampler's expected TV is about 0.04; 0.085 leaves room for chance.
 LOOP_TV_BOUND = 0.085
@@ -104,22 +105,53 @@ def sampled_joint(rt, params: SamplingParams) -> Counter:
     return counts
 
 
+def sampled_joint_unseeded(rt, params: SamplingParams) -> Counter:
+    """Like :func:`sampled_joint` without seeds: the default policy then also samples its drafts."""
+    counts: Counter = Counter()
+    ids = rt.encode(PROMPT)
+    for _ in range(SAMPLES):
+        counts[tuple(rt.generate(ids, params).token_ids[:2])] += 1
+    return counts
+
+
+DRAFT_SETTINGS = {
+    "fixed-argmax": dict(num_assistant_tokens=1, sample_drafts=False),
+    "fixed-sampled": dict(num_assistant_tokens=1, sample_drafts=True),
+    "policy-seeded": dict(),  # the default policy; seeded requests draft by argmax
+    "policy-length": dict(num_assistant_tokens=1),  # the policy chooses the method per round
+}
+
+
 @pytest.mark.slow
-def test_loop_samples_the_targets_distribution() -> None:
+@pytest.mark.parametrize("setting", DRAFT_SETTINGS, ids=list(DRAFT_SETTINGS))
+def test_loop_samples_the_targets_distribution(setting: str) -> None:
     rt = tiny_runtime("agreeing", "dense")
-    params = SamplingParams(**PARAMS)
+    params = SamplingParams(**BASE, **DRAFT_SETTINGS[setting])
     exact = exact_joint(rt, params)
-    counts = sampled_joint(rt, params)
+    counts = sampled_joint(rt, params) if setting != "policy-length" else sampled_joint_unseeded(rt, params)
     tv = total_variation(counts, exact, SAMPLES)
     assert tv < LOOP_TV_BOUND, tv
 
 
 @pytest.mark.slow
-def test_loop_with_sampled_drafts_samples_the_targets_distribution() -> None:
+def test_loop_with_the_default_policy_samples_the_targets_distribution() -> None:
+    """Unseeded, with no draft settings: draft lengths 0 and 1, argmax and sampled drafts mix across rounds."""
     rt = tiny_runtime("agreeing", "dense")
-    params = SamplingParams(**PARAMS, sample_drafts=True)
-    tv = total_variation(sampled_joint(rt, params), exact_joint(rt, params), SAMPLES)
+    params = SamplingParams(**BASE)
+    methods: Counter = Counter()
+
+    def count_methods(round_stats) -> None:
+        if round_stats.round_index > 0:  # the first round is the prefill's
+            methods[round_stats.draft_method] += 1
+
+    rt.add_listener(count_methods)
+    try:
+        counts = sampled_joint_unseeded(rt, params)
+    finally:
+        rt.remove_listener(count_methods)
+    tv = total_variation(counts, exact_joint(rt, params), SAMPLES)
     assert tv < LOOP_TV_BOUND, tv
+    assert methods["sampled"] > 0 and methods["none"] > 0, methods
 
 
 @pytest.mark.slow
@@ -140,6 +172,22 @@ def test_bound_fails_for_a_biased_acceptance_rule(monkeypatch: pytest.MonkeyPatc
     params = SamplingParams(**PARAMS)
     tv = total_variation(sampled_joint(rt, params), exact_joint(rt, params), SAMPLES)
     assert tv > LOOP_TV_BOUND, tv
+
+
+@pytest.mark.parametrize("variant", ["dense", "e2b"])
+def test_seeded_sample_does_not_depend_on_the_draft_schedule(variant: str) -> None:
+    """With argmax drafts a seed fixes the answer: the target alone, any fixed length and the policy agree."""
+    rt = tiny_runtime("agreeing", variant)
+    ids = rt.encode(PROMPT)
+    for seed in range(4):
+        params = SamplingParams(temperature=1.0, max_new_tokens=40, seed=seed, ignore_eos=True)
+        alone = rt.generate(ids, params, use_assistant=False)
+        policy = rt.generate(ids, params)
+        assert policy.token_ids == alone.token_ids
+        assert policy.stats.accepted_tokens > 0
+        for k in (1, 3, 6):
+            pinned = rt.generate(ids, params.with_overrides(num_assistant_tokens=k, sample_drafts=False))
+            assert pinned.token_ids == alone.token_ids, k
 
 
 def test_same_seed_same_sample() -> None:

@@ -1,0 +1,513 @@
+"""Draft policies: how many tokens the assistant drafts each round (0 allowed), and how.
+
+The round loop asks its policy before every round (:meth:`DraftPolicy.decide`) and tells it the outcome
+afterwards (:meth:`DraftPolicy.record`: how many drafts the target accepted, how long the round took).
+A policy only ever sees rounds that are finished, so its decisions depend on tokens already emitted and
+never on the drafts being verified: greedy output stays identical to the target alone, and sampled output
+follows the target's distribution whatever the policy decides round by round.
+
+The default, :class:`AdaptiveDraft`, maximises expected tokens per second. For a draft length ``k`` it
+expects ``E(k) = 1 + a_1 + ... + a_k`` tokens per round, where ``a_i`` is the probability that the first
+``i`` drafts are all accepted (estimated per draft position from this request's recent rounds, seeded
+from the runtime's recent requests at a similar temperature), and it pays ``cost(k)``, the measured
+duration of rounds with ``k`` drafts on this runtime and device (:class:`RoundCosts`). It drafts the
+``k`` with the most ``E(k) / cost(k)``; ``k = 0`` (plain decoding) when no draft length pays, with a
+one-token probe now and then (less and less often while probes keep failing) so that drafting comes back
+when the text turns predictable. The same numbers decide between argmax drafts and drafts sampled from the
+assistant when sampling.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from gemma_mtp.params import SamplingParams
+
+__all__ = [
+    "AcceptanceProfile",
+    "AdaptiveDraft",
+    "DraftDecision",
+    "DraftMethod",
+    "DraftPolicy",
+    "FixedDraft",
+    "GrowShrinkDraft",
+    "PolicyMemory",
+    "ProbeSchedule",
+    "RoundCosts",
+    "policy_for",
+    "temperature_bucket",
+]
+
+DraftMethod = Literal["argmax", "sampled"]
+
+COST_WINDOW = 16
+"""Recent round durations kept per (mode, draft length); their median is the cost estimate."""
+TRUSTED_TIMINGS = 3
+"""Timings of a draft length after which their median is used as is, rather than the fitted line."""
+PLAIN_STEPS_TO_MEASURE = 3
+"""Plain decoding rounds a runtime times before it compares drafting against them."""
+REQUEST_DECAY = 0.97
+"""Weight a request's older rounds keep per new round (about the last 30 rounds count)."""
+MEMORY_DECAY = 0.99
+"""Weight the runtime's memory keeps per new round (about the last 100 rounds of similar requests)."""
+MEMORY_WEIGHT = 6.0
+"""How many rounds' worth of the runtime's memory a new request starts from."""
+PRIOR_WEIGHT = 1.0
+"""Pseudo-rounds behind the prior of every draft position's acceptance."""
+PRIOR_RATE = {True: 0.7, False: 0.5}
+"""Prior chance that the first draft is accepted, greedy (True) and sampling (False)."""
+DEEPER_PRIOR = 0.9
+"""A draft position's rate is shrunk towards this fraction of the rate of the position before it."""
+FIRST_PROBE_AFTER = 4
+"""Plain rounds before the first probe once drafting stopped paying."""
+LONGEST_PROBE_GAP = 64
+"""Probes back off (doubling the gap after each failure) up to this many plain rounds."""
+PROBE_CLOSE = 0.9
+"""Probes do not back off while the best draft is estimated at this fraction of plain decoding or more."""
+METHOD_EVIDENCE = 4.0
+"""Rounds of evidence about the other draft method below which it is tried now and then."""
+LONGER_MARGIN = 0.01
+"""Decisions within this fraction of the best expected tokens per second count as ties; the shortest wins."""
+LONGER_PROBE_EVERY = 10
+"""Every this many rounds, draft one token more than the best length, to learn the next position's rate."""
+METHOD_PROBE_EVERY = 12
+"""Every this many rounds, try the other draft method if it lacks evidence or comes close."""
+METHOD_CLOSE = 0.8
+"""The other method "comes close" above this fraction of the best expected tokens per second."""
+
+
+@dataclass(frozen=True)
+class DraftDecision:
+    """What one round drafts: ``length`` tokens (0 = plain decoding) by ``method``."""
+
+    length: int
+    method: DraftMethod
+
+    @property
+    def label(self) -> str:
+        """``"none"`` for a plain decoding round, else the draft method."""
+        return self.method if self.length else "none"
+
+
+class DraftPolicy(Protocol):
+    """What the round loop needs from a policy."""
+
+    @property
+    def description(self) -> str:
+        """A short human-readable account of the policy, for the request's statistics."""
+
+    def decide(self, room: int) -> DraftDecision:
+        """The next round's draft; ``room`` is the most drafts the token budget leaves (>= 0)."""
+
+    def record(self, decision: DraftDecision, accepted: int, seconds: float) -> None:
+        """The outcome of a round decided by :meth:`decide`: drafts accepted and its duration."""
+
+
+def temperature_bucket(temperature: float) -> float:
+    """Temperatures close enough to share acceptance statistics (0 stays apart: greedy)."""
+    return 0.0 if temperature == 0.0 else max(0.1, round(temperature, 1))
+
+
+# -- fixed settings ------------------------------------------------------------------------------------
+
+
+@dataclass
+class FixedDraft:
+    """Always the same draft length and method (``num_assistant_tokens`` pinned, or plain decoding)."""
+
+    length: int
+    method: DraftMethod
+
+    @property
+    def description(self) -> str:
+        if self.length == 0:
+            return "no drafts (target alone)"
+        return f"fixed: {self.length} {self.method} drafts per round"
+
+    def decide(self, room: int) -> DraftDecision:
+        return DraftDecision(min(self.length, room), self.method)
+
+    def record(self, decision: DraftDecision, accepted: int, seconds: float) -> None:
+        return None
+
+
+@dataclass
+class GrowShrinkDraft:
+    """``adaptive_draft=True``: two more drafts after a fully accepted round, one fewer after a rejection."""
+
+    start: int
+    longest: int
+    method: DraftMethod
+    _length: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._length = min(self.start, self.longest)
+
+    @property
+    def description(self) -> str:
+        return f"grow/shrink: from {self.start} {self.method} drafts, between 1 and {self.longest}"
+
+    def decide(self, room: int) -> DraftDecision:
+        return DraftDecision(min(self._length, room), self.method)
+
+    def record(self, decision: DraftDecision, accepted: int, seconds: float) -> None:
+        if decision.length == 0:
+            return
+        if accepted == decision.length:
+            self._length = min(self._length + 2, self.longest)
+        else:
+            self._length = max(1, self._length - 1)
+
+
+# -- what the adaptive policy measures ---------------------------------------------------------------
+
+
+class RoundCosts:
+    """Measured seconds per round, by mode (greedy or sampling, draft method) and draft length.
+
+    One per runtime: every request adds its rounds' durations (from the round's decision until the
+    caller asks for the next round, less the time spent waiting for other requests' forward passes).
+    The median of a length's recent rounds is its cost; a length timed fewer than ``TRUSTED_TIMINGS``
+    times is estimated from a straight line through the timed ones (through the plain decoding cost
+    when only one draft length was timed).
+    """
+
+    def __init__(self, window: int = COST_WINDOW):
+        self._window = window
+        self._seconds: dict[tuple[bool, str, int], deque[float]] = {}
+        self._median: dict[tuple[bool, str, int], float] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(greedy: bool, method: DraftMethod, length: int) -> tuple[bool, str, int]:
+        return (greedy, method if length else "none", length)
+
+    def observe(self, greedy: bool, method: DraftMethod, length: int, seconds: float) -> None:
+        key = self._key(greedy, method, length)
+        with self._lock:
+            recent = self._seconds.setdefault(key, deque(maxlen=self._window))
+            recent.append(seconds)
+            self._median[key] = statistics.median(recent)
+
+    def lengths(self, greedy: bool, method: DraftMethod) -> set[int]:
+        """The draft lengths (>= 1) timed for this mode."""
+        with self._lock:
+            return {key[2] for key in self._seconds if key[0] == greedy and key[1] == method}
+
+    def count(self, greedy: bool, method: DraftMethod, length: int) -> int:
+        with self._lock:
+            return len(self._seconds.get(self._key(greedy, method, length), ()))
+
+    def plain(self, greedy: bool) -> float | None:
+        """Median seconds of a plain decoding round, if measured."""
+        with self._lock:
+            return self._median.get((greedy, "none", 0))
+
+    def estimates(self, greedy: bool, method: DraftMethod, longest: int) -> list[float] | None:
+        """Estimated seconds of a round with ``1..longest`` drafts (index 0 = one draft).
+
+        ``None`` while no draft length was measured for this mode.
+        """
+        with self._lock:
+            plain = self._median.get((greedy, "none", 0))
+            measured = {
+                key[2]: (median, len(self._seconds[key]))
+                for key, median in self._median.items()
+                if key[0] == greedy and key[1] == method
+            }
+        if not measured:
+            return None
+        if len(measured) == 1:
+            ((k1, (c1, _)),) = measured.items()
+            intercept = plain if plain is not None else 0.0
+            slope = max((c1 - intercept) / k1, 0.0)
+        else:
+            intercept, slope = _weighted_line(
+                {k: c for k, (c, _) in measured.items()}, {k: n for k, (_, n) in measured.items()}
+            )
+        floor = plain or 0.0
+        out = []
+        for k in range(1, longest + 1):
+            if k in measured and measured[k][1] >= TRUSTED_TIMINGS:
+                out.append(measured[k][0])
+            else:
+                out.append(max(intercept + slope * k, floor))
+        return out
+
+
+def _weighted_line(values: dict[int, float], weights: dict[int, int]) -> tuple[float, float]:
+    """Least-squares ``a + b k`` through the measured points (``b >= 0``: drafting more never saves time)."""
+    total = sum(weights.values())
+    mean_k = sum(k * weights[k] for k in values) / total
+    mean_c = sum(values[k] * weights[k] for k in values) / total
+    spread = sum(weights[k] * (k - mean_k) ** 2 for k in values)
+    slope = sum(weights[k] * (k - mean_k) * (values[k] - mean_c) for k in values) / spread
+    slope = max(slope, 0.0)
+    return mean_c - slope * mean_k, slope
+
+
+@dataclass
+class AcceptanceProfile:
+    """Decayed counts per draft position: how often it was reached (all drafts before it accepted) and accepted.
+
+    ``rates`` turns them into conditional acceptance rates, each position's shrunk towards a little less
+    than the one before it (the first towards a prior), so that positions never drafted yet inherit
+    somewhat less than their neighbour's rate: longer drafts are tried, but not trusted untried.
+    """
+
+    reached: list[float] = field(default_factory=list)
+    accepted: list[float] = field(default_factory=list)
+
+    def add(self, length: int, accepted: int, decay: float) -> None:
+        if length == 0:
+            return
+        self.reached = [r * decay for r in self.reached]
+        self.accepted = [a * decay for a in self.accepted]
+        grow = length - len(self.reached)
+        if grow > 0:
+            self.reached += [0.0] * grow
+            self.accepted += [0.0] * grow
+        for i in range(min(accepted + 1, length)):
+            self.reached[i] += 1.0
+        for i in range(accepted):
+            self.accepted[i] += 1.0
+
+    @property
+    def evidence(self) -> float:
+        """Weighted rounds behind the first position's rate."""
+        return self.reached[0] if self.reached else 0.0
+
+    def scaled(self, most: float) -> AcceptanceProfile:
+        """A copy whose evidence is at most ``most`` rounds."""
+        factor = min(1.0, most / self.evidence) if self.evidence else 0.0
+        return AcceptanceProfile([r * factor for r in self.reached], [a * factor for a in self.accepted])
+
+    def rates(self, positions: int, prior: float) -> list[float]:
+        out, previous = [], prior
+        for i in range(positions):
+            reached = self.reached[i] if i < len(self.reached) else 0.0
+            accepted = self.accepted[i] if i < len(self.accepted) else 0.0
+            prior = previous if i == 0 else DEEPER_PRIOR * previous
+            previous = (accepted + PRIOR_WEIGHT * prior) / (reached + PRIOR_WEIGHT)
+            out.append(previous)
+        return out
+
+
+@dataclass
+class ProbeSchedule:
+    """When drafting stopped paying: plain rounds since the last probe, and how many to wait for the next.
+
+    Shared by a runtime's requests at one temperature, so that short requests probe too.
+    """
+
+    plain_run: int = 0
+    gap: int = FIRST_PROBE_AFTER
+
+
+class PolicyMemory:
+    """What a runtime's requests share: round costs, acceptance by temperature and draft method, and probes."""
+
+    def __init__(self) -> None:
+        self.costs = RoundCosts()
+        self._profiles: dict[tuple[float, str], AcceptanceProfile] = {}
+        self._probes: dict[float, ProbeSchedule] = {}
+        self._lock = threading.Lock()
+
+    def probe_schedule(self, temperature: float) -> ProbeSchedule:
+        with self._lock:
+            return self._probes.setdefault(temperature_bucket(temperature), ProbeSchedule())
+
+    def profile(self, temperature: float, method: DraftMethod) -> AcceptanceProfile:
+        """A request's starting profile: recent requests' at this temperature, worth a few rounds."""
+        with self._lock:
+            shared = self._profiles.get((temperature_bucket(temperature), method))
+            return shared.scaled(MEMORY_WEIGHT) if shared else AcceptanceProfile()
+
+    def add(self, temperature: float, method: DraftMethod, length: int, accepted: int) -> None:
+        with self._lock:
+            key = (temperature_bucket(temperature), method)
+            self._profiles.setdefault(key, AcceptanceProfile()).add(length, accepted, MEMORY_DECAY)
+
+
+# -- the default policy ------------------------------------------------------------------------------
+
+
+class AdaptiveDraft:
+    """The default: the draft length (0 allowed) and method with the most expected tokens per second.
+
+    ``length`` pins the draft length; ``methods`` are the methods it may choose between (the first is
+    preferred until measured otherwise). ``start`` is the assistant's usual draft length: on a runtime
+    that has not timed them yet, the first rounds time plain decoding and drafts of 1 and ``start``
+    tokens, so that the cost of every other length can be estimated.
+    """
+
+    def __init__(
+        self,
+        memory: PolicyMemory,
+        *,
+        temperature: float,
+        longest: int,
+        methods: tuple[DraftMethod, ...],
+        length: int | None = None,
+        start: int = 4,
+    ):
+        if not methods:
+            raise ValueError("AdaptiveDraft needs at least one draft method.")
+        self.memory = memory
+        self.temperature = temperature
+        self.greedy = temperature == 0.0
+        self.longest = longest
+        self.methods = methods
+        self.length = length
+        self.start = start
+        self.profiles = {m: memory.profile(temperature, m) for m in methods}
+        self._schedule = memory.probe_schedule(temperature)
+        self._probing = False  # the last decision was a probe
+        self._probe_close = False  # and drafting was estimated close to paying then
+        self._probes = 0
+        self._rounds = 0
+
+    @property
+    def description(self) -> str:
+        length = f"{self.length} drafts" if self.length is not None else f"0 to {self.longest} drafts"
+        return f"adaptive: {length} per round, {' or '.join(self.methods)} drafts"
+
+    def decide(self, room: int) -> DraftDecision:
+        self._rounds += 1
+        primary = self.methods[0]
+        if room <= 0:
+            return DraftDecision(0, primary)
+        schedule = self._schedule
+        if 0 < schedule.plain_run < schedule.gap:  # drafting did not pay; nothing was learnt since
+            schedule.plain_run += 1
+            return DraftDecision(0, primary)
+        costs = self.memory.costs
+        if self.length is None and costs.count(self.greedy, primary, 0) < PLAIN_STEPS_TO_MEASURE:
+            return DraftDecision(0, primary)  # measure plain decoding first
+        longest = min(self.longest if self.length is None else self.length, room)
+        for method in self.methods:  # time each method at two draft lengths before comparing
+            lengths = costs.lengths(self.greedy, method)
+            for length in (self.length,) if self.length is not None else (1, max(2, self.start)):
+                if length not in lengths and (length <= room or not lengths):
+                    return DraftDecision(min(length, room), method)
+        best, best_rate = self._best(longest)
+        other = self._method_to_probe(best, best_rate, longest)
+        if other is not None:
+            return other
+        if best.length > 0 or self.length is not None:
+            schedule.plain_run = 0
+            schedule.gap = FIRST_PROBE_AFTER
+            if self.length is None and best.length < longest and self._rounds % LONGER_PROBE_EVERY == 0:
+                return DraftDecision(best.length + 1, best.method)  # evidence about the next position
+            return best
+        schedule.plain_run += 1
+        if schedule.plain_run <= schedule.gap:
+            return best
+        schedule.plain_run = 0
+        self._probing = True
+        drafting_rate = self._best(longest, drafting=True)[1]
+        self._probe_close = drafting_rate >= PROBE_CLOSE * best_rate
+        return DraftDecision(1, self._probe_method())
+
+    def _probe_method(self) -> DraftMethod:
+        """The methods take turns at probing, so that one unlucky method does not hide the other."""
+        self._probes += 1
+        return self.methods[self._probes % len(self.methods)]
+
+    def _method_to_probe(self, best: DraftDecision, best_rate: float, longest: int) -> DraftDecision | None:
+        """Now and then, the other method's best draft, while it has little evidence or comes close."""
+        if len(self.methods) < 2 or best.length == 0 or self._rounds % METHOD_PROBE_EVERY:
+            return None
+        for method in self.methods:
+            if method == best.method:
+                continue
+            decision, rate = self._best(longest, only=method, drafting=True)
+            if self.profiles[method].evidence < METHOD_EVIDENCE or rate >= METHOD_CLOSE * best_rate:
+                return decision
+        return None
+
+    def _best(
+        self, longest: int, *, only: DraftMethod | None = None, drafting: bool = False
+    ) -> tuple[DraftDecision, float]:
+        """The decision with the most expected tokens per second, and that rate (``drafting``: k >= 1).
+
+        Of the decisions within ``LONGER_MARGIN`` of the best, the shortest: when the estimates are that
+        close, the shorter draft (or no draft) risks less.
+        """
+        plain = self.memory.costs.plain(self.greedy)
+        pinned = self.length is not None
+        candidates: list[tuple[float, DraftDecision]] = []
+        if not (drafting or pinned or plain is None):
+            candidates.append((1.0 / plain, DraftDecision(0, self.methods[0])))
+        for method in (only,) if only else self.methods:
+            seconds = self.memory.costs.estimates(self.greedy, method, longest)
+            if seconds is None:
+                continue
+            expected = 1.0
+            reach = 1.0
+            for k, rate in enumerate(self.profiles[method].rates(longest, PRIOR_RATE[self.greedy]), 1):
+                reach *= rate
+                expected += reach
+                if not pinned or k == longest:
+                    candidates.append((expected / seconds[k - 1], DraftDecision(k, method)))
+        if not candidates:
+            return DraftDecision(0, self.methods[0]), 0.0
+        top = max(rate for rate, _ in candidates)
+        close = [c for c in candidates if c[0] * (1.0 + LONGER_MARGIN) >= top]
+        rate, best = min(close, key=lambda c: (c[1].length, -c[0]))
+        return best, rate
+
+    def record(self, decision: DraftDecision, accepted: int, seconds: float) -> None:
+        if self._probing:  # a successful probe is followed by another; a failed one doubles the wait
+            self._probing = False
+            schedule = self._schedule
+            if accepted:
+                schedule.gap = 0
+            elif self._probe_close:  # near break-even, keep probing: a probe there costs little
+                schedule.gap = FIRST_PROBE_AFTER
+            else:
+                schedule.gap = min(max(FIRST_PROBE_AFTER, 2 * schedule.gap), LONGEST_PROBE_GAP)
+        self.memory.costs.observe(self.greedy, decision.method, decision.length, seconds)
+        if decision.length:
+            self.profiles[decision.method].add(decision.length, accepted, REQUEST_DECAY)
+            self.memory.add(self.temperature, decision.method, decision.length, accepted)
+
+
+def policy_for(params: SamplingParams, memory: PolicyMemory, default_length: int) -> DraftPolicy:
+    """The policy a request's settings ask for; every setting left at ``None`` is the policy's to choose.
+
+    * method: greedy decoding drafts by argmax; ``sample_drafts`` pins it when sampling; a seeded
+      request drafts by argmax too, because then its sample depends on the seed alone, whatever the
+      draft lengths (see :func:`gemma_mtp.sampling.accept_argmax_drafts`); otherwise sampled drafts
+      first, argmax drafts when they are measured to do better.
+    * length: ``adaptive_draft=True`` grows and shrinks it; ``adaptive_draft=False`` or
+      ``num_assistant_tokens`` pins it (to the assistant's default length when only the former is set);
+      otherwise :class:`AdaptiveDraft` chooses it, 0 included.
+    """
+    methods: tuple[DraftMethod, ...]
+    if params.greedy or params.sample_drafts is False:
+        methods = ("argmax",)
+    elif params.sample_drafts:
+        methods = ("sampled",)
+    elif params.seed is not None:
+        methods = ("argmax",)
+    else:
+        methods = ("sampled", "argmax")
+    start = params.num_assistant_tokens or default_length
+    if params.adaptive_draft:
+        return GrowShrinkDraft(start, params.max_assistant_tokens, methods[0])
+    pinned = start if params.adaptive_draft is False or params.num_assistant_tokens else None
+    if pinned is not None and len(methods) == 1:
+        return FixedDraft(pinned, methods[0])
+    return AdaptiveDraft(
+        memory,
+        temperature=params.temperature,
+        longest=params.max_assistant_tokens,
+        methods=methods,
+        length=pinned,
+        start=default_length,
+    )

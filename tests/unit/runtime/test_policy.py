@@ -1,0 +1,262 @@
+"""The draft policy on scripted acceptance and round costs, and which policy each request's settings get.
+
+The scripted runs stand in for the round loop: before each round the policy decides, the script draws
+how many drafts the target accepts from fixed per-position acceptance rates (the chance that draft ``i``
+is accepted once the ones before it were), and the round costs a fixed, known time. The best fixed
+setting is then computable exactly, and the policy's choices can be compared with it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+import pytest
+
+from gemma_mtp import SamplingParams
+from gemma_mtp.policy import (
+    LONGEST_PROBE_GAP,
+    AdaptiveDraft,
+    DraftDecision,
+    DraftMethod,
+    FixedDraft,
+    GrowShrinkDraft,
+    PolicyMemory,
+    RoundCosts,
+    policy_for,
+)
+
+Rates = dict[DraftMethod, Sequence[float]]
+
+
+def cpu_like_cost(k: int, method: DraftMethod = "argmax") -> float:
+    """Seconds per round shaped like the mini pair on a CPU: a draft step costs 20% of a plain step."""
+    return 0.010 + (0.003 + 0.002 * k if k else 0.0) + (0.0005 * k if method == "sampled" else 0.0)
+
+
+def rate_at(rates: Sequence[float], i: int) -> float:
+    return rates[i] if i < len(rates) else rates[-1]
+
+
+def accepted_count(rng: random.Random, rates: Sequence[float], k: int) -> int:
+    accepted = 0
+    while accepted < k and rng.random() < rate_at(rates, accepted):
+        accepted += 1
+    return accepted
+
+
+def expected_rate(rates: Sequence[float], k: int, cost: Callable[[int], float]) -> float:
+    """Expected tokens per second of a fixed draft length ``k``."""
+    tokens, reach = 1.0, 1.0
+    for i in range(k):
+        reach *= rate_at(rates, i)
+        tokens += reach
+    return tokens / cost(k)
+
+
+def run(
+    policy: AdaptiveDraft,
+    rates: Rates | Callable[[int], Rates],
+    rounds: int,
+    *,
+    seed: int = 0,
+    cost: Callable[[int, DraftMethod], float] = cpu_like_cost,
+) -> list[DraftDecision]:
+    rng = random.Random(seed)
+    decisions = []
+    for index in range(rounds):
+        now = rates(index) if callable(rates) else rates
+        decision = policy.decide(room=32)
+        accepted = accepted_count(rng, now[decision.method], decision.length)
+        policy.record(decision, accepted, cost(decision.length, decision.method))
+        decisions.append(decision)
+    return decisions
+
+
+def greedy_policy(memory: PolicyMemory | None = None, longest: int = 16) -> AdaptiveDraft:
+    return AdaptiveDraft(
+        memory or PolicyMemory(), temperature=0.0, longest=longest, methods=("argmax",), start=4
+    )
+
+
+def sampling_policy(memory: PolicyMemory | None = None) -> AdaptiveDraft:
+    return AdaptiveDraft(
+        memory or PolicyMemory(), temperature=1.0, longest=16, methods=("sampled", "argmax"), start=4
+    )
+
+
+def test_drops_to_plain_decoding_when_nothing_is_accepted() -> None:
+    decisions = run(greedy_policy(), {"argmax": [0.0]}, 600)
+    late = decisions[100:]
+    drafting = [i for i, d in enumerate(late) if d.length]
+    assert len(drafting) <= 12, Counter(d.length for d in late)
+    assert all(late[i].length == 1 for i in drafting), "only one-token probes once drafting stopped paying"
+    gaps = [b - a for a, b in itertools.pairwise(drafting)]
+    assert gaps and max(gaps) > LONGEST_PROBE_GAP // 2, gaps  # the probes back off
+
+
+def test_comes_back_when_drafts_start_being_accepted() -> None:
+    def text_turns_predictable(index: int) -> Rates:
+        return {"argmax": [0.0] if index < 400 else [0.95]}
+
+    decisions = run(greedy_policy(), text_turns_predictable, 560)
+    assert all(d.length <= 1 for d in decisions[200:400])
+    back = next(i for i, d in enumerate(decisions[400:]) if d.length >= 3)
+    assert back <= 80, f"drafting came back only after {back} rounds"
+    assert sum(d.length >= 3 for d in decisions[500:]) >= 55
+
+
+@pytest.mark.parametrize(
+    "rates",
+    [[0.9], [0.8], [0.95, 0.9, 0.8, 0.6, 0.4, 0.2], [0.6, 0.3]],
+    ids=["flat-0.9", "flat-0.8", "decaying", "short"],
+)
+def test_converges_to_the_best_fixed_draft_length(rates: list[float]) -> None:
+    def cost(k: int) -> float:
+        return cpu_like_cost(k)
+
+    fixed = {k: expected_rate(rates, k, cost) for k in range(0, 17)}
+    best_k = max(fixed, key=lambda k: fixed[k])
+    decisions = run(greedy_policy(), {"argmax": rates}, 800, seed=3)
+    late = Counter(d.length for d in decisions[400:])
+    achieved = sum(n * fixed[k] for k, n in late.items()) / sum(late.values())
+    assert achieved >= 0.95 * fixed[best_k] and achieved > fixed[0], (best_k, late, achieved / fixed[best_k])
+    # Flat optima: it settles among the lengths within 4% of the best (ties go to the shorter draft).
+    plateau = [k for k, rate in fixed.items() if rate >= 0.96 * fixed[best_k]]
+    mean_length = sum(k * n for k, n in late.items()) / sum(late.values())
+    assert min(plateau) - 0.5 <= mean_length <= max(plateau), (best_k, plateau, late)
+
+
+def test_stays_with_plain_decoding_when_drafts_barely_pay_less_than_they_cost() -> None:
+    rates = [0.2]  # E(1) = 1.2 tokens for 1.5x the time of a plain step
+    decisions = run(sampling_policy(), {"sampled": rates, "argmax": rates}, 600)
+    late = decisions[200:]
+    assert sum(d.length == 0 for d in late) >= 0.9 * len(late)
+
+
+def test_prefers_the_draft_method_that_is_accepted_more() -> None:
+    rates: Rates = {"sampled": [0.8], "argmax": [0.3]}
+    late = run(sampling_policy(), rates, 600)[200:]
+    methods = Counter(d.method for d in late if d.length)
+    assert methods["sampled"] > 4 * methods["argmax"], methods
+
+    turned: Rates = {"sampled": [0.3], "argmax": [0.9]}  # measured acceptance says otherwise
+    late = run(sampling_policy(), turned, 600)[200:]
+    methods = Counter(d.method for d in late if d.length)
+    assert methods["argmax"] > 4 * methods["sampled"], methods
+
+
+def test_short_requests_probe_too() -> None:
+    """Requests of two rounds each share the runtime's probe schedule, so drafting still comes back."""
+    memory = PolicyMemory()
+    rng = random.Random(0)
+    lengths = []
+    for request in range(400):
+        rate = [0.0] if request < 200 else [0.95]
+        policy = greedy_policy(memory)
+        for _ in range(2):
+            decision = policy.decide(room=8)
+            policy.record(
+                decision, accepted_count(rng, rate, decision.length), cpu_like_cost(decision.length)
+            )
+            lengths.append(decision.length)
+    assert sum(k > 0 for k in lengths[200:400]) <= 20  # plain decoding while nothing is accepted
+    assert sum(k >= 3 for k in lengths[-200:]) >= 150  # and drafting again once drafts are accepted
+
+
+def test_a_new_request_starts_from_the_runtimes_recent_requests() -> None:
+    memory = PolicyMemory()
+    run(greedy_policy(memory), {"argmax": [0.9]}, 300)
+    newcomer = greedy_policy(memory)
+    first = newcomer.decide(room=32)
+    assert first.length >= 3, first
+    cold = greedy_policy(PolicyMemory())
+    assert cold.decide(room=32).length == 0  # a fresh runtime times plain decoding first
+
+
+def test_pinned_length_only_chooses_the_method() -> None:
+    policy = AdaptiveDraft(
+        PolicyMemory(), temperature=0.7, longest=16, methods=("sampled", "argmax"), length=3, start=3
+    )
+    decisions = run(policy, {"sampled": [0.2], "argmax": [0.8]}, 300)
+    assert {d.length for d in decisions} == {3}
+    assert Counter(d.method for d in decisions[100:])["argmax"] > 150
+
+
+def test_decisions_respect_the_room_left() -> None:
+    policy = greedy_policy()
+    run(policy, {"argmax": [0.95]}, 100)
+    assert policy.decide(room=2).length <= 2
+    assert policy.decide(room=0).length == 0
+
+
+def test_round_costs_estimate_untimed_lengths_from_a_line() -> None:
+    costs = RoundCosts()
+    for _ in range(3):
+        costs.observe(True, "argmax", 0, 0.010)
+        costs.observe(True, "argmax", 1, 0.015)
+        costs.observe(True, "argmax", 4, 0.021)
+    estimate = costs.estimates(True, "argmax", 8)
+    assert estimate is not None
+    assert estimate[0] == pytest.approx(0.015) and estimate[3] == pytest.approx(0.021)
+    assert estimate[7] == pytest.approx(0.029)  # 0.013 + 0.002 k
+    assert costs.plain(True) == pytest.approx(0.010)
+    assert costs.estimates(False, "sampled", 4) is None
+
+
+def test_round_costs_are_robust_to_an_outlier() -> None:
+    costs = RoundCosts()
+    for seconds in (0.010, 0.011, 0.500, 0.010, 0.012):
+        costs.observe(True, "argmax", 0, seconds)
+    assert costs.plain(True) == pytest.approx(0.011)
+
+
+def test_grow_shrink_follows_full_acceptance() -> None:
+    policy = GrowShrinkDraft(start=3, longest=6, method="argmax")
+    lengths = []
+    for accepted_all in (True, True, False, False):
+        decision = policy.decide(room=32)
+        lengths.append(decision.length)
+        policy.record(decision, decision.length if accepted_all else 0, 0.01)
+    assert lengths == [3, 5, 6, 5]
+
+
+@pytest.mark.parametrize(
+    ("settings", "kind", "description"),
+    [
+        ({}, AdaptiveDraft, "adaptive: 0 to 16 drafts per round, argmax drafts"),
+        ({"temperature": 0.7}, AdaptiveDraft, "adaptive: 0 to 16 drafts per round, sampled or argmax drafts"),
+        ({"temperature": 0.7, "seed": 1}, AdaptiveDraft, "adaptive: 0 to 16 drafts per round, argmax drafts"),
+        (
+            {"temperature": 0.7, "sample_drafts": True},
+            AdaptiveDraft,
+            "adaptive: 0 to 16 drafts per round, sampled drafts",
+        ),
+        ({"num_assistant_tokens": 2}, FixedDraft, "fixed: 2 argmax drafts per round"),
+        ({"adaptive_draft": False}, FixedDraft, "fixed: 5 argmax drafts per round"),
+        (
+            {"temperature": 1.0, "num_assistant_tokens": 2, "sample_drafts": True},
+            FixedDraft,
+            "fixed: 2 sampled drafts per round",
+        ),
+        (
+            {"temperature": 1.0, "num_assistant_tokens": 2},
+            AdaptiveDraft,
+            "adaptive: 2 drafts per round, sampled or argmax drafts",
+        ),
+        ({"adaptive_draft": True}, GrowShrinkDraft, "grow/shrink: from 5 argmax drafts, between 1 and 16"),
+    ],
+)
+def test_settings_pin_what_they_name(settings: dict, kind: type, description: str) -> None:
+    policy = policy_for(SamplingParams(**settings), PolicyMemory(), default_length=5)
+    assert isinstance(policy, kind)
+    assert policy.description == description
+
+
+def test_sampled_drafts_need_sampling() -> None:
+    with pytest.raises(ValueError, match="sample_drafts=True needs temperature > 0"):
+        SamplingParams(sample_drafts=True)
+    with pytest.raises(TypeError, match="sample_drafts must be True, False or None"):
+        SamplingParams(temperature=1.0, sample_drafts="yes")  # type: ignore[arg-type]
