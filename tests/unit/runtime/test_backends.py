@@ -79,6 +79,9 @@ class _ChunkedServer:
     def check_request(self, params: SamplingParams, use_assistant: bool) -> None:
         self.checked.append((params, use_assistant))
 
+    def describe_draft_policy(self, params: SamplingParams) -> str:
+        return "the server's"
+
     def rounds(self, request: DecodeRequest) -> Generator[Round, None, None]:
         yield Round(tokens=self.answer[:5], drafted=0, accepted=0, draft_length=0)
         yield Round(tokens=self.answer[5:], drafted=0, accepted=0, draft_length=0, engine_report=self.report)
@@ -106,6 +109,7 @@ def test_statistics_come_from_the_engine_report_when_rounds_carry_none(agreeing:
     assert stats.generated_tokens == 12 and stats.target_tokens == 4
     assert stats.acceptance_by_position == [3 / 4, 3 / 4, 2 / 4]
     assert backend.checked == [(SamplingParams(max_new_tokens=12, ignore_eos=True), True)]
+    assert stats.draft_policy == "the server's"
 
 
 def test_requests_are_checked_by_the_backend_at_the_call(agreeing: Runtime) -> None:
