@@ -299,13 +299,15 @@ class AcceptanceProfile:
 
 @dataclass
 class ProbeSchedule:
-    """When drafting stopped paying: plain rounds since the last probe, and how many to wait for the next.
+    """When drafting stopped paying: plain rounds since the last probe, how many to wait for the next, and
+    how many probes were made.
 
     Shared by a runtime's requests at one temperature, so that short requests probe too.
     """
 
     plain_run: int = 0
     gap: int = FIRST_PROBE_AFTER
+    probes: int = 0  # so far, for the draft methods to take turns
 
 
 class PolicyMemory:
@@ -368,7 +370,6 @@ class AdaptiveDraft:
         self._schedule = memory.probe_schedule(temperature)
         self._probing = False  # the last decision was a probe
         self._probe_close = False  # and drafting was estimated close to paying then
-        self._probes = 0
         self._rounds = 0
 
     @property
@@ -415,8 +416,8 @@ class AdaptiveDraft:
 
     def _probe_method(self) -> DraftMethod:
         """The methods take turns at probing, so that one unlucky method does not hide the other."""
-        self._probes += 1
-        return self.methods[self._probes % len(self.methods)]
+        self._schedule.probes += 1
+        return self.methods[self._schedule.probes % len(self.methods)]
 
     def _method_to_probe(self, best: DraftDecision, best_rate: float, longest: int) -> DraftDecision | None:
         """Now and then, the other method's best draft, while it has little evidence or comes close."""

@@ -166,6 +166,18 @@ def test_short_requests_probe_too() -> None:
     assert sum(k >= 3 for k in lengths[-200:]) >= 150  # and drafting again once drafts are accepted
 
 
+def test_short_requests_probe_with_both_methods() -> None:
+    memory = PolicyMemory()
+    methods: Counter = Counter()
+    for _ in range(300):
+        policy = sampling_policy(memory)
+        for _ in range(2):
+            decision = policy.decide(room=1)
+            policy.record(decision, 0, cpu_like_cost(decision.length, decision.method))
+            methods[decision.label] += 1
+    assert methods["sampled"] >= 3 and methods["argmax"] >= 3, methods  # probes take turns, backing off
+
+
 def test_a_new_request_starts_from_the_runtimes_recent_requests() -> None:
     memory = PolicyMemory()
     run(greedy_policy(memory), {"argmax": [0.9]}, 300)
