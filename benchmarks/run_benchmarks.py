@@ -22,11 +22,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gemma_mtp.benchmarking import compare_methods, describe_machine, sweep
-from gemma_mtp.benchmarking.publish import plot_sweep, write_markdown
+from gemma_mtp.benchmarking.publish import page_section, plot_sweep, write_markdown, write_page_section
 from gemma_mtp.cli import CLIError, common_options, load_runtime, read_prompts
 from gemma_mtp.testing import VARIANTS, tiny_pair
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
+CONSTRAINED_SECTION = "constrained-decoding"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -104,7 +105,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(sweep_report.format_text())
     machine = describe_machine(runtime.device)
     plots = plot_sweep(sweep_report, args.img_dir)
+    old_page = args.output.read_text(encoding="utf-8") if args.output.exists() else ""
+    kept = page_section(old_page, CONSTRAINED_SECTION)
     write_markdown(args.output, machine, comparison, sweep_report, plots, command, args.note)
+    if kept is not None:  # written by benchmarks/constrained.py
+        write_page_section(args.output, CONSTRAINED_SECTION, kept)
     print(f"wrote {args.output} and {', '.join(str(p) for p in plots)}", file=sys.stderr)
     if args.json:
         payload = {

@@ -10,6 +10,7 @@ out.text, out.stats.acceptance_rate
 """
 
 from gemma_mtp.chat import ToolCall
+from gemma_mtp.constraints import ConstraintError
 from gemma_mtp.lifecycle import RequestSummary, SummaryListener
 from gemma_mtp.params import SamplingParams
 from gemma_mtp.results import ChatDelta, ChatResult, GenerationResult, StreamDelta
@@ -23,6 +24,7 @@ __all__ = [
     "AsyncRequestStream",
     "ChatDelta",
     "ChatResult",
+    "ConstraintError",
     "GenerationResult",
     "Prompt",
     "RequestStream",

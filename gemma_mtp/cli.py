@@ -545,7 +545,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="a vLLM engine argument (VALUE read as JSON when it parses), e.g. enforce_eager=true; repeatable",
     )
-    concurrency.add_argument("--base-url", help="the server for --backend openai, e.g. http://127.0.0.1:8000/v1")
+    concurrency.add_argument(
+        "--base-url", help="the server for --backend openai, e.g. http://127.0.0.1:8000/v1"
+    )
     concurrency.add_argument("--plot", type=Path, metavar="PNG", help="also plot the results")
     bench.set_defaults(handler=_bench)
 

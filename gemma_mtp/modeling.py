@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
+
+if TYPE_CHECKING:
+    from gemma_mtp.constraints import ConstraintGuide
 
 __all__ = ["Draft", "Drafter", "TargetOutput", "TargetStep", "crop_cache"]
 
@@ -114,6 +117,23 @@ class Drafter:
         scores = hidden @ weight[candidates[0]].T
         return scores, candidates
 
+    def _constrain(
+        self,
+        scores: torch.Tensor,
+        candidates: torch.Tensor | None,
+        hidden: torch.Tensor,
+        allowed: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Scores with the tokens the constraint forbids at ``-inf``; when the centroid-masked head's
+        candidates are all forbidden, the full head scores the step instead."""
+        allowed = allowed.to(scores.device)
+        if candidates is not None:
+            kept = allowed[candidates[0]]
+            if bool(kept.any()):
+                return scores.masked_fill(~kept.unsqueeze(0), float("-inf")), candidates
+            scores, candidates = hidden @ self.assistant.lm_head.weight.T, None
+        return scores.masked_fill(~allowed.unsqueeze(0), float("-inf")), None
+
     @torch.inference_mode()
     def draft(
         self,
@@ -125,11 +145,13 @@ class Drafter:
         *,
         sample_with: Any = None,
         generator: torch.Generator | None = None,
+        guide: ConstraintGuide | None = None,
     ) -> Draft:
         """Draft ``k`` tokens after ``last_token`` ([1, 1]) whose target hidden state is ``last_hidden``.
 
         ``sample_with`` is a callable turning scores into probabilities (sampled drafts); ``None``
-        drafts by argmax.
+        drafts by argmax. With a ``guide`` every step drafts only tokens the constraint allows (the guide
+        walks over them), and drafting stops early once the constraint is complete.
         """
         kv = {
             name: (keys.to(self.device), values.to(self.device)) for name, (keys, values) in shared_kv.items()
@@ -154,6 +176,8 @@ class Drafter:
             last = out.last_hidden_state
             hidden = self.assistant.post_projection(last)
             scores, candidates = self._head(last[:, -1])
+            if guide is not None:
+                scores, candidates = self._constrain(scores, candidates, last[:, -1], guide.mask())
             if sample_with is None:
                 pick = scores.argmax(dim=-1, keepdim=True)
                 token = pick if candidates is None else candidates.gather(1, pick)
@@ -165,5 +189,7 @@ class Drafter:
                     p = torch.zeros(1, self.vocab_size, device=p.device).scatter_(1, candidates, p)
                 probs.append(p[0])
             tokens.append(token.view(1))
+            if guide is not None and (not guide.push(int(token.item())) or guide.finished):
+                break
         stacked = torch.cat(tokens) if tokens else torch.empty(0, dtype=torch.long, device=self.device)
         return Draft(tokens=stacked, probs=torch.stack(probs) if probs else None)

@@ -6,13 +6,16 @@ models stay usable for the next request.
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from numbers import Integral, Real
 from typing import Any
+
+from gemma_mtp.constraints import check_constraint
 
 __all__ = ["SamplingParams", "caller_names"]
 
@@ -66,6 +69,12 @@ class SamplingParams:
     the answer depends on the seed alone: it is the answer the target alone gives with that seed, whatever
     the draft lengths. With ``sample_drafts=True`` it also depends on the draft lengths, so pin
     ``num_assistant_tokens`` too for a reproducible answer.
+
+    ``json_schema``, ``regex`` and ``grammar`` constrain the output (at most one per request): a JSON schema
+    (a dict), a regular expression the whole output must match (Rust ``regex`` syntax), or a grammar in
+    llguidance's Lark dialect (see ``docs/constrained-decoding.md``). They are checked here, so an unsupported
+    schema feature or a malformed regex fails before any decoding. Drafts and the target's choices are both
+    masked; greedy output stays identical to the target decoding alone under the same constraint.
     """
 
     max_new_tokens: int = 256
@@ -81,6 +90,9 @@ class SamplingParams:
     ignore_eos: bool = False
     skip_special_tokens: bool = True
     sample_drafts: bool | None = None
+    json_schema: dict[str, Any] | None = field(default=None, hash=False)
+    regex: str | None = None
+    grammar: str | None = None
 
     def __post_init__(self) -> None:
         _check_int("max_new_tokens", self.max_new_tokens, minimum=1)
@@ -110,6 +122,19 @@ class SamplingParams:
                 "sample_drafts=True needs temperature > 0: greedy decoding drafts the assistant's argmax. "
                 "Leave sample_drafts unset to let the draft policy choose per temperature."
             )
+        if isinstance(self.json_schema, Mapping):
+            object.__setattr__(self, "json_schema", copy.deepcopy(dict(self.json_schema)))
+        check_constraint(self.json_schema, self.regex, self.grammar)
+        if self.constrained and self.ignore_eos:
+            raise ValueError(
+                "ignore_eos=True cannot be combined with a constraint: a constrained answer ends when the "
+                "constraint is complete."
+            )
+
+    @property
+    def constrained(self) -> bool:
+        """Whether this request carries a constraint (``json_schema``, ``regex`` or ``grammar``)."""
+        return self.json_schema is not None or self.regex is not None or self.grammar is not None
 
     @property
     def greedy(self) -> bool:

@@ -14,11 +14,13 @@ import functools
 import threading
 import time
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, TypeVar
 
 from gemma_mtp.backends import Backend, DecodeRequest, Round, load_backend
 from gemma_mtp.chat import StreamingResponseParser, render_chat, tool_call_prefill, validate_messages
+from gemma_mtp.chat.grammar import answer_grammar
+from gemma_mtp.chat.syntax import THINKING_SWITCH
 from gemma_mtp.detokenize import IncrementalDetokenizer, StopMatcher
 from gemma_mtp.lifecycle import Request, SummaryListener
 from gemma_mtp.loading import resolve_device, resolve_dtype, resolve_names
@@ -321,7 +323,12 @@ class Runtime:
     ) -> GenerationResult:
         """Decode a whole answer; with ``use_assistant=False`` the same loop runs the target alone."""
         stream = self.stream(
-            prompt, params, use_assistant=use_assistant, on_round=on_round, on_summary=on_summary, cancel=cancel
+            prompt,
+            params,
+            use_assistant=use_assistant,
+            on_round=on_round,
+            on_summary=on_summary,
+            cancel=cancel,
         )
         return _collect(_drain(stream), stream.request.prompt_token_ids)
 
@@ -340,7 +347,9 @@ class Runtime:
         worker has finished its round and the ``cancelled`` summary has been sent.
         """
         request = Request(on_round, on_summary)
-        stream = AsyncRequestStream(request, lambda: self._open_stream(request, prompt, params, use_assistant))
+        stream = AsyncRequestStream(
+            request, lambda: self._open_stream(request, prompt, params, use_assistant)
+        )
         deltas = await stream.collect()
         return _collect(deltas, request.prompt_token_ids)
 
@@ -483,16 +492,28 @@ class Runtime:
         if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
             raise TypeError(f"messages must be a list of role/content dicts, got {type(messages).__name__}")
         validate_messages(messages)
-        checked = params or SamplingParams()
-        prefill = tool_call_prefill(tool_choice, tools)
+        base = params or SamplingParams()
         shown_tools = None if tool_choice == "none" else tools
+        # Where the backend constrains decoding, tools and response constraints become one grammar over the
+        # whole answer, a forced call included (nothing is prefilled); a thinking block before the answer stays
+        # free when the prompt asks for one. Elsewhere a forced call is opened by a prefill.
+        constrained = self._backend.constrained_decoding
+        prefill = tool_call_prefill(tool_choice, tools)  # also checks tool_choice against the tools
+        prefill = "" if constrained else prefill
         prompt_ids = self.encode(
             list(messages), tools=shown_tools, chat_template_kwargs=chat_template_kwargs, prefill=prefill
         )
+        grammar = base.grammar
+        if grammar is None and constrained:
+            switch = self.tokenizer.convert_tokens_to_ids(THINKING_SWITCH)
+            thinking = switch != self.tokenizer.unk_token_id and switch in prompt_ids
+            grammar = answer_grammar(
+                tools, tool_choice, json_schema=base.json_schema, regex=base.regex, thinking=thinking
+            )
         # The parser needs Gemma 4's markers (thinking channel, tool calls) in the text, and the end of the
-        # prompt: some templates open the thinking channel in the generation prompt, and the prefill opens
-        # a tool call. The parser reads only what follows the prompt's last model-turn anchor.
-        chat_params = checked.with_overrides(skip_special_tokens=False)
+        # prompt: some templates open the thinking channel in the generation prompt. The parser reads only
+        # what follows the prompt's last model-turn anchor.
+        chat_params = replace(base, json_schema=None, regex=None, grammar=grammar, skip_special_tokens=False)
         prompt_tail = self.tokenizer.decode(prompt_ids[-_PROMPT_TAIL_TOKENS:], skip_special_tokens=False)
         return prompt_ids, chat_params, _ChatPrefix(prompt_tail, prefill)
 
@@ -529,12 +550,17 @@ class Runtime:
     ) -> RequestStream[ChatDelta]:
         """Render ``messages`` with the chat template; stream the answer parsed into text, thinking and tool calls.
 
-        ``tools`` are OpenAI-style function specs. ``tool_choice="required"`` or a tool's name forces a
-        call by prefilling Gemma 4's tool-call opener; ``"none"`` hides the tools from the model. The
-        request is rendered and checked here, so bad input raises at the call.
+        ``tools`` are OpenAI-style function specs, and the answer is constrained to Gemma 4's tool-call syntax:
+        tool names from ``tools``, arguments that follow each tool's JSON schema (see
+        :mod:`gemma_mtp.chat.grammar`). ``tool_choice`` ``None``/``"auto"`` lets the model answer in text or
+        call; ``"required"``/``"any"`` forces one or more calls and a tool's name one call to it; ``"none"``
+        hides the tools from the model. ``params.json_schema`` / ``params.regex`` constrain a text answer, and
+        a ``params.grammar`` covers the whole answer as given. A thinking block before the answer stays free.
         """
         request = Request(on_round, on_summary, cancel)
-        return self._open_chat(request, messages, params, tools, tool_choice, use_assistant, chat_template_kwargs)
+        return self._open_chat(
+            request, messages, params, tools, tool_choice, use_assistant, chat_template_kwargs
+        )
 
     def chat(
         self,
@@ -584,7 +610,9 @@ class Runtime:
         request = Request(on_round, on_summary)
         return AsyncRequestStream(
             request,
-            self._open_chat(request, messages, params, tools, tool_choice, use_assistant, chat_template_kwargs),
+            self._open_chat(
+                request, messages, params, tools, tool_choice, use_assistant, chat_template_kwargs
+            ),
         )
 
     async def achat(
@@ -624,7 +652,7 @@ class Runtime:
 @dataclass(frozen=True)
 class _ChatPrefix:
     prompt_tail: str  # the end of the rendered prompt, prefill included, as text with special tokens
-    prefill: str  # text forced into the answer (a tool-call opener); part of the raw answer
+    prefill: str  # text forced into the answer (a tool-call opener, on backends without constraints)
 
 
 def _parse_stream(
@@ -733,11 +761,12 @@ def _load_runtime(arguments: _LoadArguments) -> Runtime:
 
 def _remembered(error: BaseException) -> BaseException:
     """A fresh exception repeating a remembered load failure (raising the stored one would grow its traceback)."""
-    note = " (This load failed earlier in this process and is not retried; call Runtime.clear_cache() to retry.)"
+    note = (
+        " (This load failed earlier in this process and is not retried; call Runtime.clear_cache() to retry.)"
+    )
     try:
         again = type(error)(f"{error}{note}")
     except Exception:
         again = RuntimeError(f"{type(error).__name__}: {error}{note}")
     again.__cause__ = error
     return again
-

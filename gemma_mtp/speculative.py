@@ -26,6 +26,7 @@ from collections.abc import Callable, Generator
 import torch
 
 from gemma_mtp.backends.base import Round
+from gemma_mtp.constraints import ConstraintGuide
 from gemma_mtp.modeling import Drafter, SharedKV, TargetStep, crop_cache
 from gemma_mtp.params import SamplingParams
 from gemma_mtp.policy import DraftPolicy, FixedDraft
@@ -45,6 +46,11 @@ def _trim_rejected(shared_kv: SharedKV, rejected: int) -> SharedKV:
     if rejected == 0:
         return shared_kv
     return {name: (k[:, :, :-rejected], v[:, :, :-rejected]) for name, (k, v) in shared_kv.items()}
+
+
+def _masked(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """``logits`` with the tokens a constraint forbids at ``-inf`` (warping then renormalises over the rest)."""
+    return logits.masked_fill(~allowed.to(logits.device), float("-inf"))
 
 
 class SpeculativeDecoder:
@@ -67,12 +73,15 @@ class SpeculativeDecoder:
         budget: int,
         generator: torch.Generator | None,
         count_forward: Callable[[str], None],
+        guide: ConstraintGuide | None = None,
     ) -> Generator[Round, None, None]:
         """Yield one :class:`Round` per target forward until ``budget`` tokens were produced.
 
         The caller stops iterating at EOS or a stop sequence; closing the generator ends the request.
         ``count_forward`` is told ``"target"`` or ``"assistant"`` for every forward pass made.
-        ``policy`` chooses each round's draft (``None``: no drafts, as without an assistant).
+        ``policy`` chooses each round's draft (``None``: no drafts, as without an assistant). A ``guide``
+        constrains the output: the assistant drafts only allowed tokens, every verify row is masked with the
+        state after the drafts before it, and only the verified tokens advance it.
         """
         if policy is None or self.drafter is None:
             policy = FixedDraft(0, "argmax")
@@ -81,9 +90,11 @@ class SpeculativeDecoder:
         with self.lock:
             out = self.target(torch.tensor([prompt_ids], device=device), cache, start=0, keep_last=1)
         count_forward("target")
-        first = self._choose(
-            out.logits, torch.empty(0, dtype=torch.long, device=device), None, params, generator
-        )
+        no_drafts = torch.empty(0, dtype=torch.long, device=device)
+        logits = out.logits if guide is None else _masked(out.logits, guide.rows([])[1])
+        first = self._choose(logits, no_drafts, None, params, generator)
+        if guide is not None:
+            guide.commit(0, first.tokens)
         produced = 1
         yield Round(tokens=first.tokens, drafted=0, accepted=0, draft_length=0)
 
@@ -103,17 +114,33 @@ class SpeculativeDecoder:
                     assert self.drafter is not None
                     sample_with = (lambda s: warp(s, params)) if decision.method == "sampled" else None
                     draft = self.drafter.draft(
-                        pending_t, hidden, shared_kv, seen, k, sample_with=sample_with, generator=generator
+                        pending_t,
+                        hidden,
+                        shared_kv,
+                        seen,
+                        k,
+                        sample_with=sample_with,
+                        generator=generator,
+                        guide=guide,
                     )
                     drafts, draft_probs = draft.tokens.to(device), draft.probs
-                    for _ in range(k):
+                    for _ in range(drafts.shape[0]):
                         count_forward("assistant")
                 else:
-                    drafts = torch.empty(0, dtype=torch.long, device=device)
+                    drafts = no_drafts
+                masks = None
+                if guide is not None:
+                    valid, masks = guide.rows(drafts.tolist())
+                    drafts = drafts[:valid]
+                    draft_probs = draft_probs[:valid] if draft_probs is not None else None
+                asked, k = k, drafts.shape[0]
                 verify_ids = torch.cat([pending_t[0], drafts]).unsqueeze(0)
                 out = self.target(verify_ids, cache, start=seen, keep_last=k + 1)
                 count_forward("target")
-                result = self._choose(out.logits, drafts, draft_probs, params, generator)
+                logits = out.logits if masks is None else _masked(out.logits, masks)
+                result = self._choose(logits, drafts, draft_probs, params, generator)
+                if guide is not None:
+                    guide.commit(result.accepted, result.tokens)
                 rejected = k - result.accepted
                 crop_cache(cache, rejected)
             shared_kv = _trim_rejected(out.shared_kv, rejected)
@@ -125,7 +152,7 @@ class SpeculativeDecoder:
                 tokens=result.tokens,
                 drafted=k,
                 accepted=result.accepted,
-                draft_length=k,
+                draft_length=asked,
                 draft_method=decision.label,
             )
             # The round's cost: everything from its decision until the caller asks for the next round

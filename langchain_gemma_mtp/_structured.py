@@ -1,13 +1,15 @@
 """``with_structured_output`` for ChatGemmaMTP, built from langchain-core's own parsers.
 
-Gemma 4 sees a schema through one channel only: the tool declarations of its chat template. So
-``function_calling`` and ``json_schema`` both declare the schema as a tool, force the model to call it
-(the runtime opens the call for the model) and read the arguments back; ``json_mode`` parses the
-answer text as JSON and relies on the prompt asking for JSON, as JSON mode does everywhere.
+Every method is constrained by the runtime, so the answer is valid by construction:
 
-LangChain's tool parsers return ``None`` when the message has no tool call, which would hand the
-caller a silent ``None``; the parsers here raise an ``OutputParserException`` that shows what the
-model wrote instead.
+* ``function_calling`` declares the schema as a tool (Gemma 4 sees it, descriptions included, in its tool
+  declarations) and forces a call to it; the call's arguments follow the schema.
+* ``json_schema`` constrains the answer text to the schema (objects closed to their declared fields).
+* ``json_mode`` constrains the answer text to JSON: to the schema when one is given, else to any object.
+
+What a grammar cannot express stays with the parsers: LangChain's tool parsers return ``None`` when the
+message has no tool call, and the parsers here raise an ``OutputParserException`` instead; an answer cut
+off by ``max_tokens`` (``finish_reason="length"``) raises one that says so.
 """
 
 from __future__ import annotations
@@ -22,16 +24,17 @@ from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
 from langchain_core.output_parsers.openai_tools import JsonOutputKeyToolsParser, PydanticToolsParser
 from langchain_core.outputs import ChatGeneration, Generation
 from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
-from langchain_core.utils.function_calling import convert_to_openai_tool
+from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import ValidationError
 
 from gemma_mtp.chat import tool_call_prefill
+from gemma_mtp.constraints import strict_schema, truncated_output_message
 
 if TYPE_CHECKING:
     from langchain_gemma_mtp.chat_models import ChatGemmaMTP
 
-__all__ = ["StructuredMethod", "structured_output"]
+__all__ = ["StructuredMethod", "response_format_schema", "structured_output"]
 
 StructuredMethod = Literal["function_calling", "json_schema", "json_mode"]
 _METHODS = ("function_calling", "json_schema", "json_mode")
@@ -48,16 +51,19 @@ def structured_output(
     """The runnable behind ``ChatGemmaMTP.with_structured_output``."""
     if method not in _METHODS:
         raise ValueError(f"Unknown structured output method {method!r}; use one of {list(_METHODS)}.")
-    if schema is None:
+    if schema is None and method != "json_mode":
         raise ValueError("with_structured_output needs a schema: a pydantic class, TypedDict or JSON schema.")
     pydantic_class = schema if isinstance(schema, type) and is_basemodel_subclass(schema) else None
     trace_format = {"kwargs": {"method": method}, "schema": schema}
     llm: Runnable
     parser: Runnable
-    if method == "json_mode":
-        llm = model.bind(ls_structured_output_format=trace_format)
+    if method in ("json_mode", "json_schema"):
+        response_schema = strict_schema(convert_to_json_schema(schema)) if schema else {"type": "object"}
+        llm = model.bind(json_schema=response_schema, ls_structured_output_format=trace_format)
         parser = (
-            PydanticOutputParser(pydantic_object=pydantic_class) if pydantic_class else JsonOutputParser()
+            _CompletePydanticParser(pydantic_object=pydantic_class)
+            if pydantic_class
+            else _CompleteJsonParser()
         )
     else:
         tool = convert_to_openai_tool(schema, strict=strict)
@@ -75,6 +81,58 @@ def structured_output(
     parse_raw = RunnablePassthrough.assign(parsed=itemgetter("raw") | parser, parsing_error=lambda _: None)
     keep_raw = RunnablePassthrough.assign(parsed=lambda _: None)
     return RunnableMap(raw=llm) | parse_raw.with_fallbacks([keep_raw], exception_key="parsing_error")
+
+
+def response_format_schema(response_format: Any) -> dict[str, Any]:
+    """The JSON schema a ``response_format`` call option asks for: OpenAI's ``{"type": "json_schema",
+    "json_schema": {"schema": ...}}`` or ``{"type": "json_object"}``, or a schema (pydantic class, TypedDict,
+    JSON schema) itself."""
+    if isinstance(response_format, dict) and response_format.get("type") == "json_object":
+        return {"type": "object"}
+    if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise ValueError(
+                "response_format {'type': 'json_schema'} needs {'json_schema': {'name': ..., 'schema': {...}}}."
+            )
+        return strict_schema(schema)
+    try:
+        return strict_schema(convert_to_json_schema(response_format))
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            "response_format must be {'type': 'json_schema', 'json_schema': {'schema': ...}}, "
+            f"{{'type': 'json_object'}}, a pydantic class, a TypedDict or a JSON schema; got {response_format!r}"
+        ) from error
+
+
+def _check_complete(result: list[Generation], what: str) -> None:
+    """Raise when the answer was cut off by ``max_tokens`` (seen on the last streamed chunk, or the message)."""
+    generation = result[0] if result else None
+    message = generation.message if isinstance(generation, ChatGeneration) else None
+    info = (generation.generation_info or {}) if generation is not None else {}
+    finish = info.get("finish_reason") or (
+        message.response_metadata.get("finish_reason") if message else None
+    )
+    if finish == "length":
+        text = message.text if message is not None else generation.text if generation is not None else ""
+        raise OutputParserException(truncated_output_message(what), llm_output=text)
+
+
+class _CompleteJsonParser(JsonOutputParser):
+    """A ``JsonOutputParser`` that names a cut-off answer instead of failing on half a JSON value."""
+
+    def parse_result(self, result: list[Generation], *, partial: bool = False) -> Any:
+        _check_complete(result, "JSON value")
+        return super().parse_result(result, partial=partial)
+
+
+class _CompletePydanticParser(PydanticOutputParser):
+    """A ``PydanticOutputParser`` that names a cut-off answer instead of failing on half a JSON value."""
+
+    def parse_result(self, result: list[Generation], *, partial: bool = False) -> Any:
+        _check_complete(result, "JSON value")
+        return super().parse_result(result, partial=partial)
 
 
 def _missing_call(result: list[Generation], name: str, opener: str) -> OutputParserException:
@@ -108,6 +166,7 @@ class _RequiredPydanticToolsParser(PydanticToolsParser):
     """The call opener the runtime prefilled (not the model's text)."""
 
     def parse_result(self, result: list[Generation], *, partial: bool = False) -> Any:
+        _check_complete(result, "tool call")
         name = self.tools[0].__name__
         try:
             parsed = super().parse_result(result, partial=partial)
@@ -128,6 +187,7 @@ class _RequiredKeyToolsParser(JsonOutputKeyToolsParser):
     """The call opener the runtime prefilled (not the model's text)."""
 
     def parse_result(self, result: list[Generation], *, partial: bool = False) -> Any:
+        _check_complete(result, "tool call")
         parsed = super().parse_result(result, partial=partial)
         if parsed is None and not partial:
             raise _missing_call(result, self.key_name, self.opener)

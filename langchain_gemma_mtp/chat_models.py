@@ -29,13 +29,13 @@ from gemma_mtp.params import caller_names
 from gemma_mtp.streams import AsyncGuardedStream, GuardedStream
 from langchain_gemma_mtp._messages import to_runtime_messages
 from langchain_gemma_mtp._output import chunk_from_delta, generation_from_result, llm_output
-from langchain_gemma_mtp._structured import StructuredMethod, structured_output
+from langchain_gemma_mtp._structured import StructuredMethod, response_format_schema, structured_output
 from langchain_gemma_mtp._tools import ToolLike, format_tools, normalize_tool_choice
 
 __all__ = ["ChatGemmaMTP"]
 
 _CALL_OPTIONS = frozenset(
-    {"tools", "tool_choice", "chat_template_kwargs", "use_assistant", "model", "stream"}
+    {"tools", "tool_choice", "chat_template_kwargs", "use_assistant", "model", "stream", "response_format"}
 )
 """Per-call keyword arguments that are not sampling parameters. ``stream`` is LangChain's own switch
 between the streaming and non-streaming paths; it reaches ``_generate`` / ``_stream`` and is ignored."""
@@ -73,7 +73,7 @@ _PROFILE = ModelProfile(
     tool_calling=True,
     tool_choice=True,
     tool_call_streaming=True,
-    structured_output=False,
+    structured_output=True,
     temperature=True,
 )
 
@@ -250,8 +250,9 @@ class ChatGemmaMTP(BaseChatModel):
     def _resolve_model_profile(self) -> ModelProfile | None:
         """What this integration can do, for LangChain code that picks strategies from the profile.
 
-        Static, so that reading it loads no weights. ``structured_output`` (a native ``response_format``)
-        is ``False``: agents then get structured output through a tool call, which Gemma 4 supports.
+        Static, so that reading it loads no weights. ``structured_output`` is ``True``: a
+        ``response_format`` (OpenAI's ``json_schema`` / ``json_object`` shapes, or a schema) constrains the
+        answer natively, in the runtime.
         """
         return _PROFILE.copy()
 
@@ -360,6 +361,8 @@ class ChatGemmaMTP(BaseChatModel):
         renamed = {param: name for param, name in _PARAM_TO_FIELD.items() if param not in sampling}
         if "max_tokens" in sampling:
             sampling["max_new_tokens"] = sampling.pop("max_tokens")
+        if kwargs.get("response_format") is not None:
+            sampling["json_schema"] = response_format_schema(kwargs["response_format"])
         with caller_names(renamed):
             params = self._base_params().with_overrides(stop=stop, **sampling)
         tools = format_tools(kwargs.get("tools") or [])
@@ -508,9 +511,10 @@ class ChatGemmaMTP(BaseChatModel):
 
         Args:
             schema: A pydantic class, a TypedDict, a JSON schema or an OpenAI tool dict.
-            method: ``"function_calling"`` and ``"json_schema"`` declare the schema as a tool and force
-                the model to call it; ``"json_mode"`` parses the answer text as JSON (ask for JSON in
-                the prompt).
+            method: ``"function_calling"`` declares the schema as a tool and forces a call to it;
+                ``"json_schema"`` constrains the answer text to the schema; ``"json_mode"`` constrains it to
+                JSON (the schema's shape when one is given). All three are valid by construction, unless the
+                answer reaches ``max_tokens`` first, which raises an ``OutputParserException`` saying so.
             include_raw: Return ``{"raw", "parsed", "parsing_error"}`` instead of raising on a parse error.
             strict: Passed to ``convert_to_openai_tool`` for the declared schema.
         """

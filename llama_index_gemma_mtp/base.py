@@ -33,14 +33,18 @@ from llama_index.core.base.llms.types import (
     MessageRole,
     ToolCallBlock,
 )
-from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_validator
+from llama_index.core.bridge.pydantic import BaseModel, Field, PrivateAttr, field_validator
 from llama_index.core.constants import DEFAULT_NUM_OUTPUTS
 from llama_index.core.instrumentation.span import active_span_id
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
+from llama_index.core.program.function_program import FunctionCallingProgram, get_function_tool
+from llama_index.core.prompts import PromptTemplate
+from llama_index.core.types import PydanticProgramMode
 
 from gemma_mtp import Runtime, SamplingParams
+from gemma_mtp.constraints import truncated_output_message
 from gemma_mtp.streams import AsyncGuardedStream, GuardedStream
 from llama_index_gemma_mtp.events import RequestReporter
 from llama_index_gemma_mtp.messages import to_openai_tools, to_runtime_messages, tool_selections
@@ -283,7 +287,9 @@ class GemmaMTP(FunctionCallingLLM):
         return self._stream_chat(messages, **kwargs)
 
     @llm_chat_callback()
-    async def _traced_astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+    async def _traced_astream_chat(
+        self, messages: Sequence[ChatMessage], **kwargs: Any
+    ) -> ChatResponseAsyncGen:
         return await self._astream_chat(messages, **kwargs)
 
     def _chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
@@ -357,17 +363,23 @@ class GemmaMTP(FunctionCallingLLM):
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseAsyncGen:
         """Stream the completion; ``aclose()`` on the returned stream stops decoding after the round in progress."""
-        return await AsyncGuardedStream.open(lambda: self._traced_astream_complete(prompt, formatted, **kwargs))
+        return await AsyncGuardedStream.open(
+            lambda: self._traced_astream_complete(prompt, formatted, **kwargs)
+        )
 
     @llm_completion_callback()
-    def _traced_stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+    def _traced_stream_complete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponseGen:
         return stream_chat_to_completion_decorator(self._stream_chat)(_checked_prompt(prompt), **kwargs)
 
     @llm_completion_callback()
     async def _traced_astream_complete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseAsyncGen:
-        return await astream_chat_to_completion_decorator(self._astream_chat)(_checked_prompt(prompt), **kwargs)
+        return await astream_chat_to_completion_decorator(self._astream_chat)(
+            _checked_prompt(prompt), **kwargs
+        )
 
     # -- function calling -----------------------------------------------------------------------------------
 
@@ -393,7 +405,10 @@ class GemmaMTP(FunctionCallingLLM):
             )
         specs = to_openai_tools(tools)
         if tool_choice is None and tool_required and specs:
-            tool_choice = "required"
+            # One tool and one call wanted (structured prediction): force that tool, so the grammar allows
+            # exactly one call to it.
+            single = len(specs) == 1 and not allow_parallel_tool_calls
+            tool_choice = specs[0]["function"]["name"] if single else "required"
         chat_kwargs: dict[str, Any] = {"messages": messages, "tools": specs, **kwargs}
         if tool_choice is not None:
             chat_kwargs["tool_choice"] = tool_choice
@@ -414,17 +429,57 @@ class GemmaMTP(FunctionCallingLLM):
             message.additional_kwargs["tool_calls"] = message.additional_kwargs["tool_calls"][:1]
         return response
 
+    def _structured_stream_call(
+        self,
+        output_cls: type[BaseModel],
+        prompt: PromptTemplate,
+        llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> Any:
+        if self.pydantic_program_mode not in (PydanticProgramMode.DEFAULT, PydanticProgramMode.FUNCTION):
+            return super()._structured_stream_call(output_cls, prompt, llm_kwargs, **prompt_args)
+        program = _named_tool_program(self, output_cls, prompt)
+        return program.stream_call(llm_kwargs=llm_kwargs, **prompt_args)
+
+    async def _structured_astream_call(
+        self,
+        output_cls: type[BaseModel],
+        prompt: PromptTemplate,
+        llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> Any:
+        if self.pydantic_program_mode not in (PydanticProgramMode.DEFAULT, PydanticProgramMode.FUNCTION):
+            return await super()._structured_astream_call(output_cls, prompt, llm_kwargs, **prompt_args)
+        program = _named_tool_program(self, output_cls, prompt)
+        return await program.astream_call(llm_kwargs=llm_kwargs, **prompt_args)
+
     def get_tool_calls_from_response(
         self, response: ChatResponse, error_on_no_tool_call: bool = True, **kwargs: Any
     ) -> list[ToolSelection]:
         """The tool calls in ``response``; streamed responses hold every call completed so far."""
         selections = tool_selections(response)
+        if (
+            not selections
+            and error_on_no_tool_call
+            and response.raw
+            and response.raw.get("finish_reason") == "length"
+        ):
+            raise ValueError(truncated_output_message("tool call", "max_new_tokens"))
         if not selections and error_on_no_tool_call:
             raise ValueError(
                 "Expected at least one tool call in the model's response, got none. "
                 f"Response text: {response.message.content!r}"
             )
         return selections
+
+
+def _named_tool_program(llm: GemmaMTP, output_cls: type[BaseModel], prompt: PromptTemplate) -> Any:
+    """The function-calling program of ``output_cls`` with its tool forced by name, so that streamed structured
+    prediction is constrained like the non-streamed one (llama-index-core streams with ``tool_choice=None``)."""
+    tool = get_function_tool(output_cls)
+    return FunctionCallingProgram.from_defaults(
+        output_cls=output_cls, prompt=prompt, llm=llm, tool_choice=tool.metadata.name
+    )
 
 
 def _checked_prompt(prompt: Any) -> str:

@@ -30,6 +30,7 @@ __all__ = [
 
 dispatcher = get_dispatcher(__name__)
 
+
 class SpeculationRoundEvent(BaseEvent):
     """One draft-and-verify round of a GemmaMTP request.
 

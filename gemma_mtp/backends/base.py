@@ -67,6 +67,9 @@ class Backend(Protocol):
     eos_token_ids: frozenset[int]
     default_draft_length: int
     round_statistics: bool
+    constrained_decoding: bool
+    """Whether the backend masks decoding with ``SamplingParams.json_schema`` / ``regex`` / ``grammar`` (chat
+    requests with tools are then constrained to the tool-call syntax; otherwise a forced call is prefilled)."""
     """Whether each round's ``drafted``/``accepted`` are the engine's (``False``: a server's chunks may
     span several engine steps, and the request's figures come from its final ``engine_report``)."""
 

@@ -33,6 +33,7 @@ class OpenAIBackend:
     """A client of an OpenAI-compatible server that serves the target (with its MTP assistant)."""
 
     name = "openai"
+    constrained_decoding = False
     round_statistics = False
 
     def __init__(self, info: PairInfo, client: Any, served_model: str, base_url: str, dtype: str | None):
@@ -99,6 +100,11 @@ class OpenAIBackend:
 
     def check_request(self, params: SamplingParams, use_assistant: bool) -> None:
         """Refuse what a request cannot ask of a running server."""
+        if params.constrained:
+            raise ValueError(
+                f"json_schema, regex and grammar constraints are not available on backend={self.name!r}; "
+                "use backend='transformers' for constrained decoding."
+            )
         if not use_assistant:
             raise ValueError(
                 "use_assistant=False cannot be asked of a running server: it drafts (or not) as it was "

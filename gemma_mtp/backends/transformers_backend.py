@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from gemma_mtp.backends.base import DecodeRequest, Round
+from gemma_mtp.constraints import ConstraintCompiler, ConstraintGuide, constraint_lark
 from gemma_mtp.loading import LoadedPair, default_draft_length, end_of_generation_ids, load_pair
 from gemma_mtp.modeling import Drafter, TargetStep
 from gemma_mtp.params import SamplingParams
@@ -28,6 +29,7 @@ class TransformersBackend:
 
     name = "transformers"
     round_statistics = True
+    constrained_decoding = True
 
     def __init__(self, pair: LoadedPair):
         self.pair = pair
@@ -43,6 +45,7 @@ class TransformersBackend:
         self.eos_token_ids = end_of_generation_ids(pair.target.generation_config, pair.tokenizer)
         self.default_draft_length = default_draft_length(pair.assistant.generation_config, text_config)
         self.policy_memory = PolicyMemory()
+        self.constraints = ConstraintCompiler(pair.tokenizer, self.vocab_size, self.eos_token_ids)
 
     @classmethod
     def load(
@@ -90,8 +93,28 @@ class TransformersBackend:
         )
         policy = self.draft_policy(params) if request.use_assistant else None
         return decoder.run(
-            request.prompt_ids, params, policy, request.budget, generator, request.count_forward
+            request.prompt_ids,
+            params,
+            policy,
+            request.budget,
+            generator,
+            request.count_forward,
+            self._guide(params),
         )
+
+    def _guide(self, params: SamplingParams) -> ConstraintGuide | None:
+        """The request's constraint state (compiled once per constraint), or ``None`` when it has none."""
+        lark = constraint_lark(params.json_schema, params.regex, params.grammar)
+        if lark is None:
+            return None
+        what = (
+            "json_schema"
+            if params.json_schema is not None
+            else "regex"
+            if params.regex is not None
+            else "grammar"
+        )
+        return self.constraints.guide(lark, self.device, what)
 
     def close(self) -> None:
         """The weights are freed with the last reference to the models; nothing runs in the background."""

@@ -80,6 +80,7 @@ class VLLMBackend:
     """A vLLM ``AsyncLLM`` serving one Gemma 4 target with its MTP assistant (or without speculation)."""
 
     name = "vllm"
+    constrained_decoding = False
     round_statistics = True
 
     def __init__(
@@ -190,6 +191,11 @@ class VLLMBackend:
 
     def check_request(self, params: SamplingParams, use_assistant: bool) -> None:
         """Refuse, with the reason and the fix, what vLLM's engine would not do as asked."""
+        if params.constrained:
+            raise ValueError(
+                f"json_schema, regex and grammar constraints are not available on backend={self.name!r}; "
+                "use backend='transformers' for constrained decoding."
+            )
         if use_assistant and not self.speculative:
             raise ValueError(
                 "This vLLM engine was started without speculation (num_assistant_tokens=0); pass "

@@ -228,3 +228,30 @@ def write_markdown(
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def section_markers(name: str) -> tuple[str, str]:
+    """The HTML comments that delimit a section another script writes into a results page."""
+    return f"<!-- {name} -->", f"<!-- /{name} -->"
+
+
+def page_section(page: str, name: str) -> str | None:
+    """The section ``name`` of a page, markers included (``None`` when it has none)."""
+    begin, end = section_markers(name)
+    if begin not in page or end not in page:
+        return None
+    return page[page.index(begin) : page.index(end) + len(end)]
+
+
+def write_page_section(path: Path, name: str, text: str) -> None:
+    """Replace the section ``name`` of the page at ``path`` with ``text`` (markers included), or add it before
+    the page's "Reproduce" section."""
+    page = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    current = page_section(page, name)
+    if current is not None:
+        page = page.replace(current, text)
+    else:
+        marker = "\n## Reproduce"
+        at = page.index(marker) if marker in page else len(page)
+        page = page[:at].rstrip("\n") + "\n\n" + text + "\n" + page[at:]
+    path.write_text(page, encoding="utf-8")

@@ -172,7 +172,7 @@ def test_profile_describes_the_integration_without_loading() -> None:
     assert llm.profile is not None
     assert llm.profile["tool_calling"] and llm.profile["tool_choice"] and llm.profile["reasoning_output"]
     assert not llm.profile["image_inputs"]
-    assert not llm.profile["structured_output"], "no native response_format: agents must use a tool strategy"
+    assert llm.profile["structured_output"], "response_format is constrained natively by the runtime"
     assert llm._loaded is None
 
 
@@ -370,7 +370,9 @@ async def test_bad_async_input_is_rejected(llm: ChatGemmaMTP) -> None:
             pass
 
 
-def test_backend_and_engine_options_reach_runtime_load(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_backend_and_engine_options_reach_runtime_load(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import sys
 
     monkeypatch.setitem(sys.modules, "vllm", None)  # whether or not vLLM is installed

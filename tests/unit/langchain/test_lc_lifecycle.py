@@ -63,7 +63,11 @@ class RoundCounter:
 def test_a_model_pickles_after_it_was_called_and_shares_the_pair() -> None:
     pair = tiny_pair("dense", agreeing=True)
     llm = ChatGemmaMTP(
-        model=str(pair.target_dir), assistant=str(pair.assistant_dir), device="cpu", dtype="float32", max_tokens=4
+        model=str(pair.target_dir),
+        assistant=str(pair.assistant_dir),
+        device="cpu",
+        dtype="float32",
+        max_tokens=4,
     )
     fresh = pickle.loads(pickle.dumps(llm))
     answer = llm.invoke("Hello").content

@@ -195,16 +195,27 @@ def test_callback_handler_counts_scripted_rounds(llm: ChatGemmaMTP, scripted: Sc
 # -- structured output -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["function_calling", "json_schema"])
-def test_structured_output_with_a_pydantic_schema(
-    llm: ChatGemmaMTP, scripted: ScriptedAnswers, method: str
-) -> None:
+def test_structured_output_with_a_pydantic_schema(llm: ChatGemmaMTP, scripted: ScriptedAnswers) -> None:
     scripted.add(PERSON_CALL, PERSON_CALL)
-    structured = llm.with_structured_output(Person, method=method)
+    structured = llm.with_structured_output(Person, method="function_calling")
     assert structured.invoke("Ada Lovelace died at 36.") == Person(name="Ada Lovelace", age=36)
     streamed = list(structured.stream("Ada Lovelace died at 36."))
     assert streamed[-1] == Person(name="Ada Lovelace", age=36)
     assert [r["tool_choice"] for r in scripted.requests] == ["Person", "Person"]
+
+
+@pytest.mark.parametrize("method", ["json_schema", "json_mode"])
+def test_structured_output_as_constrained_json(
+    llm: ChatGemmaMTP, scripted: ScriptedAnswers, method: str
+) -> None:
+    answer = '{"name": "Ada Lovelace", "age": 36}'
+    scripted.add(answer, answer)
+    structured = llm.with_structured_output(Person, method=method)
+    assert structured.invoke("Ada Lovelace died at 36.") == Person(name="Ada Lovelace", age=36)
+    assert list(structured.stream("Ada Lovelace died at 36."))[-1] == Person(name="Ada Lovelace", age=36)
+    schema = scripted.requests[0]["params"].json_schema
+    assert schema["additionalProperties"] is False and set(schema["properties"]) == {"name", "age"}
+    assert scripted.requests[0]["tools"] is None
 
 
 @pytest.mark.parametrize("schema", [PersonDict, Person.model_json_schema()])
@@ -237,7 +248,9 @@ def test_structured_output_without_a_tool_call_is_a_clear_error(
 ) -> None:
     scripted.add("I would rather not.<turn|>")
     # The call was opened for the model (tool_choice forces it); what it wrote inside cannot be read.
-    with pytest.raises(OutputParserException, match=r"call to the 'Person' tool could not be read.*wrote: 'I would"):
+    with pytest.raises(
+        OutputParserException, match=r"call to the 'Person' tool could not be read.*wrote: 'I would"
+    ):
         llm.with_structured_output(Person).invoke("Ada")
 
 

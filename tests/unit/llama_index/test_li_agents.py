@@ -123,7 +123,7 @@ def test_structured_predict_through_a_forced_tool_call(llm: GemmaMTP, scripted: 
     result = llm.structured_predict(Sum, PromptTemplate("Add {a} and {b}."), a=2, b=3)
     assert result == Sum(total=5, explanation="two plus three")
     request = scripted.requests[0]
-    assert request["tool_choice"] == "required"
+    assert request["tool_choice"] == "Sum"  # one tool, one call: forced by name
     assert request["messages"][-1] == {"role": "user", "content": "Add 2 and 3."}
 
 

@@ -236,7 +236,9 @@ def test_an_error_during_generation_reaches_the_stream_consumer(llm: GemmaMTP, r
     assert llm.chat(QUESTION).message.content
 
 
-def test_backend_and_engine_options_reach_runtime_load(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_backend_and_engine_options_reach_runtime_load(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import sys
 
     monkeypatch.setitem(sys.modules, "vllm", None)  # whether or not vLLM is installed

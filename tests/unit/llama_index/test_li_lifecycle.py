@@ -151,7 +151,9 @@ async def test_streams_created_and_never_read_end_when_closed(
     assert [(s.finish_reason, s.rounds) for s in speculation.summaries] == [("cancelled", 0)] * 2
 
 
-def test_the_packaged_pair_reports_its_name_in_metadata_and_events(speculation: SpeculationStatsHandler) -> None:
+def test_the_packaged_pair_reports_its_name_in_metadata_and_events(
+    speculation: SpeculationStatsHandler,
+) -> None:
     llm = GemmaMTP(model="gemma-mtp-mini", device="cpu", max_new_tokens=3)
     assert llm.metadata.model_name == "gemma-mtp-mini"
     response = llm.complete("Hello")

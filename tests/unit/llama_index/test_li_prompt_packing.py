@@ -41,11 +41,12 @@ def test_tree_summarize_fits_the_window_with_the_models_tokenizer(
     assert max(s.prompt_tokens for s in speculation.summaries) <= runtime.context_window - llm.max_new_tokens
 
 
-def test_without_it_the_default_tokenizer_overflows(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_it_the_default_tokenizer_overflows(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Why the docs ask for the setting: LlamaIndex's default (GPT) tokenizer undercounts Gemma's tokens."""
     monkeypatch.setattr(llama_index.core, "global_tokenizer", None)
     llm = GemmaMTP(runtime=runtime, max_new_tokens=4)
     engine = SummaryIndex.from_documents(DOCUMENTS).as_query_engine(llm=llm, response_mode="tree_summarize")
     with pytest.raises(ValueError, match="context window"):
         engine.query("What do these documents say?")
-

@@ -61,6 +61,7 @@ class _ChunkedServer:
 
     name = "openai"
     round_statistics = False
+    constrained_decoding = False
 
     def __init__(self, runtime: Runtime, answer: list[int], report: dict[str, Any]):
         self.model_name = runtime.model_name
@@ -128,6 +129,24 @@ def test_requests_are_checked_by_the_backend_at_the_call(agreeing: Runtime) -> N
             result = call()
             if hasattr(result, "close"):
                 result.close()
+
+
+def test_backends_without_constraints_prefill_a_forced_call_and_refuse_constraints(agreeing: Runtime) -> None:
+    from gemma_mtp.backends.openai_backend import OpenAIBackend
+
+    tools = [
+        {"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {}}}}
+    ]
+    rt = Runtime(_ChunkedServer(agreeing, [1], {}))
+    prompt_ids, params, prefix = rt._prepare_chat(
+        [{"role": "user", "content": "hi"}], None, tools, "add", None
+    )
+    assert params.grammar is None and prefix.prefill == "<|tool_call>call:add{"
+    assert agreeing.tokenizer.decode(prompt_ids, skip_special_tokens=False).endswith(prefix.prefill)
+    assert not OpenAIBackend.constrained_decoding
+    server = OpenAIBackend.__new__(OpenAIBackend)  # the check needs no connection
+    with pytest.raises(ValueError, match="not available on backend='openai'"):
+        server.check_request(SamplingParams(regex="a+"), True)
 
 
 def test_models_are_reachable_on_the_transformers_backend_only(agreeing: Runtime) -> None:

@@ -9,21 +9,22 @@ from typing import Any
 
 import pytest
 
-from gemma_mtp import chat
 from gemma_mtp.chat import (
     GEMMA4_RESPONSE_TEMPLATE,
     MalformedToolCallError,
     ParsedResponse,
     StreamingResponseParser,
     ToolCall,
+    arguments,
     format_tool_arguments,
     parse_response,
     parse_tool_arguments,
+    parsing,
 )
 from gemma_mtp.testing.tokenizer import build_tokenizer
 
 needs_response_parser = pytest.mark.skipif(
-    chat._ResponseParser is None, reason="transformers.utils.chat_parsing needs transformers >= 5.24"
+    parsing._ResponseParser is None, reason="transformers.utils.chat_parsing needs transformers >= 5.24"
 )
 BACKENDS = [pytest.param("transformers", marks=needs_response_parser), "fallback"]
 D = '<|"|>'
@@ -237,7 +238,7 @@ def test_stream_holds_a_possible_marker_until_it_resolves(backend: str) -> None:
     assert (step.content, step.tool_calls) == ("", [])
     step = parser.feed("<tool_call|>")
     assert [(call.name, call.arguments) for call in step.tool_calls] == [("search", {"q": "cats"})]
-    assert parser.finish() == chat.ResponseEvents()
+    assert parser.finish() == parsing.ResponseEvents()
 
     parser = StreamingResponseParser(backend=backend)  # type: ignore[arg-type]
     assert parser.feed("a <").content == "a"
@@ -364,31 +365,31 @@ BAD_ARGUMENTS = ["", "{", "{a:}", "{a:1,}", "{a 1}", f"{{a:{D}open}}", "{a:1}}",
 
 @pytest.mark.parametrize(("text", "expected"), DIALECT_ARGUMENTS)
 def test_both_argument_readers_agree(text: str, expected: dict[str, Any]) -> None:
-    assert chat._read_arguments(text, use_transformers=True) == expected
-    assert chat._read_arguments(text, use_transformers=False) == expected
-    assert chat._ArgumentReader(text).read() == expected
+    assert arguments.read_arguments(text, use_transformers=True) == expected
+    assert arguments.read_arguments(text, use_transformers=False) == expected
+    assert arguments.ArgumentReader(text).read() == expected
 
 
 @needs_response_parser
 @pytest.mark.parametrize(("text", "expected"), READER_ONLY_ARGUMENTS)
 def test_the_reader_covers_what_the_transformers_dialect_cannot(text: str, expected: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
-        chat._parse_content(text, "json", chat._ARGUMENT_DIALECT)  # type: ignore[misc]
+        arguments._parse_content(text, "json", arguments.ARGUMENT_DIALECT)  # type: ignore[misc]
     assert parse_tool_arguments(text) == expected
-    assert chat._read_arguments(text, use_transformers=False) == expected
+    assert arguments.read_arguments(text, use_transformers=False) == expected
 
 
 @pytest.mark.parametrize("use_transformers", [True, False])
 @pytest.mark.parametrize("text", BAD_ARGUMENTS)
 def test_bad_arguments_raise_the_malformed_error(text: str, use_transformers: bool) -> None:
     with pytest.raises(MalformedToolCallError) as caught:
-        chat._read_arguments(text, use_transformers=use_transformers)
+        arguments.read_arguments(text, use_transformers=use_transformers)
     assert caught.value.text == text
 
 
 def test_deep_nesting_is_refused_cleanly() -> None:
     with pytest.raises(MalformedToolCallError, match="nested"):
-        chat._read_arguments("{a:" * 200 + "1" + "}" * 200, use_transformers=False)
+        arguments.read_arguments("{a:" * 200 + "1" + "}" * 200, use_transformers=False)
 
 
 FORMATTED = [
@@ -441,7 +442,7 @@ def test_our_template_differs_from_transformers_gemma4_only_where_documented() -
     assert ours["fields"]["reasoning_content"]["close"] == canonical["fields"]["reasoning_content"]["close"]
     assert ours["fields"]["tool_calls"]["close"] == canonical["fields"]["tool_calls"]["close"]
     assert ours["fields"]["end_of_turn"]["open"] == canonical["fields"]["content"]["close"]
-    assert canonical["fields"]["tool_calls"]["content_args"] == chat._ARGUMENT_DIALECT
+    assert canonical["fields"]["tool_calls"]["content_args"] == arguments.ARGUMENT_DIALECT
 
 
 WELL_FORMED_IN_BOTH = [

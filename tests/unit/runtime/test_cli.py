@@ -270,3 +270,27 @@ def test_run_benchmarks_writes_the_page_and_plots(pair_args, one_prompt, tmp_pat
     for plot in ("speedup_vs_draft_length.png", "acceptance_vs_temperature.png", "policy_vs_fixed.png"):
         assert (img / plot).read_bytes().startswith(b"\x89PNG")
         assert f"](img/{plot})" in text
+
+
+def test_constrained_benchmark_writes_its_section_and_the_full_page_keeps_it(
+    pair_args, one_prompt, tmp_path
+) -> None:
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    page = tmp_path / "benchmarks.md"
+    page.write_text("# Benchmarks\n\n## Machine\n\nx\n\n## Reproduce\n\ny\n")
+    common = [*pair_args, "--prompts", str(one_prompt), "--max-new-tokens", "6", "--output", str(page)]
+    assert load("constrained").main([*common, "--runs", "1"]) == 0
+    text = page.read_text()
+    assert text.index("## Constrained decoding") < text.index("## Reproduce")
+    assert "| JSON schema, with assistant |" in text and "| yes |" in text
+    section = text[text.index("<!-- constrained-decoding -->") : text.index("<!-- /constrained-decoding -->")]
+    argv = [*common, "--runs", "1", "--tune-runs", "1", "--draft-lengths", "1", "--temperatures", "0"]
+    assert load("run_benchmarks").main([*argv, "--img-dir", str(tmp_path / "img")]) == 0
+    rewritten = page.read_text()
+    assert section in rewritten and "## Our loop and Hugging Face" in rewritten

@@ -63,7 +63,10 @@ def fail_in_round(n: int) -> Callable[[RoundStats], None]:
 
 @pytest.mark.parametrize(
     ("params", "reason"),
-    [(SamplingParams(max_new_tokens=12, ignore_eos=True), "length"), (SamplingParams(max_new_tokens=40), None)],
+    [
+        (SamplingParams(max_new_tokens=12, ignore_eos=True), "length"),
+        (SamplingParams(max_new_tokens=40), None),
+    ],
 )
 def test_a_finished_request_sends_one_summary_equal_to_its_result(
     agreeing: Runtime, params: SamplingParams, reason: str | None
@@ -242,7 +245,9 @@ def test_an_over_long_prompt_raises_at_the_call_with_an_error_summary(agreeing: 
 
 
 @pytest.mark.parametrize("entry", ["agenerate", "achat"])
-async def test_async_calls_reject_an_over_long_prompt_with_an_error_summary(agreeing: Runtime, entry: str) -> None:
+async def test_async_calls_reject_an_over_long_prompt_with_an_error_summary(
+    agreeing: Runtime, entry: str
+) -> None:
     rec = Recorder()
     prompt: Any = _too_long(agreeing)
     if entry == "achat":

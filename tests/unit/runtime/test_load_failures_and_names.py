@@ -49,7 +49,9 @@ def test_an_unreachable_hub_fails_at_once_naming_the_id_and_the_hub(
     assert hub_unreachable == [], "transformers was asked although the hub is unreachable"
 
 
-def test_a_typo_of_the_packaged_name_gets_a_suggestion(hub_unreachable: list[str], forget_failures: Any) -> None:
+def test_a_typo_of_the_packaged_name_gets_a_suggestion(
+    hub_unreachable: list[str], forget_failures: Any
+) -> None:
     with pytest.raises(OSError, match="Did you mean the packaged pair 'gemma-mtp-mini'"):
         Runtime.load("gemma-mtp-minii", device="cpu")
 

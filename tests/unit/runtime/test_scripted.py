@@ -47,12 +47,16 @@ def test_streamed_pieces_add_up(agreeing: Runtime, piece_tokens: int) -> None:
     assert deltas[-1].finish_reason == "stop"
 
 
-def test_forced_tool_call_is_not_repeated(agreeing: Runtime) -> None:
+def test_forced_tool_call_is_a_constraint_not_a_prefill(agreeing: Runtime) -> None:
     with ScriptedAnswers(agreeing).add(CALL) as script:
         result = agreeing.chat(
             MESSAGES, SamplingParams(max_new_tokens=200), tools=TOOLS, tool_choice="get_weather"
         )
-    assert script.requests[0]["prompt"].endswith("<|tool_call>call:get_weather{")
+    assert script.requests[0]["prompt"].endswith("<|turn>model\n")
+    _, params, _ = agreeing._prepare_chat(MESSAGES, None, TOOLS, "get_weather", None)
+    grammar = params.grammar
+    assert 'call: <|tool_call> "call:" (tool_0) <tool_call|>' in grammar
+    assert '"get_weather"' in grammar
     assert [c.arguments for c in result.tool_calls] == [{"city": "Paris"}]
 
 
