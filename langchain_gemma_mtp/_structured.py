@@ -136,8 +136,8 @@ class _CompletePydanticParser(PydanticOutputParser):
 
 
 def _missing_call(result: list[Generation], name: str, opener: str) -> OutputParserException:
-    """Why there is no call to parse: an unreadable call (quoting only what the model wrote after the call
-    opener the runtime prefilled), or no call at all."""
+    """Why there is no call to parse: an unreadable call (quoting only what the model wrote after the call's
+    opening, ``<|tool_call>call:NAME{``), or no call at all."""
     generation = result[0]
     text = generation.message.text if isinstance(generation, ChatGeneration) else generation.text
     message = generation.message if isinstance(generation, ChatGeneration) else None
@@ -147,8 +147,7 @@ def _missing_call(result: list[Generation], name: str, opener: str) -> OutputPar
         written = call_text[len(opener) :] if opener and call_text.startswith(opener) else call_text
         return OutputParserException(
             f"The model's call to the {name!r} tool could not be read ({invalid[0].get('error')}), so there is "
-            f"no structured output to parse. The call was opened for the model ({opener!r}); the model then "
-            f"wrote: {written!r}",
+            f"no structured output to parse. After the call's opening ({opener!r}) the model wrote: {written!r}",
             llm_output=written,
         )
     return OutputParserException(
@@ -163,7 +162,7 @@ class _RequiredPydanticToolsParser(PydanticToolsParser):
     as every structured-output method does."""
 
     opener: str = ""
-    """The call opener the runtime prefilled (not the model's text)."""
+    """The opening of a call to the tool (prefilled where the backend cannot constrain decoding)."""
 
     def parse_result(self, result: list[Generation], *, partial: bool = False) -> Any:
         _check_complete(result, "tool call")
@@ -184,7 +183,7 @@ class _RequiredKeyToolsParser(JsonOutputKeyToolsParser):
     """A ``JsonOutputKeyToolsParser`` that raises instead of returning ``None`` for a missing tool call."""
 
     opener: str = ""
-    """The call opener the runtime prefilled (not the model's text)."""
+    """The opening of a call to the tool (prefilled where the backend cannot constrain decoding)."""
 
     def parse_result(self, result: list[Generation], *, partial: bool = False) -> Any:
         _check_complete(result, "tool call")

@@ -246,8 +246,11 @@ def test_structured_output_json_mode_parses_the_answer_text(
 def test_structured_output_without_a_tool_call_is_a_clear_error(
     llm: ChatGemmaMTP, scripted: ScriptedAnswers
 ) -> None:
+    # A scripted answer bypasses the constraint that forces the call: the parser's error paths stay.
     scripted.add("I would rather not.<turn|>")
-    # The call was opened for the model (tool_choice forces it); what it wrote inside cannot be read.
+    with pytest.raises(OutputParserException, match=r"did not call the 'Person' tool.*wrote: 'I would"):
+        llm.with_structured_output(Person).invoke("Ada")
+    scripted.add("<|tool_call>call:Person{I would rather not.<tool_call|>")
     with pytest.raises(
         OutputParserException, match=r"call to the 'Person' tool could not be read.*wrote: 'I would"
     ):
