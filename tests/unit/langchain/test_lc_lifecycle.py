@@ -118,7 +118,7 @@ def test_constructor_errors_name_the_field() -> None:
     ("method", "answer"),
     [
         ("function_calling", '<|tool_call>call:Person{name:<|"|>Ada<|"|>,age:<|"|>old<|"|>}<tool_call|>'),
-        ("json_schema", '<|tool_call>call:Person{name:<|"|>Ada<|"|>,age:<|"|>old<|"|>}<tool_call|>'),
+        ("json_schema", '{"name": "Ada", "age": "old"}<turn|>'),  # scripted: bypasses the constraint
         ("json_mode", '{"name": "Ada", "age": "old"}<turn|>'),
     ],
 )
@@ -138,7 +138,7 @@ def test_an_unreadable_forced_call_is_reported_as_such_quoting_only_the_model(
         llm.with_structured_output(Person).invoke("Ada")
     message = str(caught.value)
     assert "could not be read" in message and "did not call" not in message
-    assert "the model then wrote: 'name:Ada, age unknown'" in message
+    assert "the model wrote: 'name:Ada, age unknown'" in message
     assert caught.value.llm_output == "name:Ada, age unknown"
 
 
