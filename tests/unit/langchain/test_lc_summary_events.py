@@ -298,3 +298,13 @@ def test_calls_with_different_endings_add_up_in_one_handler(
     assert handler.totals.rounds == len(rounds.seen)
     assert handler.totals.generated_tokens == sum(r.emitted for r in rounds.seen)
     assert len(handler.request_ids()) == 2
+
+
+async def test_astream_events_shows_the_summary_as_a_custom_event_of_the_model_run(llm: ChatGemmaMTP) -> None:
+    events = [event async for event in llm.astream_events("Hello", version="v2", max_tokens=5)]
+    (start,) = [e for e in events if e["event"] == "on_chat_model_start"]
+    (summary,) = [e for e in events if e["event"] == "on_custom_event"]
+    names = [e["event"] for e in events if e["event"] != "on_chat_model_stream"]
+    assert names == ["on_chat_model_start", "on_custom_event", "on_chat_model_end"]
+    assert summary["name"] == EVENT and summary["run_id"] == start["run_id"]
+    assert summary["data"]["finish_reason"] == "length" and summary["data"]["model_name"] == llm.model_name
