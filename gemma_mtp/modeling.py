@@ -39,7 +39,7 @@ class TargetStep:
         self.embed = model.get_input_embeddings()
         self.device = self.lm_head.weight.device
         self.has_sliding = "sliding_attention" in set(self.text_config.layer_types)
-        # transformers renamed the decoder's cache argument (``past_key_values`` before 5.20, ``cache`` since).
+        # transformers renamed the decoder's cache argument (``past_key_values`` in 5.19 and before, ``cache`` in later releases).
         parameters = inspect.signature(self.decoder.forward).parameters
         self.cache_argument = "cache" if "cache" in parameters else "past_key_values"
 

@@ -17,7 +17,7 @@ from gemma_mtp.testing import VARIANTS, tiny_runtime
 
 pytestmark = pytest.mark.skipif(
     not reference_mtp_available(),
-    reason="transformers' reference MTP generator before 5.20 has another interface (and fails in generate)",
+    reason="transformers' reference MTP generator in 5.19 and before has another interface (and fails in generate)",
 )
 
 PROMPTS = ["Hello", "The quick brown fox jumps over the lazy dog, then asks about Paris."]
