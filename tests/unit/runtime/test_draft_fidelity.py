@@ -21,7 +21,7 @@ import torch
 from gemma_mtp import Runtime, SamplingParams
 from gemma_mtp.backends.transformers_backend import TransformersBackend
 from gemma_mtp.loading import load_pair
-from gemma_mtp.modeling import DRAFT_POSITIONS, Drafter
+from gemma_mtp.modeling import DRAFT_POSITIONS, Drafter, checkpoint_draft_position
 from gemma_mtp.stats import RoundStats
 from gemma_mtp.testing import VARIANTS, tiny_pair
 
@@ -121,3 +121,38 @@ def test_every_round_drafts_as_a_fresh_request_on_its_accepted_prefix(
         # Partial acceptances are where a loop can keep a rejected draft's state: they must happen.
         partial += sum(0 < accepted < len(call.drafts) for _, call, accepted in rounds)
     assert checked > 10 and partial >= 3, (checked, partial)
+
+
+def test_the_convention_comes_from_the_assistant_checkpoint() -> None:
+    class Config:
+        pass
+
+    config = Config()
+    assert checkpoint_draft_position(config) == "last_accepted"  # Google's checkpoints record nothing
+    config.gemma_mtp = {"draft_position": "pending"}  # type: ignore[attr-defined]
+    assert checkpoint_draft_position(config) == "pending"
+    config.gemma_mtp = {"draft_position": "n-1"}  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="draft_position must be one of 'last_accepted', 'pending'"):
+        checkpoint_draft_position(config)
+    config.gemma_mtp = "pending"  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="must be an object with a 'draft_position' entry"):
+        checkpoint_draft_position(config)
+
+
+def test_the_mini_assistant_records_position_n_and_an_override_shares_the_weights() -> None:
+    rt = Runtime.load("gemma-mtp-mini", device="cpu", dtype="float32")
+    assert rt.draft_position == "pending"  # distilled under transformers' convention
+    other = Runtime.load("gemma-mtp-mini", device="cpu", dtype="float32", draft_position="last_accepted")
+    assert other.draft_position == "last_accepted"
+    assert other.target is rt.target and other.assistant is rt.assistant
+    assert rt.with_draft_position("last_accepted").draft_position == "last_accepted"
+    prompt = rt.encode("Tell me about the sea.")
+    params = greedy(24, 4)
+    assert other.generate(prompt, params).token_ids == rt.generate(prompt, params).token_ids
+
+
+def test_an_unknown_draft_position_is_refused_before_loading() -> None:
+    with pytest.raises(ValueError, match="draft_position must be one of"):
+        Runtime.load("gemma-mtp-mini", device="cpu", dtype="float32", draft_position="n-1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="needs backend='transformers'"):
+        Runtime.load("gemma-mtp-mini", backend="vllm", draft_position="pending")
