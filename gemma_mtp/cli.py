@@ -401,7 +401,7 @@ def _tune(args: argparse.Namespace) -> int:
         "\nthe default draft policy needs no settings; to pin the best fixed setting instead: "
         f"SamplingParams({pin}), or num_assistant_tokens={best.draft_length} on the adapters"
     )
-    positions = _draft_positions(rt, prompts, args.max_new_tokens, best)
+    positions = _draft_positions(rt, prompts, args.max_new_tokens, best.draft_length)
     _write_json(args.json, {"machine": machine.as_dict(), **report.as_dict(), "draft_positions": positions})
     return 0
 
