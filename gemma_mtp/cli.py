@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import Any, TextIO
 
 from gemma_mtp import __version__
+from gemma_mtp.modeling import DRAFT_POSITIONS
 from gemma_mtp.params import SamplingParams
 from gemma_mtp.runtime import Prompt, Runtime
 
@@ -127,7 +128,14 @@ def _write_json(path: Path | None, payload: dict[str, Any]) -> None:
 # -- loading -------------------------------------------------------------------------------------------
 
 
-def _load(model: str, assistant: str | None, device: str | None, dtype: str, threads: int | None) -> Runtime:
+def _load(
+    model: str,
+    assistant: str | None,
+    device: str | None,
+    dtype: str,
+    threads: int | None,
+    draft_position: str | None = None,
+) -> Runtime:
     import torch
     from transformers.utils import logging as hf_logging
 
@@ -137,7 +145,13 @@ def _load(model: str, assistant: str | None, device: str | None, dtype: str, thr
     hf_logging.disable_progress_bar()  # the spinner is the progress indicator
     try:
         with Spinner(f"Loading {model}" + (f" + {assistant}" if assistant else "")):
-            return Runtime.load(model, assistant, device=device, dtype=None if dtype == "auto" else dtype)
+            return Runtime.load(
+                model,
+                assistant,
+                device=device,
+                dtype=None if dtype == "auto" else dtype,
+                draft_position=draft_position,  # type: ignore[arg-type]
+            )
     except (OSError, ValueError) as err:
         raise CLIError(str(err)) from err
     finally:
@@ -147,9 +161,13 @@ def _load(model: str, assistant: str | None, device: str | None, dtype: str, thr
 
 def load_runtime(args: argparse.Namespace) -> Runtime:
     """Load the pair named by ``common_options``' arguments, with a progress indicator."""
-    rt = _load(args.model, args.assistant, args.device, args.dtype, args.threads)
+    rt = _load(args.model, args.assistant, args.device, args.dtype, args.threads, args.draft_position)
     dtype = rt.dtype
-    print(f"target {rt.model_name}\nassistant {rt.assistant_name}\non {rt.device} ({dtype})", file=sys.stderr)
+    print(
+        f"target {rt.model_name}\nassistant {rt.assistant_name} (draft position {rt.draft_position})\n"
+        f"on {rt.device} ({dtype})",
+        file=sys.stderr,
+    )
     return rt
 
 
@@ -383,8 +401,28 @@ def _tune(args: argparse.Namespace) -> int:
         "\nthe default draft policy needs no settings; to pin the best fixed setting instead: "
         f"SamplingParams({pin}), or num_assistant_tokens={best.draft_length} on the adapters"
     )
-    _write_json(args.json, {"machine": machine.as_dict(), **report.as_dict()})
+    positions = _draft_positions(rt, prompts, args.max_new_tokens, best.draft_length)
+    _write_json(args.json, {"machine": machine.as_dict(), **report.as_dict(), "draft_positions": positions})
     return 0
+
+
+def _draft_positions(
+    rt: Runtime, prompts: list[Prompt], max_new_tokens: int, draft_length: int | None
+) -> dict[str, Any] | None:
+    """Print and return greedy acceptance under both draft-position conventions (transformers backend)."""
+    from gemma_mtp.benchmarking import compare_draft_positions
+
+    if rt.backend != "transformers":
+        return None
+
+    report = compare_draft_positions(rt, prompts, max_new_tokens=max_new_tokens, draft_length=draft_length)
+    print("\n" + report.format_text())
+    if report.best != rt.draft_position:
+        print(
+            f"this assistant accepts more at draft position {report.best!r}: "
+            f"pass --draft-position {report.best} (Runtime.load(..., draft_position={report.best!r}))"
+        )
+    return report.as_dict()
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -404,7 +442,8 @@ def _verify(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise CLIError(str(err)) from err
     print(report.format_text(rt.tokenizer.decode))
-    _write_json(args.json, report.as_dict())
+    positions = _draft_positions(rt, prompts, args.max_new_tokens, None)
+    _write_json(args.json, {**report.as_dict(), "draft_positions": positions})
     return 0 if report.ok else 1
 
 
@@ -456,6 +495,13 @@ def common_options(max_new_tokens: int, prompts: bool = True) -> argparse.Argume
         "--dtype", choices=DTYPES, default="auto", help="default: bfloat16 on CUDA, float32 on CPU"
     )
     group.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's choice)")
+    group.add_argument(
+        "--draft-position",
+        choices=DRAFT_POSITIONS,
+        help="the assistant's query position: last_accepted (n - 1, as Google's runtime and vLLM draft) or "
+        "pending (n, as transformers' generate does) (default: what the assistant's config records, "
+        "else last_accepted)",
+    )
     run = common.add_argument_group("workload")
     run.add_argument(
         "--max-new-tokens", type=_positive_int, default=max_new_tokens, help=f"default: {max_new_tokens}"

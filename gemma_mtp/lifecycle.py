@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 from gemma_mtp.stats import RoundListener, SpeculationStats
 
-__all__ = ["Request", "RequestSummary", "SummaryListener", "SummaryReason", "start_worker"]
+__all__ = ["Request", "RequestSummary", "SummaryListener", "SummaryReason", "SummaryRelay", "start_worker"]
 
 SummaryReason = Literal["stop", "length", "tool_calls", "cancelled", "error"]
 
@@ -145,6 +145,56 @@ class Request:
             yield
         except BaseException as err:
             self.fail(err)
+            raise
+
+
+class SummaryRelay:
+    """Carries one call's summary from the runtime to a framework's callbacks, exactly once.
+
+    The runtime may send a summary from a request's worker thread, while an async framework runs its
+    callbacks on its event loop; and a call can fail in the adapter before the runtime sees it. An adapter
+    makes one relay per call, passes :meth:`receive` as ``on_summary`` and wraps the start of the call in
+    :meth:`covering_rejections`. With ``deliver``, each summary is forwarded at once on the thread that
+    sent it (for synchronous callers); without, the adapter forwards it from its own side with
+    :meth:`take` once the call has ended. Either way a summary is handed over once.
+    """
+
+    def __init__(self, deliver: SummaryListener | None = None) -> None:
+        self._deliver = deliver
+        self._lock = threading.Lock()
+        self._summary: RequestSummary | None = None
+        self._taken = False
+
+    def receive(self, summary: RequestSummary) -> None:
+        """The ``on_summary`` hook to hand to the runtime."""
+        with self._lock:
+            if self._summary is not None:
+                return
+            self._summary = summary
+        if self._deliver is not None:
+            taken = self.take()
+            if taken is not None:
+                self._deliver(taken)
+
+    def take(self) -> RequestSummary | None:
+        """The summary, the first time it is asked for once it has arrived; ``None`` otherwise."""
+        with self._lock:
+            if self._summary is None or self._taken:
+                return None
+            self._taken = True
+            return self._summary
+
+    @contextmanager
+    def covering_rejections(self) -> Iterator[None]:
+        """Around the start of a call: an error raised before the runtime sent a summary gets one
+        (:meth:`RequestSummary.rejected`), then propagates."""
+        try:
+            yield
+        except BaseException as err:
+            with self._lock:
+                missing = self._summary is None
+            if missing:
+                self.receive(RequestSummary.rejected(err))
             raise
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
@@ -18,9 +18,63 @@ from transformers import DynamicCache, PreTrainedModel
 if TYPE_CHECKING:
     from gemma_mtp.constraints import ConstraintGuide
 
-__all__ = ["Draft", "Drafter", "TargetOutput", "TargetStep", "crop_cache"]
+__all__ = [
+    "DEFAULT_DRAFT_POSITION",
+    "Draft",
+    "DraftPosition",
+    "Drafter",
+    "TargetOutput",
+    "TargetStep",
+    "checkpoint_draft_position",
+    "crop_cache",
+    "validate_draft_position",
+]
 
 SharedKV = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+DraftPosition = Literal["last_accepted", "pending"]
+"""Where the assistant's query sits, for a sequence whose first ``n`` tokens the target has processed.
+
+* ``"last_accepted"`` (n - 1): the position of the last token the target processed, whose hidden state the
+  assistant reads. Google's LiteRT-LM MTP drafter (since 2026-04-20), vLLM (``Gemma4Proposer``, constant
+  draft positions at the last target position) and SGLang draft this way.
+* ``"pending"`` (n): the position of the pending token, as transformers' reference
+  ``SinglePositionMultiTokenCandidateGenerator`` (``generate(assistant_model=...)``) does.
+
+An assistant drafts best under the convention it was trained with, so the choice belongs to the
+checkpoint (:func:`checkpoint_draft_position`).
+"""
+
+DRAFT_POSITIONS: tuple[str, ...] = get_args(DraftPosition)
+DEFAULT_DRAFT_POSITION: DraftPosition = "last_accepted"
+CONFIG_KEY = "gemma_mtp"
+"""The assistant ``config.json`` key under which gemma-mtp reads ``{"draft_position": ...}``."""
+
+
+def validate_draft_position(value: object, source: str) -> DraftPosition:
+    """``value`` as a :data:`DraftPosition`, or a ValueError naming ``source`` and the choices."""
+    if value not in DRAFT_POSITIONS:
+        raise ValueError(
+            f"{source} must be one of {', '.join(repr(p) for p in DRAFT_POSITIONS)} "
+            f"(n - 1 as Google's runtime and vLLM draft, or n as transformers does), got {value!r}"
+        )
+    return value  # type: ignore[return-value]
+
+
+def checkpoint_draft_position(assistant_config: Any) -> DraftPosition:
+    """The convention an assistant checkpoint records in its config (``{"gemma_mtp": {"draft_position": ...}}``).
+
+    Checkpoints that record nothing (Google's own) draft at n - 1, as Google's runtime does.
+    """
+    recorded = getattr(assistant_config, CONFIG_KEY, None)
+    if recorded is None:
+        return DEFAULT_DRAFT_POSITION
+    if not isinstance(recorded, dict) or "draft_position" not in recorded:
+        raise ValueError(
+            f"the assistant's config.json key {CONFIG_KEY!r} must be an object with a 'draft_position' entry, "
+            f"got {recorded!r}"
+        )
+    return validate_draft_position(recorded["draft_position"], f"the assistant's {CONFIG_KEY}.draft_position")
 
 
 @dataclass
@@ -42,7 +96,7 @@ class TargetStep:
         self.embed = model.get_input_embeddings()
         self.device = self.lm_head.weight.device
         self.has_sliding = "sliding_attention" in set(self.text_config.layer_types)
-        # transformers renamed the decoder's cache argument (``past_key_values`` before 5.20, ``cache`` since).
+        # transformers renamed the decoder's cache argument (``past_key_values`` in 5.19 and before, ``cache`` in later releases).
         parameters = inspect.signature(self.decoder.forward).parameters
         self.cache_argument = "cache" if "cache" in parameters else "past_key_values"
 
@@ -93,17 +147,28 @@ class Draft:
 class Drafter:
     """Drafts tokens with a Gemma 4 MTP assistant from the target's last hidden state and shared KV.
 
-    The assistant has no KV cache of its own: it attends to the target's keys/values at a constant
-    position (that of the last token the target has seen), feeding back its own projected hidden
-    state and its own last token for each further draft step.
+    The assistant has no KV cache of its own: it attends to the target's keys/values at one constant
+    position per round (:data:`DraftPosition`), feeding back its own projected hidden state and its own
+    last token for each further draft step. Sliding layers see the last :attr:`sliding_entries` keys of
+    the prefix: the assistant's window ``W`` at n - 1 (positions n-W..n-1, as a causal sliding layer
+    whose query sits at n - 1 sees them), ``W + 1`` at n (what transformers' assistant mask reaches).
     """
 
-    def __init__(self, assistant: PreTrainedModel, target_embeddings: torch.nn.Module):
+    def __init__(
+        self,
+        assistant: PreTrainedModel,
+        target_embeddings: torch.nn.Module,
+        draft_position: DraftPosition = DEFAULT_DRAFT_POSITION,
+    ):
         self.assistant = assistant
         self.target_embeddings = target_embeddings
+        self.draft_position = validate_draft_position(draft_position, "draft_position")
         self.masked = getattr(assistant, "masked_embedding", None)
         self.device = assistant.pre_projection.weight.device
-        self.vocab_size = assistant.config.get_text_config().vocab_size
+        text_config = assistant.config.get_text_config()
+        self.vocab_size = text_config.vocab_size
+        window = int(text_config.sliding_window)
+        self.sliding_entries = window if self.draft_position == "last_accepted" else window + 1
 
     def _head(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Scores [1, m] and, for the centroid-masked head, the vocabulary ids they belong to."""
@@ -134,30 +199,44 @@ class Drafter:
             scores, candidates = hidden @ self.assistant.lm_head.weight.T, None
         return scores.masked_fill(~allowed.unsqueeze(0), float("-inf")), None
 
+    def visible_kv(self, prefix_kv: SharedKV) -> SharedKV:
+        """The part of the prefix's keys/values the assistant attends to (sliding layers: the last entries)."""
+        return {
+            name: (keys[:, :, -self.sliding_entries :], values[:, :, -self.sliding_entries :])
+            if name == "sliding_attention"
+            else (keys, values)
+            for name, (keys, values) in prefix_kv.items()
+        }
+
     @torch.inference_mode()
     def draft(
         self,
-        last_token: torch.Tensor,
+        pending: torch.Tensor,
         last_hidden: torch.Tensor,
-        shared_kv: SharedKV,
-        position: int,
+        prefix_kv: SharedKV,
+        processed: int,
         k: int,
         *,
         sample_with: Any = None,
         generator: torch.Generator | None = None,
         guide: ConstraintGuide | None = None,
     ) -> Draft:
-        """Draft ``k`` tokens after ``last_token`` ([1, 1]) whose target hidden state is ``last_hidden``.
+        """Draft ``k`` tokens after ``pending`` ([1, 1]), the token the target chose after ``processed`` tokens.
 
-        ``sample_with`` is a callable turning scores into probabilities (sampled drafts); ``None``
-        drafts by argmax. With a ``guide`` every step drafts only tokens the constraint allows (the guide
-        walks over them), and drafting stops early once the constraint is complete.
+        ``last_hidden`` is the target's last hidden state at position ``processed - 1`` (the one that chose
+        ``pending``); ``prefix_kv`` holds the target's keys/values of exactly those ``processed`` positions
+        (sliding layers: at least the last :attr:`sliding_entries`). ``sample_with`` turns scores into
+        probabilities (sampled drafts); ``None`` drafts by argmax. With a ``guide`` every step drafts only
+        tokens the constraint allows (the guide walks over them), and drafting stops early once the
+        constraint is complete.
         """
         kv = {
-            name: (keys.to(self.device), values.to(self.device)) for name, (keys, values) in shared_kv.items()
+            name: (keys.to(self.device), values.to(self.device))
+            for name, (keys, values) in self.visible_kv(prefix_kv).items()
         }
-        token = last_token.to(self.device)
+        token = pending.to(self.device)
         hidden = last_hidden.to(self.device)
+        position = processed - 1 if self.draft_position == "last_accepted" else processed
         position_ids = torch.tensor([[position]], device=self.device)
         masks = None
         tokens, probs = [], []

@@ -24,6 +24,7 @@ from gemma_mtp.chat.syntax import THINKING_SWITCH
 from gemma_mtp.detokenize import IncrementalDetokenizer, StopMatcher
 from gemma_mtp.lifecycle import Request, SummaryListener
 from gemma_mtp.loading import resolve_device, resolve_dtype, resolve_names
+from gemma_mtp.modeling import DraftPosition, validate_draft_position
 from gemma_mtp.params import SamplingParams
 from gemma_mtp.results import (
     ChatDelta,
@@ -74,6 +75,7 @@ class Runtime:
         dtype: Any = None,
         base_url: str | None = None,
         api_key: str | None = None,
+        draft_position: DraftPosition | None = None,
         **options: Any,
     ) -> Runtime:
         """Load a pair (or return the one this process already loaded with the same arguments).
@@ -92,7 +94,21 @@ class Runtime:
         A load that failed is remembered for the same arguments and fails again at once, so that a
         chain calling a model with a wrong id does not retry the hub on every call;
         :meth:`clear_cache` forgets it.
+
+        ``draft_position`` (transformers backend) overrides the drafting convention the assistant's
+        config records: ``"last_accepted"`` (n - 1, as Google's runtime and vLLM draft; the default for
+        checkpoints that record none) or ``"pending"`` (n, as transformers' ``generate(assistant_model=...)``
+        does). Runtimes that differ only in it share the loaded weights.
         """
+        if draft_position is not None:
+            validate_draft_position(draft_position, "draft_position")
+            if backend != "transformers" and draft_position != "last_accepted":
+                raise ValueError(
+                    f"draft_position={draft_position!r} needs backend='transformers': vLLM's engine always "
+                    "drafts at n - 1 ('last_accepted')."
+                )
+            if backend == "transformers":
+                options = {**options, "draft_position": draft_position}
         if backend == "transformers":
             resolved_device = resolve_device(device)
             device_key, dtype_key = str(resolved_device), str(resolve_dtype(dtype, resolved_device))
@@ -110,6 +126,13 @@ class Runtime:
         with cls._cache_lock:
             if key in cls._failed:
                 raise _remembered(cls._failed[key])
+            if key not in cls._cache and backend == "transformers":
+                # The same weights under another drafting convention: share them.
+                loaded = cls._cached_with_other_draft_position(key)
+                if loaded is not None:
+                    cls._cache[key] = cls(
+                        loaded._backend.with_draft_position(draft_position)  # type: ignore[attr-defined]
+                    )
             if key not in cls._cache:
                 try:
                     engine = load_backend(
@@ -131,6 +154,42 @@ class Runtime:
                 )
                 cls._cache[key] = runtime
             return cls._cache[key]
+
+    @classmethod
+    def _cached_with_other_draft_position(cls, key: tuple[Any, ...]) -> Runtime | None:
+        """A cached runtime whose load arguments equal ``key``'s except ``draft_position`` (``None`` too)."""
+
+        def without(options: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+            return tuple(item for item in options if item[0] != "draft_position")
+
+        for other_key, runtime in cls._cache.items():
+            if other_key[:-1] == key[:-1] and without(other_key[-1]) == without(key[-1]):
+                return runtime
+        return None
+
+    def with_draft_position(self, draft_position: DraftPosition) -> Runtime:
+        """A runtime on the same loaded weights whose assistant drafts under ``draft_position``.
+
+        Only the in-process transformers backend has a choice (vLLM drafts at n - 1).
+        """
+        validate_draft_position(draft_position, "draft_position")
+        if draft_position == self.draft_position:
+            return self
+        derive = getattr(self._backend, "with_draft_position", None)
+        if derive is None:
+            raise ValueError(
+                f"The {self.backend!r} backend drafts at n - 1 ('last_accepted') only; "
+                "draft_position='pending' needs backend='transformers'."
+            )
+        return type(self)(derive(draft_position))
+
+    @property
+    def draft_position(self) -> DraftPosition:
+        """Where the assistant's query sits: ``"last_accepted"`` (n - 1) or ``"pending"`` (n).
+
+        See :data:`gemma_mtp.modeling.DraftPosition`; vLLM's engine always drafts at n - 1.
+        """
+        return getattr(self._backend, "draft_position", "last_accepted")
 
     @classmethod
     def clear_cache(cls) -> None:

@@ -5,12 +5,18 @@ State between rounds, for a sequence whose first ``n`` tokens the target has pro
 * the target's KV cache covers positions ``0..n-1``;
 * ``pending`` is the newest token (position ``n``), chosen by the target but not yet processed by it;
 * ``hidden`` is the target's last hidden state at position ``n-1`` (the one that chose ``pending``);
-* ``shared_kv`` holds the target's keys/values per layer type for the accepted prefix only.
+* ``prefix_kv`` holds the target's keys/values per layer type for exactly the accepted prefix
+  ``0..n-1``: every position on full-attention layers, the last ``W`` (or ``W + 1``) on sliding layers,
+  a full window even after a rejection (the cache keeps only ``W - 1``, so the loop carries them).
 
-Each round the assistant drafts ``k`` tokens after ``pending`` from ``hidden`` and ``shared_kv``; the
-target processes ``[pending, d1..dk]`` in one forward pass, which yields its own choice after each of
-them; the accepted drafts plus one token of the target's are emitted, and the cache is cropped back to
-the accepted prefix. Without an assistant, ``k = 0`` and the same loop is plain decoding.
+Each round the assistant drafts ``k`` tokens after ``pending`` from ``hidden`` and ``prefix_kv``, its
+query at position ``n - 1`` by default (Google's LiteRT-LM MTP drafter since 2026-04-20, vLLM's
+``Gemma4Proposer``, SGLang) or at ``n`` (transformers' ``SinglePositionMultiTokenCandidateGenerator``),
+as the assistant checkpoint records (:data:`~gemma_mtp.modeling.DraftPosition`). Its input is thus a
+function of the accepted prefix alone: unlike transformers' reference, no rejected draft's keys/values
+reach it. The target processes ``[pending, d1..dk]`` in one forward pass, which yields its own choice
+after each of them; the accepted drafts plus one token of the target's are emitted, and the cache is
+cropped back to the accepted prefix. Without an assistant, ``k = 0`` and the same loop is plain decoding.
 
 A :class:`~gemma_mtp.policy.DraftPolicy` chooses each round's ``k`` (0 allowed) and draft method before
 the round and is told the outcome (drafts accepted, the round's duration) after it, so its choices rest
@@ -41,11 +47,28 @@ from gemma_mtp.sampling import (
 __all__ = ["Round", "SpeculativeDecoder"]
 
 
-def _trim_rejected(shared_kv: SharedKV, rejected: int) -> SharedKV:
-    """Drop the keys/values of rejected drafts (always the newest entries, for every layer type)."""
-    if rejected == 0:
-        return shared_kv
-    return {name: (k[:, :, :-rejected], v[:, :, :-rejected]) for name, (k, v) in shared_kv.items()}
+def _accepted_prefix_kv(
+    previous: SharedKV, verified: SharedKV, new: int, accepted: int, sliding_entries: int
+) -> SharedKV:
+    """Keys/values of the accepted prefix after a verify pass over ``new`` tokens of which ``accepted`` stay.
+
+    Full-attention layers return every position, so the rejected (newest) entries are cut off. A sliding
+    layer returns only the window ending at the last *verified* token, which after a rejection is short of
+    the accepted prefix's window: its new accepted entries are appended to the ``previous`` window instead.
+    """
+    rejected = new - accepted
+    prefix = {}
+    for name, (keys, values) in verified.items():
+        if name == "sliding_attention":
+            start = keys.shape[2] - new
+            old_keys, old_values = previous[name]
+            keys = torch.cat([old_keys, keys[:, :, start : start + accepted]], dim=2)
+            values = torch.cat([old_values, values[:, :, start : start + accepted]], dim=2)
+            prefix[name] = (keys[:, :, -sliding_entries:], values[:, :, -sliding_entries:])
+        else:
+            end = keys.shape[2] - rejected
+            prefix[name] = (keys[:, :, :end], values[:, :, :end])
+    return prefix
 
 
 def _masked(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
@@ -100,7 +123,8 @@ class SpeculativeDecoder:
 
         seen = len(prompt_ids)  # positions the target has processed
         pending = first.tokens[0]
-        hidden, shared_kv = out.hidden[:, -1:], out.shared_kv
+        hidden = out.hidden[:, -1:]
+        prefix_kv = self.drafter.visible_kv(out.shared_kv) if self.drafter is not None else {}
         cycle_start = time.perf_counter()
         while produced < budget:
             decision = policy.decide(budget - produced - 1)
@@ -116,7 +140,7 @@ class SpeculativeDecoder:
                     draft = self.drafter.draft(
                         pending_t,
                         hidden,
-                        shared_kv,
+                        prefix_kv,
                         seen,
                         k,
                         sample_with=sample_with,
@@ -143,7 +167,11 @@ class SpeculativeDecoder:
                     guide.commit(result.accepted, result.tokens)
                 rejected = k - result.accepted
                 crop_cache(cache, rejected)
-            shared_kv = _trim_rejected(out.shared_kv, rejected)
+            if self.drafter is not None:
+                # The target's own choice follows the last accepted draft (or ``pending`` itself).
+                prefix_kv = _accepted_prefix_kv(
+                    prefix_kv, out.shared_kv, k + 1, result.accepted + 1, self.drafter.sliding_entries
+                )
             hidden = out.hidden[:, result.accepted : result.accepted + 1]
             seen += result.accepted + 1
             pending = result.tokens[-1]

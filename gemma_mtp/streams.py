@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from contextvars import ContextVar, Token
 from typing import Any, Generic, TypeVar
 
@@ -23,6 +24,7 @@ __all__ = [
     "GuardedStream",
     "MappedStream",
     "RequestStream",
+    "close_with_guard",
 ]
 
 _T = TypeVar("_T")
@@ -332,6 +334,17 @@ def _register_opened(stream: Any, replacing: Any = None) -> None:
         opened.append(stream)
 
 
+def close_with_guard(resource: Any) -> None:
+    """Have the guard whose framework code is running close ``resource`` too when the guard is closed.
+
+    ``resource`` has ``aclose()`` (awaited by :class:`AsyncGuardedStream`) or ``close()``; it is closed
+    after the request streams opened before it, and before the framework's own stream, so that what it
+    does on closing (an adapter reporting the request's summary to its framework) happens while the
+    framework's run is still open. Outside a guard this does nothing.
+    """
+    _register_opened(resource)
+
+
 class _Collecting:
     """Makes request streams created inside ``with`` register in ``opened``."""
 
@@ -351,12 +364,19 @@ class GuardedStream(Generator[_T, None, None], Generic[_T]):
     """A framework's stream whose ``close()`` first closes the request streams opened beneath it.
 
     ``make`` calls the framework; request streams created during that call or while iterating register
-    here, whichever of the two the framework does lazily.
+    here, whichever of the two the framework does lazily. ``within`` is entered around each of those
+    steps too, for an adapter that makes per-call context (its framework's run) known to the code the
+    framework calls.
     """
 
-    def __init__(self, make: Callable[[], Iterator[_T]]) -> None:
+    def __init__(
+        self,
+        make: Callable[[], Iterator[_T]],
+        within: Callable[[], AbstractContextManager[Any]] = nullcontext,
+    ) -> None:
         self._opened: list[Any] = []
-        with _Collecting(self._opened):
+        self._within = within
+        with _Collecting(self._opened), within():
             self._outer = make()
 
     def __iter__(self) -> GuardedStream[_T]:
@@ -366,7 +386,7 @@ class GuardedStream(Generator[_T, None, None], Generic[_T]):
         return self.send(None)
 
     def send(self, value: None) -> _T:
-        with _Collecting(self._opened):
+        with _Collecting(self._opened), self._within():
             return next(self._outer)
 
     def throw(self, typ: Any, val: Any = None, tb: Any = None) -> _T:  # type: ignore[override]
@@ -386,11 +406,16 @@ class GuardedStream(Generator[_T, None, None], Generic[_T]):
 class AsyncGuardedStream(AsyncGenerator[_T, None], Generic[_T]):
     """The async twin of :class:`GuardedStream`; :meth:`open` for frameworks whose call is a coroutine."""
 
-    def __init__(self, make: Callable[[], AsyncIterator[_T]] | None = None) -> None:
+    def __init__(
+        self,
+        make: Callable[[], AsyncIterator[_T]] | None = None,
+        within: Callable[[], AbstractContextManager[Any]] = nullcontext,
+    ) -> None:
         self._opened: list[Any] = []
         self._outer: AsyncIterator[_T] | None = None
+        self._within = within
         if make is not None:
-            with _Collecting(self._opened):
+            with _Collecting(self._opened), within():
                 self._outer = make()
 
     @classmethod
@@ -408,7 +433,7 @@ class AsyncGuardedStream(AsyncGenerator[_T, None], Generic[_T]):
 
     async def asend(self, value: None) -> _T:
         assert self._outer is not None
-        with _Collecting(self._opened):
+        with _Collecting(self._opened), self._within():
             return await self._outer.__anext__()
 
     async def athrow(self, typ: Any, val: Any = None, tb: Any = None) -> _T:  # type: ignore[override]
@@ -418,8 +443,9 @@ class AsyncGuardedStream(AsyncGenerator[_T, None], Generic[_T]):
     async def aclose(self) -> None:
         try:
             for stream in self._opened:
-                if isinstance(stream, AsyncRequestStream):
-                    await stream.aclose()
+                aclose = getattr(stream, "aclose", None)
+                if aclose is not None:
+                    await aclose()
                 else:
                     stream.close()
         finally:

@@ -2,10 +2,13 @@
 
 ``ChatGemmaMTP`` reports what speculation did in the messages it returns: each streamed chunk carries
 the rounds it contains (``generation_info["speculation_rounds"]``) and the final message carries the
-request's summary (``response_metadata["speculation"]``). :class:`SpeculationCallbackHandler` reads
-both through ``on_llm_new_token(chunk=...)`` and ``on_llm_end``, so it works with ``invoke``,
-``stream``, ``batch``, their async twins and any chain or agent that calls the model, and it keeps
-the figures per request, per enclosing run (a chain, an agent step) and in total.
+request's summary (``response_metadata["speculation"]``). Every call, whatever its ending (finished,
+cancelled, failed, input rejected), also sends the runtime's summary as the custom event
+``gemma_mtp_speculation_summary`` of its run, before LangChain's ``on_llm_end`` / ``on_llm_error``.
+:class:`SpeculationCallbackHandler` reads all three through ``on_llm_new_token(chunk=...)``,
+``on_custom_event`` and ``on_llm_end``, so it works with ``invoke``, ``stream``, ``batch``, their async
+twins and any chain or agent that calls the model, and it keeps the figures per request, per enclosing
+run (a chain, an agent step) and in total.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, Generati
 
 from gemma_mtp.stats import SpeculationTotals
 from langchain_gemma_mtp._output import ROUNDS_KEY, SUMMARY_KEY
+from langchain_gemma_mtp._summary import SUMMARY_EVENT
 
 __all__ = ["SpeculationCallbackHandler", "SpeculationTotals"]
 
@@ -50,7 +54,8 @@ class SpeculationCallbackHandler(BaseCallbackHandler):
 
     Pass it in ``config={"callbacks": [handler]}`` (or the model's ``callbacks=``); one handler may
     serve many threads and tasks at once. While a stream runs, its rounds count as they arrive; when
-    the request ends, the request's own summary replaces them. Calls to other chat models in the same
+    the request ends, however it ends, the request's own summary replaces them, once: a cancelled or
+    failed call counts every round it ran, streamed or not. Calls to other chat models in the same
     chain, and answers replayed from a LangChain cache (nothing was decoded), are ignored.
 
     Example:
@@ -145,11 +150,27 @@ class SpeculationCallbackHandler(BaseCallbackHandler):
     ) -> None:
         summary = _summary_of(response)
         with self._lock:
-            request = self._requests.setdefault(run_id, _Request())
-            if summary is not None and not self._replayed(summary):
-                request.finish(summary)
-            if not request.reported:
+            if summary is not None:
+                self._finish(run_id, summary)
+            request = self._requests.get(run_id)
+            if request is not None and not request.reported:
                 del self._requests[run_id]
+
+    def on_custom_event(
+        self,
+        name: str,
+        data: Any,
+        *,
+        run_id: UUID,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """The runtime's summary of a call, sent for every ending (also cancelled and failed calls)."""
+        if name != SUMMARY_EVENT or not isinstance(data, dict):
+            return
+        with self._lock:
+            self._finish(run_id, data)
 
     def on_llm_error(
         self,
@@ -198,6 +219,13 @@ class SpeculationCallbackHandler(BaseCallbackHandler):
         self._remember_parent(run_id, parent_run_id)
 
     # -- internals ----------------------------------------------------------------------------------
+
+    def _finish(self, run_id: UUID, summary: dict[str, Any]) -> None:
+        """Count a call's summary once: the first of its event and its answer's metadata wins, and a
+        summary replayed from a cache is not counted again (caller holds the lock)."""
+        request = self._requests.setdefault(run_id, _Request())
+        if not request.finished and not self._replayed(summary):
+            request.finish(summary)
 
     def _replayed(self, summary: dict[str, Any]) -> bool:
         """Whether this request was counted already: a cache hit replays the original's summary, whose

@@ -12,24 +12,26 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
+from uuid import uuid4
 
-from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManager, CallbackManagerForLLMRun
 from langchain_core.language_models import LanguageModelInput
 from langchain_core.language_models.chat_models import BaseChatModel, LangSmithParams
 from langchain_core.language_models.model_profile import ModelProfile
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableConfig
-from langchain_core.runnables.config import run_in_executor
+from langchain_core.runnables.config import ensure_config, run_in_executor
 from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 from typing_extensions import Self
 
 from gemma_mtp import ChatDelta, RoundStats, Runtime, SamplingParams
 from gemma_mtp.params import caller_names
-from gemma_mtp.streams import AsyncGuardedStream, GuardedStream
+from gemma_mtp.streams import AsyncGuardedStream, GuardedStream, close_with_guard
 from langchain_gemma_mtp._messages import to_runtime_messages
 from langchain_gemma_mtp._output import chunk_from_delta, generation_from_result, llm_output
 from langchain_gemma_mtp._structured import StructuredMethod, response_format_schema, structured_output
+from langchain_gemma_mtp._summary import AsyncSummaryReporter, RunEvents, current_run_events, summary_relay
 from langchain_gemma_mtp._tools import ToolLike, format_tools, normalize_tool_choice
 
 __all__ = ["ChatGemmaMTP"]
@@ -384,8 +386,12 @@ class ChatGemmaMTP(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        request = self._prepare(messages, stop, kwargs)
-        result = request.runtime.chat(request.messages, request.params, **request.options)
+        relay = summary_relay(run_manager, self._call_model_name(kwargs))
+        with relay.covering_rejections():
+            request = self._prepare(messages, stop, kwargs)
+        result = request.runtime.chat(
+            request.messages, request.params, on_summary=relay.receive, **request.options
+        )
         name = request.runtime.model_name
         return ChatResult(
             generations=[generation_from_result(result, name)], llm_output=llm_output(result, name)
@@ -398,8 +404,15 @@ class ChatGemmaMTP(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        request = await self._aprepare(messages, stop, kwargs)
-        result = await request.runtime.achat(request.messages, request.params, **request.options)
+        reporter = AsyncSummaryReporter(run_manager, self._call_model_name(kwargs))
+        try:
+            with reporter.relay.covering_rejections():
+                request = await self._aprepare(messages, stop, kwargs)
+            result = await request.runtime.achat(
+                request.messages, request.params, on_summary=reporter.relay.receive, **request.options
+            )
+        finally:
+            await reporter.aclose()
         name = request.runtime.model_name
         return ChatResult(
             generations=[generation_from_result(result, name)], llm_output=llm_output(result, name)
@@ -412,10 +425,16 @@ class ChatGemmaMTP(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        request = self._prepare(messages, stop, kwargs)
+        relay = summary_relay(run_manager, self._call_model_name(kwargs))
+        with relay.covering_rejections():
+            request = self._prepare(messages, stop, kwargs)
         rounds = _RoundLog()
         deltas = request.runtime.stream_chat(
-            request.messages, request.params, on_round=rounds.append, **request.options
+            request.messages,
+            request.params,
+            on_round=rounds.append,
+            on_summary=relay.receive,
+            **request.options,
         )
         chunker = _Chunker(request.runtime.model_name, rounds)
         try:
@@ -433,22 +452,40 @@ class ChatGemmaMTP(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        request = await self._aprepare(messages, stop, kwargs)
-        rounds = _RoundLog()
-        deltas = request.runtime.astream_chat(
-            request.messages, request.params, on_round=rounds.append, **request.options
-        )
-        chunker = _Chunker(request.runtime.model_name, rounds)
+        reporter = AsyncSummaryReporter(run_manager, self._call_model_name(kwargs))
         try:
-            async for delta in deltas:
-                chunk = chunker.chunk(delta)
-                if chunk is not None:
-                    yield chunk
+            with reporter.relay.covering_rejections():
+                request = await self._aprepare(messages, stop, kwargs)
+            rounds = _RoundLog()
+            deltas = request.runtime.astream_chat(
+                request.messages,
+                request.params,
+                on_round=rounds.append,
+                on_summary=reporter.relay.receive,
+                **request.options,
+            )
+            # A stream left early is closed by the guard of ``astream``, never here: it reports on closing.
+            close_with_guard(reporter)
+            chunker = _Chunker(request.runtime.model_name, rounds)
+            try:
+                async for delta in deltas:
+                    chunk = chunker.chunk(delta)
+                    if chunk is not None:
+                        yield chunk
+            finally:
+                await deltas.aclose()
         finally:
-            await deltas.aclose()
+            await reporter.aclose()
+
+    def _call_model_name(self, kwargs: dict[str, Any]) -> str:
+        """The name a call reports: its per-call ``model`` override, or the model's."""
+        model = kwargs.get("model")
+        return model if isinstance(model, str) and model else self.model_name
 
     # LangChain's stream wrappers do not close the ``_stream`` generator they iterate when they are closed,
-    # so the public streams come inside a guard: closing it cancels the runtime request explicitly.
+    # so the public streams come inside a guard: closing it cancels the runtime request explicitly. LangChain
+    # does not hand ``_stream`` / ``_astream`` the run's manager either: the run's id is chosen here, and its
+    # handlers configured as LangChain configures them, so that the request's summary reaches that run.
 
     def stream(
         self,
@@ -460,7 +497,10 @@ class ChatGemmaMTP(BaseChatModel):
     ) -> Iterator[AIMessageChunk]:
         """LangChain's ``stream``; ``close()`` on the returned iterator stops decoding after the round in progress."""
         parent = super().stream
-        return GuardedStream(lambda: parent(input, config, stop=stop, **kwargs))
+        config, events = self._planned_run(config)
+        return GuardedStream(
+            lambda: parent(input, config, stop=stop, **kwargs), within=lambda: current_run_events(events)
+        )
 
     def astream(
         self,
@@ -473,7 +513,49 @@ class ChatGemmaMTP(BaseChatModel):
         """LangChain's ``astream``; ``aclose()`` on the returned iterator stops decoding after the round in
         progress."""
         parent = super().astream
-        return AsyncGuardedStream(lambda: parent(input, config, stop=stop, **kwargs))
+        config, events = self._planned_run(config)
+        return AsyncGuardedStream(
+            lambda: parent(input, config, stop=stop, **kwargs), within=lambda: current_run_events(events)
+        )
+
+    def _planned_run(self, config: RunnableConfig | None) -> tuple[RunnableConfig, RunEvents]:
+        """The config of a stream call with its run id fixed, and where that run's events go."""
+        config = ensure_config(config)
+        run_id = config.get("run_id") or uuid4()
+        config["run_id"] = run_id
+        callbacks = CallbackManager.configure(
+            config.get("callbacks"),
+            self.callbacks,
+            self.verbose,
+            config.get("tags"),
+            self.tags,
+            config.get("metadata"),
+            self.metadata,
+        )
+        return config, RunEvents(callbacks, run_id)
+
+    def _generate_with_cache(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        """LangChain's call of ``_generate`` or, when streaming callbacks are attached, ``_stream`` (to which
+        it does not pass ``run_manager``): both report the request's summary to ``run_manager``'s run."""
+        with current_run_events(RunEvents.of(run_manager)):
+            return super()._generate_with_cache(messages, stop, run_manager, **kwargs)
+
+    async def _agenerate_with_cache(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        """The async twin of :meth:`_generate_with_cache`."""
+        with current_run_events(RunEvents.of(run_manager)):
+            return await super()._agenerate_with_cache(messages, stop, run_manager, **kwargs)
 
     # -- tools and structured output ----------------------------------------------------------------
 

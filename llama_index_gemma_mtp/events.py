@@ -11,8 +11,7 @@ so the span id is captured when the call starts and stamped on every event expli
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
 from llama_index.core.instrumentation import get_dispatcher
@@ -21,6 +20,7 @@ from llama_index.core.instrumentation.events import BaseEvent
 from pydantic import Field, PrivateAttr
 
 from gemma_mtp import RequestSummary, RoundStats, SpeculationTotals
+from gemma_mtp.lifecycle import SummaryRelay
 
 __all__ = [
     "SpeculationRoundEvent",
@@ -92,7 +92,7 @@ class RequestReporter:
     def __init__(self, model_name: str, span_id: str | None) -> None:
         self._model_name = model_name
         self._span_id = span_id
-        self._sent = False
+        self._relay = SummaryRelay(self._send)
 
     def on_round(self, round_stats: RoundStats) -> None:
         dispatcher.event(
@@ -104,7 +104,9 @@ class RequestReporter:
         )
 
     def on_summary(self, summary: RequestSummary) -> None:
-        self._sent = True
+        self._relay.receive(summary)
+
+    def _send(self, summary: RequestSummary) -> None:
         stats = summary.stats
         dispatcher.event(
             SpeculationSummaryEvent(
@@ -124,15 +126,9 @@ class RequestReporter:
             )
         )
 
-    @contextmanager
-    def reporting_rejections(self) -> Iterator[None]:
+    def reporting_rejections(self) -> AbstractContextManager[None]:
         """Around the start of a call: an error raised before the runtime sent a summary gets one."""
-        try:
-            yield
-        except BaseException as err:
-            if not self._sent:
-                self.on_summary(RequestSummary.rejected(err))
-            raise
+        return self._relay.covering_rejections()
 
 
 class SpeculationStatsHandler(BaseEventHandler):

@@ -1,14 +1,18 @@
 """Distil the mini Gemma 4 MTP assistant (``gemma_mtp/models/mini/assistant``) from the mini target, seeded.
 
-The assistant is trained exactly the way it drafts at inference (transformers'
-``SinglePositionMultiTokenCandidateGenerator``): at a position ``t`` it reads the target's embedding of
-the newest token ``x[t]``, concatenated with the target's last hidden state at ``t - 1``, uses position
-id ``t`` and attends only to the target's shared KV states (keys and values of the last sliding and
-the last full layer) for positions ``0 .. t - 1``. Draft step ``j > 1`` feeds the assistant's own
-projected hidden state back in with the next token, at the same position. All positions of a sequence
-are trained in one batched call: every assistant layer reads only the shared KV, so queries never see
-each other, and the per-query attention masks below reproduce the single-position masks exactly
-(checked against the model's own forward before training).
+The assistant is trained exactly the way gemma-mtp drafts with it at inference: for the newest token
+``x[t]`` (the target has processed ``x[0..t-1]``) it reads the target's embedding of ``x[t]``,
+concatenated with the target's last hidden state at ``t - 1``, and attends only to the target's shared
+KV states (keys and values of the last sliding and the last full layer) of positions ``0 .. t - 1``,
+sliding layers the last ``W`` of them. Its position id is ``t - 1`` (``--draft-position last_accepted``,
+as Google's LiteRT-LM runtime, vLLM and SGLang draft) or ``t`` (``pending``, as transformers'
+``SinglePositionMultiTokenCandidateGenerator`` does; sliding layers then see ``W + 1`` keys, as far as
+its mask reaches). The convention is recorded in the saved ``config.json`` (``gemma_mtp.draft_position``),
+which gemma-mtp honours. Draft step ``j > 1`` feeds the assistant's own projected hidden state back in
+with the next token, at the same position. All positions of a sequence are trained in one batched call:
+every assistant layer reads only the shared KV, so queries never see each other, and the per-query
+attention masks below reproduce the single-position inputs exactly (checked against the model's own
+forward before training).
 
 Training data are the target's own continuations of corpus and chat prompts (mostly greedy, some
 sampled), so the contexts match what the target produces while decoding; the loss is the KL divergence
@@ -60,6 +64,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--draft-steps", type=int, default=4, help="unrolled draft steps K")
     parser.add_argument(
         "--num-assistant-tokens", type=int, default=5, help="draft length saved in the config"
+    )
+    parser.add_argument(
+        "--draft-position",
+        choices=("last_accepted", "pending"),
+        default="last_accepted",
+        help="the assistant's query position: n - 1 (Google's runtime, vLLM) or n (transformers)",
     )
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--layers", type=int, default=1)
@@ -157,16 +167,26 @@ def generate_continuations(
     return data
 
 
-def shared_kv_masks(positions: int, keys: int, sliding_window: int) -> dict[str, torch.Tensor]:
-    """Boolean (1, 1, Q, K) masks: query ``t`` (t = 1..Q) sees keys ``< t``; sliding layers the last W + 1 of them.
+def sliding_entries(sliding_window: int, draft_position: str) -> int:
+    """How many of the newest sliding keys gemma-mtp's drafter passes (``Drafter.sliding_entries``)."""
+    return sliding_window if draft_position == "last_accepted" else sliding_window + 1
 
-    ``Gemma4AssistantForCausalLM.create_attention_masks`` builds, for one query over ``t`` shared keys, a
-    bidirectional window of ``|q - k| <= W`` flipped to the end of the keys, i.e. the last ``W + 1``.
+
+def query_positions(length: int, draft_position: str) -> torch.Tensor:
+    """Position ids of the queries for the newest tokens ``x[1..length-1]``."""
+    return torch.arange(1, length) - (1 if draft_position == "last_accepted" else 0)
+
+
+def shared_kv_masks(positions: int, keys: int, window: int) -> dict[str, torch.Tensor]:
+    """Boolean (1, 1, Q, K) masks: the query for ``x[t]`` (t = 1..Q) sees keys ``< t``; sliding layers the last ``window``.
+
+    The drafter passes exactly those keys, and ``Gemma4AssistantForCausalLM.create_attention_masks`` lets one
+    query see all of them (its bidirectional window ``|q - k| <= W`` reaches the last ``W + 1``).
     """
     t = torch.arange(1, positions + 1)[:, None]
     k = torch.arange(keys)[None, :]
     full = k < t
-    sliding = full & (k >= t - (sliding_window + 1))
+    sliding = full & (k >= t - window)
     return {"full_attention": full[None, None], "sliding_attention": sliding[None, None]}
 
 
@@ -206,21 +226,30 @@ def target_pass(target: Gemma4ForCausalLM, ids: torch.Tensor) -> tuple[torch.Ten
 
 
 @torch.no_grad()
-def check_batched_equals_single(target: Gemma4ForCausalLM, assistant: Gemma4AssistantForCausalLM) -> None:
+def check_batched_equals_single(
+    target: Gemma4ForCausalLM, assistant: Gemma4AssistantForCausalLM, draft_position: str
+) -> None:
     """The batched training pass must give the same logits as the model's own one-position forward."""
     length = target.config.sliding_window + 40
     ids = torch.randint(17, target.config.vocab_size, (1, length), generator=torch.Generator().manual_seed(0))
     hidden, kv, _ = target_pass(target, ids)
     embed = target.get_input_embeddings()
     q = length - 1
-    positions = torch.arange(1, length)[None]
-    masks = shared_kv_masks(q, length, target.config.sliding_window)
+    positions = query_positions(length, draft_position)[None]
+    window = sliding_entries(target.config.sliding_window, draft_position)
+    masks = shared_kv_masks(q, length, window)
     batched, _ = draft_pass(assistant, embed(ids[:, 1:]), hidden[:, :-1], positions, kv, masks)
     for t in (1, 5, target.config.sliding_window, length - 1):
+        visible = {
+            name: (k[:, :, max(0, t - window) : t], v[:, :, max(0, t - window) : t])
+            if name == "sliding_attention"
+            else (k[:, :, :t], v[:, :, :t])
+            for name, (k, v) in kv.items()
+        }
         single = assistant(
             inputs_embeds=torch.cat([embed(ids[:, t : t + 1]), hidden[:, t - 1 : t]], dim=-1),
-            position_ids=torch.tensor([[t]]),
-            shared_kv_states={name: (k[:, :, :t], v[:, :, :t]) for name, (k, v) in kv.items()},
+            position_ids=positions[:, t - 1 : t],
+            shared_kv_states=visible,
         ).logits[0, 0]
         error = (single - batched[0, t - 1]).abs().max().item()
         if error > 1e-4:
@@ -235,6 +264,7 @@ def distillation_loss(
     ids: torch.Tensor,
     loss_mask: torch.Tensor,
     draft_steps: int,
+    draft_position: str,
 ) -> tuple[torch.Tensor, list[float]]:
     """Mean over draft steps of KL(target || assistant) + CE(target's greedy token); and per-step accuracy."""
     hidden, kv, target_logits = target_pass(target, ids)
@@ -243,8 +273,8 @@ def distillation_loss(
         token_embeds = embed(ids)
     batch, length = ids.shape
     q = length - 1
-    positions = torch.arange(1, length)[None].expand(batch, -1)
-    masks = shared_kv_masks(q, length, target.config.sliding_window)
+    positions = query_positions(length, draft_position)[None].expand(batch, -1)
+    masks = shared_kv_masks(q, length, sliding_entries(target.config.sliding_window, draft_position))
     state = hidden[:, :-1]  # target hidden state at t - 1 for queries t = 1..L-1
     total = torch.zeros(())
     accuracy = []
@@ -279,9 +309,9 @@ def collate(sequences: list[tuple[list[int], int]], pad_id: int) -> tuple[torch.
 
 
 def save_assistant(
-    assistant: Gemma4AssistantForCausalLM, target_dir: Path, out: Path, draft_length: int
+    assistant: Gemma4AssistantForCausalLM, target_dir: Path, out: Path, draft_length: int, draft_position: str
 ) -> None:
-    """float16 safetensors, float32 compute on load, the target's tokenizer and the chosen draft length."""
+    """float16 safetensors, float32 compute on load, the target's tokenizer, draft length and convention."""
     out.mkdir(parents=True, exist_ok=True)
     half = Gemma4AssistantForCausalLM(assistant.config)
     half.load_state_dict(assistant.state_dict())
@@ -301,6 +331,7 @@ def save_assistant(
     config_path = out / "config.json"
     config = json.loads(config_path.read_text())
     config["dtype"] = "float32"
+    config["gemma_mtp"] = {"draft_position": draft_position}
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
@@ -319,7 +350,7 @@ def main() -> None:
         # Same width as the target: start the tied embedding/head from the target's vocabulary geometry.
         assistant.get_input_embeddings().weight.copy_(target.get_input_embeddings().weight)
     print(f"assistant parameters {sum(p.numel() for p in assistant.parameters()) / 1e6:.2f}M", flush=True)
-    check_batched_equals_single(target, assistant)
+    check_batched_equals_single(target, assistant, args.draft_position)
 
     data = generate_continuations(target, tokenizer, args)
     rng = random.Random(args.seed)
@@ -336,7 +367,9 @@ def main() -> None:
         lr = args.lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * (1 - step / args.steps))
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss, accuracy = distillation_loss(target, assistant, ids, mask, args.draft_steps)
+        loss, accuracy = distillation_loss(
+            target, assistant, ids, mask, args.draft_steps, args.draft_position
+        )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(assistant.parameters(), 1.0)
         optimizer.step()
@@ -350,11 +383,15 @@ def main() -> None:
             )
         if (step + 1) % 50 == 0:
             save_assistant(
-                assistant, args.target, args.work_dir / "assistant-checkpoint", args.num_assistant_tokens
+                assistant,
+                args.target,
+                args.work_dir / "assistant-checkpoint",
+                args.num_assistant_tokens,
+                args.draft_position,
             )
 
     assistant.eval()
-    save_assistant(assistant, args.target, args.out, args.num_assistant_tokens)
+    save_assistant(assistant, args.target, args.out, args.num_assistant_tokens, args.draft_position)
     print(f"done in {time.perf_counter() - started:.0f}s, saved to {args.out}", flush=True)
 
 

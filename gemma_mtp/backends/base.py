@@ -9,12 +9,12 @@ into a stream of :class:`Round` objects: the tokens one target step produced, an
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol, runtime_checkable
 
 from gemma_mtp.params import SamplingParams
 
-__all__ = ["Backend", "DecodeRequest", "ForwardCounter", "Round"]
+__all__ = ["Backend", "DecodeRequest", "ForwardCounter", "Round", "reject_unhandled_fields"]
 
 ForwardCounter = Callable[[str], None]
 """Told ``"target"`` or ``"assistant"`` for every forward pass a request makes (as far as the engine says)."""
@@ -92,3 +92,21 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Free the engine (idempotent)."""
+
+
+def reject_unhandled_fields(params: SamplingParams, handled: frozenset[str], backend: str) -> None:
+    """Refuse any parameter this backend does not map, unless it keeps its default value.
+
+    A field added to :class:`SamplingParams` later is refused by engines that do not know it yet, so no
+    request setting is ever dropped silently.
+    """
+    for spec in fields(params):
+        if spec.name in handled:
+            continue
+        value = getattr(params, spec.name)
+        default = spec.default_factory() if callable(spec.default_factory) else spec.default
+        if value != default:
+            raise ValueError(
+                f"{spec.name}={value!r} is not available on backend={backend!r}; "
+                "use backend='transformers' for it."
+            )

@@ -18,13 +18,32 @@ import logging
 from collections.abc import Generator
 from typing import Any
 
-from gemma_mtp.backends.base import DecodeRequest, Round
+from gemma_mtp.backends.base import DecodeRequest, Round, reject_unhandled_fields
 from gemma_mtp.loading import PairInfo, inspect_pair
 from gemma_mtp.params import SamplingParams
 
 __all__ = ["OpenAIBackend"]
 
 logger = logging.getLogger("gemma_mtp")
+
+# SamplingParams fields sent to the server, served here (stop strings, detokenizing) or checked below.
+_HANDLED_FIELDS = frozenset(
+    {
+        "max_new_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "seed",
+        "stop",
+        "stop_token_ids",
+        "ignore_eos",
+        "skip_special_tokens",
+        "num_assistant_tokens",
+        "max_assistant_tokens",
+        "adaptive_draft",
+        "sample_drafts",
+    }
+)
 
 _INSTALL_HINT = "backend='openai' needs the OpenAI client: pip install 'gemma-mtp[openai]'."
 
@@ -105,6 +124,7 @@ class OpenAIBackend:
                 f"json_schema, regex and grammar constraints are not available on backend={self.name!r}; "
                 "use backend='transformers' for constrained decoding."
             )
+        reject_unhandled_fields(params, _HANDLED_FIELDS, self.name)
         if not use_assistant:
             raise ValueError(
                 "use_assistant=False cannot be asked of a running server: it drafts (or not) as it was "

@@ -16,7 +16,13 @@ import torch
 from gemma_mtp.backends.base import DecodeRequest, Round
 from gemma_mtp.constraints import ConstraintCompiler, ConstraintGuide, constraint_lark
 from gemma_mtp.loading import LoadedPair, default_draft_length, end_of_generation_ids, load_pair
-from gemma_mtp.modeling import Drafter, TargetStep
+from gemma_mtp.modeling import (
+    Drafter,
+    DraftPosition,
+    TargetStep,
+    checkpoint_draft_position,
+    validate_draft_position,
+)
 from gemma_mtp.params import SamplingParams
 from gemma_mtp.policy import DraftPolicy, PolicyMemory, policy_for
 from gemma_mtp.speculative import SpeculativeDecoder
@@ -31,11 +37,22 @@ class TransformersBackend:
     round_statistics = True
     constrained_decoding = True
 
-    def __init__(self, pair: LoadedPair):
+    def __init__(
+        self,
+        pair: LoadedPair,
+        draft_position: DraftPosition | None = None,
+        lock: threading.RLock | None = None,
+    ):
         self.pair = pair
-        self.lock = threading.RLock()
+        self.lock = lock or threading.RLock()
         self.target_step = TargetStep(pair.target)
-        self.drafter = Drafter(pair.assistant, self.target_step.embed)
+        # The assistant checkpoint's convention unless overridden (gemma_mtp.modeling.DraftPosition).
+        self.draft_position: DraftPosition = (
+            checkpoint_draft_position(pair.assistant.config)
+            if draft_position is None
+            else validate_draft_position(draft_position, "draft_position")
+        )
+        self.drafter = Drafter(pair.assistant, self.target_step.embed, self.draft_position)
         self.model_name = pair.target_name
         self.assistant_name = pair.assistant_name
         self.tokenizer = pair.tokenizer
@@ -55,9 +72,14 @@ class TransformersBackend:
         *,
         device: str | torch.device | None,
         dtype: str | torch.dtype | None,
+        draft_position: DraftPosition | None = None,
         **loader_options: Any,
     ) -> TransformersBackend:
-        return cls(load_pair(target, assistant, device=device, dtype=dtype, **loader_options))
+        return cls(load_pair(target, assistant, device=device, dtype=dtype, **loader_options), draft_position)
+
+    def with_draft_position(self, draft_position: DraftPosition) -> TransformersBackend:
+        """The same weights (and forward-pass lock) drafting under ``draft_position``."""
+        return type(self)(self.pair, draft_position, self.lock)
 
     @property
     def device(self) -> torch.device:

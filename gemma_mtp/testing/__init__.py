@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "GEMMA4_SPECIAL_TOKENS",
+    "KINDS",
     "VARIANTS",
     "TinyPair",
     "build_tiny_pair",
@@ -28,7 +29,7 @@ __all__ = [
     "tiny_runtime",
 ]
 
-_built: dict[tuple[str, bool, int | None, int], TinyPair] = {}
+_built: dict[tuple[str, bool, bool, int | None, int], TinyPair] = {}
 _lock = threading.Lock()
 _root = Path(tempfile.mkdtemp(prefix="gemma-mtp-kit-"))
 
@@ -37,6 +38,7 @@ def tiny_pair(
     variant: str = "dense",
     *,
     agreeing: bool = False,
+    contextual: bool = False,
     num_assistant_tokens: int | None = 3,
     head_dim: int = 16,
 ) -> TinyPair:
@@ -44,27 +46,40 @@ def tiny_pair(
 
     ``head_dim=32`` builds a pair that vLLM's CPU attention accepts (it needs head sizes of 32 or more).
     """
-    key = (variant, agreeing, num_assistant_tokens, head_dim)
+    key = (variant, agreeing, contextual, num_assistant_tokens, head_dim)
     with _lock:
         if key not in _built:
-            name = f"{variant}-{'agreeing' if agreeing else 'random'}-{num_assistant_tokens}-h{head_dim}"
+            kind = "contextual" if contextual else "agreeing" if agreeing else "random"
             _built[key] = build_tiny_pair(
-                _root / name,
+                _root / f"{variant}-{kind}-{num_assistant_tokens}-h{head_dim}",
                 variant,
                 agreeing=agreeing,
+                contextual=contextual,
                 num_assistant_tokens=num_assistant_tokens,
                 head_dim=head_dim,
             )
         return _built[key]
 
 
+KINDS = ("agreeing", "contextual", "random")
+
+
 def tiny_runtime(
     kind: str = "agreeing", variant: str = "dense", *, num_assistant_tokens: int | None = 3
 ) -> Runtime:
-    """A Runtime on a kit pair: ``kind`` is ``"agreeing"`` (assistant mostly right) or ``"random"``."""
-    if kind not in ("agreeing", "random"):
-        raise ValueError(f"kind must be 'agreeing' or 'random', got {kind!r}")
+    """A Runtime on a kit pair.
+
+    ``kind``: ``"agreeing"`` (assistant mostly right, drafting from the token alone), ``"contextual"``
+    (mostly right, and its drafts depend on the target's hidden state and keys/values) or ``"random"``.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(repr(k) for k in KINDS)}, got {kind!r}")
     from gemma_mtp.runtime import Runtime
 
-    pair = tiny_pair(variant, agreeing=kind == "agreeing", num_assistant_tokens=num_assistant_tokens)
+    pair = tiny_pair(
+        variant,
+        agreeing=kind != "random",
+        contextual=kind == "contextual",
+        num_assistant_tokens=num_assistant_tokens,
+    )
     return Runtime.load(str(pair.target_dir), str(pair.assistant_dir), device="cpu", dtype="float32")

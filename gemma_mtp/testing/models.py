@@ -14,6 +14,13 @@ attention and MLP add small context-dependent perturbations. The assistant imple
 successor map exactly, so it agrees with the target most of the time, disagrees sometimes, and both
 full and partial acceptance happen. EOS and end-of-turn ids sit inside the permutation, so generations
 also end mid-draft.
+
+That assistant ignores the target's hidden state and attention, so it drafts the same whatever position,
+hidden state or keys/values the loop feeds it. ``contextual=True`` adds what a trained assistant has:
+its input projection also reads the target's hidden state (and, from the second draft step, its own fed-back
+state), and both of its layers' attention (one sliding, one full, each reading the target's shared
+keys/values) write into its residual stream. The successor map still dominates, so drafts agree often
+enough for partial acceptances, while a wrong position, hidden state or key/value entry changes drafts.
 """
 
 from __future__ import annotations
@@ -48,6 +55,10 @@ VARIANTS = ("dense", "e2b", "moe", "unified")
 SLIDING_WINDOW = 16
 # Scale of the sandwich norms in agreeing pairs, tuned so that greedy acceptance is about 0.6-0.8.
 _PERTURBATION = {"dense": 5.0, "moe": 5.0, "unified": 5.0, "e2b": 2.8}
+# Contextual assistants: weight of the target's hidden state in the input projection, and scale of the
+# attention blocks' sandwich norms (the size of what attention adds to the residual stream).
+_CONTEXT_HIDDEN = 1.0
+_CONTEXT_ATTENTION = 1.0
 END_OF_GENERATION = ("<eos>", "<turn|>", "<|tool_response>")
 
 
@@ -59,6 +70,7 @@ class TinyPair:
     assistant_dir: Path
     variant: str
     agreeing: bool
+    contextual: bool = False
 
 
 def _target_config(
@@ -207,6 +219,21 @@ def _make_agreeing(target: PreTrainedModel, assistant: PreTrainedModel, variant:
         masked.centroids.weight.copy_(head[members].mean(dim=1) * per**0.5)
 
 
+@torch.no_grad()
+def _make_contextual(assistant: PreTrainedModel, seed: int) -> None:
+    """Let an agreeing assistant's drafts depend on the target's hidden state and on its attention."""
+    gen = torch.Generator().manual_seed(seed + 2)
+    hidden = assistant.config.get_text_config().hidden_size
+    backbone = assistant.config.backbone_hidden_size
+    weight = assistant.pre_projection.weight
+    weight[:, hidden:] = torch.randn(hidden, backbone, generator=gen) * _CONTEXT_HIDDEN / backbone**0.5
+    for name, param in assistant.model.named_parameters():
+        if "o_proj" in name:
+            param.copy_(torch.randn(param.shape, generator=gen) / param.shape[1] ** 0.5)
+        elif "post_attention_layernorm" in name:
+            param.fill_(_CONTEXT_ATTENTION)
+
+
 def _untie(config: Any) -> None:
     config.tie_word_embeddings = False
     text = config.get_text_config()
@@ -226,18 +253,23 @@ def build_tiny_pair(
     variant: str = "dense",
     *,
     agreeing: bool = False,
+    contextual: bool = False,
     seed: int = 0,
     num_assistant_tokens: int | None = 3,
     head_dim: int = 16,
 ) -> TinyPair:
     """Build a tiny target + assistant pair into ``dest`` (two subfolders) and return where they lie.
 
-    ``num_assistant_tokens=None`` leaves it out of the assistant's generation config, as some real
-    assistants do, so that the per-family default is exercised. ``head_dim`` sets the sliding layers'
-    head size (global layers get twice it); vLLM's CPU attention needs at least 32.
+    ``contextual=True`` (with ``agreeing=True``) makes the assistant's drafts depend on the target's
+    hidden state and keys/values (see the module docstring). ``num_assistant_tokens=None`` leaves it out
+    of the assistant's generation config, as some real assistants do, so that the per-family default is
+    exercised. ``head_dim`` sets the sliding layers' head size (global layers get twice it); vLLM's CPU
+    attention needs at least 32.
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown kit variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    if contextual and not agreeing:
+        raise ValueError("contextual=True builds on the agreeing pair; pass agreeing=True as well")
     dest = Path(dest)
     tokenizer = build_tokenizer()
     eos_ids = [tokenizer.convert_tokens_to_ids(t) for t in END_OF_GENERATION]
@@ -252,6 +284,8 @@ def build_tiny_pair(
     assistant = assistant_cls(assistant_config).eval()
     if agreeing:
         _make_agreeing(target, assistant, variant, seed)
+    if contextual:
+        _make_contextual(assistant, seed)
 
     target_gen = GenerationConfig(eos_token_id=eos_ids, bos_token_id=2, pad_token_id=0, do_sample=False)
     assistant_gen = GenerationConfig(eos_token_id=eos_ids, bos_token_id=2, pad_token_id=0, do_sample=False)
@@ -261,6 +295,14 @@ def build_tiny_pair(
     _save(target, tokenizer, target_dir, target_gen)
     _save(assistant, tokenizer, assistant_dir, assistant_gen)
     (dest / "kit.json").write_text(
-        json.dumps({"variant": variant, "agreeing": agreeing, "seed": seed, "head_dim": head_dim})
+        json.dumps(
+            {
+                "variant": variant,
+                "agreeing": agreeing,
+                "contextual": contextual,
+                "seed": seed,
+                "head_dim": head_dim,
+            }
+        )
     )
-    return TinyPair(target_dir, assistant_dir, variant, agreeing)
+    return TinyPair(target_dir, assistant_dir, variant, agreeing, contextual)

@@ -180,3 +180,47 @@ def test_totals_rates_and_dict() -> None:
     assert as_dict["tokens_per_round"] == pytest.approx(13 / 4)
     assert as_dict["tokens_per_second"] == pytest.approx(6.5)
     assert SpeculationTotals().acceptance_rate == 0.0
+
+
+def test_the_summary_event_replaces_streamed_rounds_and_the_end_does_not_count_again() -> None:
+    handler = SpeculationCallbackHandler()
+    run = _start(handler)
+    chunk = ChatGenerationChunk(
+        message=AIMessageChunk("a"), generation_info={"speculation_rounds": [_round(4, 1, 2)]}
+    )
+    handler.on_llm_new_token("a", chunk=chunk, run_id=run)
+    summary = {**_summary(8, 3, 5, 2), "finish_reason": "cancelled", "error": None}
+    handler.on_custom_event("gemma_mtp_speculation_summary", summary, run_id=run)
+    handler.on_llm_new_token("b", chunk=chunk, run_id=run)  # late chunks change nothing
+    handler.on_llm_end(_end(summary), run_id=run)
+    totals = handler.totals
+    assert (totals.requests, totals.rounds, totals.drafted_tokens, totals.generated_tokens) == (1, 2, 8, 5)
+
+
+def test_a_failed_request_counts_its_summary_event() -> None:
+    handler = SpeculationCallbackHandler()
+    run = _start(handler)
+    summary = {**_summary(6, 2, 4, 3), "finish_reason": "error", "error": "RuntimeError: boom"}
+    handler.on_custom_event("gemma_mtp_speculation_summary", summary, run_id=run)
+    handler.on_llm_error(RuntimeError("boom"), run_id=run)
+    assert (handler.totals.requests, handler.totals.rounds) == (1, 3)
+    assert handler.request_ids() == [run]
+
+
+def test_other_custom_events_are_ignored() -> None:
+    handler = SpeculationCallbackHandler()
+    run = _start(handler)
+    handler.on_custom_event("progress", _summary(6, 2, 4, 3), run_id=run)
+    handler.on_llm_end(_end(None), run_id=run)
+    assert handler.totals == SpeculationTotals()
+
+
+def test_a_cache_replay_of_a_request_counted_from_its_event_is_ignored() -> None:
+    handler = SpeculationCallbackHandler()
+    summary = {**_summary(4, 3, 5, 2), "finish_reason": "stop", "error": None}
+    first, replay = _start(handler), _start(handler)
+    handler.on_custom_event("gemma_mtp_speculation_summary", summary, run_id=first)
+    handler.on_llm_end(_end(summary), run_id=first)
+    handler.on_llm_end(_end(summary), run_id=replay)
+    assert handler.totals.requests == 1
+    assert handler.request_ids() == [first]

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Generator
+from dataclasses import dataclass, fields
 from typing import Any
 
 import pytest
 
 from gemma_mtp import Runtime, SamplingParams
 from gemma_mtp.backends import Backend, DecodeRequest, Round
+from gemma_mtp.backends.base import reject_unhandled_fields
 from gemma_mtp.loading import inspect_pair
 from gemma_mtp.testing import tiny_pair
 
@@ -153,3 +155,14 @@ def test_models_are_reachable_on_the_transformers_backend_only(agreeing: Runtime
     rt = Runtime(_ChunkedServer(agreeing, [1], {}))
     with pytest.raises(AttributeError, match="only reachable with backend='transformers'"):
         _ = rt.target
+
+
+def test_parameters_an_engine_does_not_map_are_refused_not_dropped() -> None:
+    @dataclass(frozen=True)
+    class WithPenalty(SamplingParams):
+        repetition_penalty: float = 1.0
+
+    known = frozenset(f.name for f in fields(SamplingParams))
+    reject_unhandled_fields(WithPenalty(), known, "vllm")  # a default value asks for nothing
+    with pytest.raises(ValueError, match=r"repetition_penalty=1.3 is not available on backend='vllm'"):
+        reject_unhandled_fields(WithPenalty(repetition_penalty=1.3), known, "vllm")

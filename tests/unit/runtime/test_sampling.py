@@ -203,3 +203,11 @@ def test_top_k_and_top_p_restrict_support() -> None:
     assert probs[0] == 1.0
     kept = warp(logits, SamplingParams(temperature=1.0, top_p=0.9))[0]
     assert (kept[:3] > 0).all() and kept[4] == 0
+
+
+def test_warp_divides_by_the_temperature_and_top_k_1_is_the_argmax() -> None:
+    logits = torch.tensor([[2.0, 1.0, 0.5, -1.0]])
+    warped = warp(logits, SamplingParams(temperature=0.5))
+    assert torch.allclose(warped, torch.softmax(logits / 0.5, dim=-1))
+    point = warp(logits, SamplingParams(temperature=0.7, top_k=1))
+    assert point.tolist() == [[1.0, 0.0, 0.0, 0.0]]
