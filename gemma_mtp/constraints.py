@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
@@ -35,6 +36,7 @@ __all__ = [
     "bound_integers",
     "check_constraint",
     "constraint_lark",
+    "ending_on_tokens",
     "json_schema_lark",
     "regex_lark",
     "strict_schema",
@@ -141,6 +143,26 @@ def constraint_lark(
     if regex is not None:
         return f"start: {regex_lark(regex)}\n"
     return grammar
+
+
+# String literals, regex literals and comments of the Lark dialect (where a word is no rule name), or the word.
+_LARK_PIECES = re.compile(r'"(?:[^"\\\n]|\\.)*"|/(?:[^/\\\n]|\\.)+/[imslux]*|//[^\n]*|\b(start)\b')
+_BODY_RULE = "gemma_mtp_constrained"
+
+
+def ending_on_tokens(lark: str, token_ids: Iterable[int]) -> str:
+    """``lark`` that, once complete, may also end on any of ``token_ids`` (special tokens, by id).
+
+    An engine that lets a complete grammar end only on the tokenizer's end-of-sequence token gets the same
+    choice of end tokens as :class:`ConstraintGuide` (all end-of-generation tokens) this way: the grammar's
+    ``start`` rule is renamed and followed by an optional end token.
+    """
+    ends = sorted({int(i) for i in token_ids})
+    if not ends:
+        return lark
+    body = _LARK_PIECES.sub(lambda m: _BODY_RULE if m.group(1) else m.group(0), lark)
+    alternatives = " | ".join(f"<[{i}]>" for i in ends)
+    return f"{body.rstrip()}\nstart: {_BODY_RULE} gemma_mtp_end?\ngemma_mtp_end: {alternatives}\n"
 
 
 def check_constraint(

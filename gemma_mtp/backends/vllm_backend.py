@@ -10,6 +10,14 @@ cancellation aborts the request in the engine.
 Speculation is fixed per engine in vLLM: the draft length ``num_assistant_tokens`` is set when the
 engine starts (the assistant's or the family's default), and requests asking for another one are
 refused with the engine's value.
+
+Constraints (``json_schema``, ``regex``, ``grammar``, and the tool-call grammar of chat with tools) compile to
+the same llguidance Lark grammar as on the transformers backend (:func:`~gemma_mtp.constraints.constraint_lark`)
+and go to the engine as a grammar for vLLM's ``guidance`` structured-outputs backend, which runs llguidance
+too: the JSON layout, whitespace bounds and allowed tokens are the same. vLLM masks drafts and the target's
+choices alike. vLLM lets a complete grammar end on the tokenizer's end-of-sequence token only, so the grammar
+sent also accepts the other end-of-generation tokens (``<turn|>``, ...) at its end: a complete constraint may end
+on the same tokens as in process.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from gemma_mtp.backends.base import DecodeRequest, Round, reject_unhandled_fields
+from gemma_mtp.constraints import constraint_lark, ending_on_tokens
 from gemma_mtp.loading import PairInfo, inspect_pair, resolve_dtype
 from gemma_mtp.params import SamplingParams
 
@@ -56,6 +65,9 @@ _HANDLED_FIELDS = frozenset(
         "max_assistant_tokens",
         "adaptive_draft",
         "sample_drafts",
+        "json_schema",
+        "regex",
+        "grammar",
     }
 )
 
@@ -67,6 +79,8 @@ _MANAGED_OPTIONS = {
     "per_request_spec_decode_metrics": "the backend needs vLLM's detailed per-request metrics",
     "trust_remote_code": "gemma-mtp only runs Gemma 4 code that ships with vLLM",
     "skip_tokenizer_init": "the backend needs the tokenizer",
+    "structured_outputs_config": "constraints compile to llguidance's Lark dialect, which vLLM's 'guidance' "
+    "structured-outputs backend runs",
 }
 
 
@@ -100,7 +114,7 @@ class VLLMBackend:
     """A vLLM ``AsyncLLM`` serving one Gemma 4 target with its MTP assistant (or without speculation)."""
 
     name = "vllm"
-    constrained_decoding = False
+    constrained_decoding = True
     round_statistics = True
 
     def __init__(
@@ -169,6 +183,7 @@ class VLLMBackend:
         if platform == "cpu" and "kv_cache_memory_bytes" not in options:
             options["kv_cache_memory_bytes"] = DEFAULT_CPU_KV_CACHE_BYTES
         options.setdefault("disable_log_stats", True)
+        options["structured_outputs_config"] = {"backend": "guidance"}
         if draft_length > 0:
             options["speculative_config"] = {
                 "method": "mtp",
@@ -211,11 +226,6 @@ class VLLMBackend:
 
     def check_request(self, params: SamplingParams, use_assistant: bool) -> None:
         """Refuse, with the reason and the fix, what vLLM's engine would not do as asked."""
-        if params.constrained:
-            raise ValueError(
-                f"json_schema, regex and grammar constraints are not available on backend={self.name!r}; "
-                "use backend='transformers' for constrained decoding."
-            )
         reject_unhandled_fields(params, _HANDLED_FIELDS, self.name)
         if use_assistant and not self.speculative:
             raise ValueError(
@@ -317,9 +327,12 @@ class VLLMBackend:
     def _sampling_params(self, request: DecodeRequest) -> Any:
         """Our parameters as vLLM's; stop strings and detokenizing stay with the runtime."""
         from vllm import SamplingParams as VLLMSamplingParams
-        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
         params = request.params
+        lark = constraint_lark(params.json_schema, params.regex, params.grammar)
+        if lark is not None:  # vLLM's matcher already ends on the tokenizer's end-of-sequence token
+            lark = ending_on_tokens(lark, set(self.eos_token_ids) - {self.tokenizer.eos_token_id})
         return VLLMSamplingParams(
             max_tokens=request.budget,
             temperature=params.temperature,
@@ -331,6 +344,7 @@ class VLLMBackend:
             ignore_eos=params.ignore_eos,
             detokenize=False,
             output_kind=RequestOutputKind.DELTA,
+            structured_outputs=None if lark is None else StructuredOutputsParams(grammar=lark),
         )
 
     def close(self) -> None:

@@ -151,6 +151,18 @@ def test_backends_without_constraints_prefill_a_forced_call_and_refuse_constrain
         server.check_request(SamplingParams(regex="a+"), True)
 
 
+def test_the_vllm_backend_takes_constraints() -> None:
+    from gemma_mtp.backends.vllm_backend import VLLMBackend
+
+    assert VLLMBackend.constrained_decoding
+    engine = VLLMBackend.__new__(VLLMBackend)  # the check needs no engine
+    engine.draft_length, engine.platform = 3, "cpu"
+    for constraint in ({"regex": "a+"}, {"json_schema": {"type": "string"}}, {"grammar": 'start: "a"'}):
+        engine.check_request(SamplingParams(**constraint), True)
+    with pytest.raises(ValueError, match="adaptive_draft is not available"):
+        engine.check_request(SamplingParams(regex="a+", adaptive_draft=True), True)
+
+
 def test_models_are_reachable_on_the_transformers_backend_only(agreeing: Runtime) -> None:
     rt = Runtime(_ChunkedServer(agreeing, [1], {}))
     with pytest.raises(AttributeError, match="only reachable with backend='transformers'"):

@@ -16,7 +16,13 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from gemma_mtp import Runtime, SamplingParams
-from gemma_mtp.constraints import ConstraintError, constraint_lark, regex_lark
+from gemma_mtp.constraints import (
+    ConstraintCompiler,
+    ConstraintError,
+    constraint_lark,
+    ending_on_tokens,
+    regex_lark,
+)
 from gemma_mtp.sampling import warp
 from gemma_mtp.testing import VARIANTS, tiny_runtime
 
@@ -284,3 +290,19 @@ def test_constrained_sampling_follows_the_masked_distribution(rt: Runtime, sampl
     assert set(counts) <= set(exact)  # nothing outside the mask, ever
     tv = total_variation(counts, exact, SAMPLES)
     assert tv < LOOP_TV_BOUND, tv
+
+
+def test_a_grammar_ending_on_tokens_keeps_its_language_and_adds_the_end_tokens(rt: Runtime) -> None:
+    grammar = 'start: "(" start ")" | "x" NUM // start\nNUM: /[0-9]/\n'
+    extended = ending_on_tokens(grammar, [6, 11])
+    assert extended == (  # rule references renamed; strings and comments untouched
+        'gemma_mtp_constrained: "(" gemma_mtp_constrained ")" | "x" NUM // start\nNUM: /[0-9]/\n'
+        "start: gemma_mtp_constrained gemma_mtp_end?\ngemma_mtp_end: <[6]> | <[11]>\n"
+    )
+    # A matcher that ends only on <eos> (id 1), as vLLM's does, now also ends on ids 6 and 11, once complete.
+    matcher = ConstraintCompiler(rt.tokenizer, rt.vocab_size, [1]).matcher(extended)
+    text_ids = rt.tokenizer.encode("(x1)", add_special_tokens=False)
+    assert not matcher.validate_tokens([6])  # incomplete: no end token
+    assert matcher.consume_tokens(text_ids)
+    assert matcher.validate_tokens([6]) == 1 and matcher.validate_tokens([11]) == 1
+    assert ending_on_tokens(grammar, []) == grammar
