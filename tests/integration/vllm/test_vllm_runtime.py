@@ -218,7 +218,7 @@ def test_tool_call_answers_parse_the_same_on_both_backends(runtimes: tuple[Runti
     params = SamplingParams(max_new_tokens=80)
     ours = vllm_rt.chat(MESSAGES, params, tools=TOOLS, tool_choice="get_weather")
     reference = local_rt.chat(MESSAGES, params, tools=TOOLS, tool_choice="get_weather")
-    assert ours.raw_text.startswith("<|tool_call>call:get_weather")
+    assert "<|tool_call>call:get_weather{" in ours.raw_text  # after an empty thought block the grammar allows
     assert ours.raw_text == reference.raw_text
     assert ours.tool_calls == reference.tool_calls
     assert [str(m) for m in ours.malformed_tool_calls] == [str(m) for m in reference.malformed_tool_calls]
