@@ -12,9 +12,17 @@ from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol, runtime_checkable
 
+from gemma_mtp.constraints import constraint_lark, ending_on_tokens
 from gemma_mtp.params import SamplingParams
 
-__all__ = ["Backend", "DecodeRequest", "ForwardCounter", "Round", "reject_unhandled_fields"]
+__all__ = [
+    "Backend",
+    "DecodeRequest",
+    "ForwardCounter",
+    "Round",
+    "guidance_grammar",
+    "reject_unhandled_fields",
+]
 
 ForwardCounter = Callable[[str], None]
 """Told ``"target"`` or ``"assistant"`` for every forward pass a request makes (as far as the engine says)."""
@@ -92,6 +100,18 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Free the engine (idempotent)."""
+
+
+def guidance_grammar(params: SamplingParams, eos_token_ids: Any, tokenizer: Any) -> str | None:
+    """The request's constraint as the llguidance grammar for vLLM's ``guidance`` structured outputs.
+
+    vLLM's matcher ends a complete grammar on the tokenizer's end-of-sequence token only; the grammar also
+    accepts the other end-of-generation tokens, as the in-process guide does.
+    """
+    lark = constraint_lark(params.json_schema, params.regex, params.grammar)
+    if lark is None:
+        return None
+    return ending_on_tokens(lark, set(eos_token_ids) - {tokenizer.eos_token_id})
 
 
 def reject_unhandled_fields(params: SamplingParams, handled: frozenset[str], backend: str) -> None:

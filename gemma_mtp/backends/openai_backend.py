@@ -18,7 +18,7 @@ import logging
 from collections.abc import Generator
 from typing import Any
 
-from gemma_mtp.backends.base import DecodeRequest, Round, reject_unhandled_fields
+from gemma_mtp.backends.base import DecodeRequest, Round, guidance_grammar, reject_unhandled_fields
 from gemma_mtp.loading import PairInfo, inspect_pair
 from gemma_mtp.params import SamplingParams
 
@@ -42,6 +42,9 @@ _HANDLED_FIELDS = frozenset(
         "max_assistant_tokens",
         "adaptive_draft",
         "sample_drafts",
+        "json_schema",
+        "regex",
+        "grammar",
     }
 )
 
@@ -52,7 +55,7 @@ class OpenAIBackend:
     """A client of an OpenAI-compatible server that serves the target (with its MTP assistant)."""
 
     name = "openai"
-    constrained_decoding = False
+    constrained_decoding = True
     round_statistics = False
 
     def __init__(self, info: PairInfo, client: Any, served_model: str, base_url: str, dtype: str | None):
@@ -119,11 +122,6 @@ class OpenAIBackend:
 
     def check_request(self, params: SamplingParams, use_assistant: bool) -> None:
         """Refuse what a request cannot ask of a running server."""
-        if params.constrained:
-            raise ValueError(
-                f"json_schema, regex and grammar constraints are not available on backend={self.name!r}; "
-                "use backend='transformers' for constrained decoding."
-            )
         reject_unhandled_fields(params, _HANDLED_FIELDS, self.name)
         if not use_assistant:
             raise ValueError(
@@ -151,6 +149,9 @@ class OpenAIBackend:
             "skip_special_tokens": False,
             "return_token_ids": True,
         }
+        lark = guidance_grammar(params, self.eos_token_ids, self.tokenizer)
+        if lark is not None:  # vLLM's server runs it with llguidance (its 'guidance' structured outputs)
+            extra["structured_outputs"] = {"grammar": lark}
         stream = self.client.completions.create(
             model=self.served_model,
             prompt=request.prompt_ids,

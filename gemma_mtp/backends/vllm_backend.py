@@ -31,8 +31,7 @@ from collections.abc import Coroutine, Generator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from gemma_mtp.backends.base import DecodeRequest, Round, reject_unhandled_fields
-from gemma_mtp.constraints import constraint_lark, ending_on_tokens
+from gemma_mtp.backends.base import DecodeRequest, Round, guidance_grammar, reject_unhandled_fields
 from gemma_mtp.loading import PairInfo, inspect_pair, resolve_dtype
 from gemma_mtp.params import SamplingParams
 
@@ -330,9 +329,7 @@ class VLLMBackend:
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
         params = request.params
-        lark = constraint_lark(params.json_schema, params.regex, params.grammar)
-        if lark is not None:  # vLLM's matcher already ends on the tokenizer's end-of-sequence token
-            lark = ending_on_tokens(lark, set(self.eos_token_ids) - {self.tokenizer.eos_token_id})
+        lark = guidance_grammar(params, self.eos_token_ids, self.tokenizer)
         return VLLMSamplingParams(
             max_tokens=request.budget,
             temperature=params.temperature,

@@ -63,6 +63,7 @@ def server(local_runtime: Runtime, tmp_path_factory: pytest.TempPathFactory) -> 
         "--speculative-config",
         json.dumps({"method": "mtp", "model": local_rt.assistant_name, "num_speculative_tokens": 3}),
         "--per-request-spec-decode-metrics", "detailed",
+        "--structured-outputs-config", json.dumps({"backend": "guidance"}),
     ]  # fmt: skip
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))

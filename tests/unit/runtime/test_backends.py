@@ -133,9 +133,7 @@ def test_requests_are_checked_by_the_backend_at_the_call(agreeing: Runtime) -> N
                 result.close()
 
 
-def test_backends_without_constraints_prefill_a_forced_call_and_refuse_constraints(agreeing: Runtime) -> None:
-    from gemma_mtp.backends.openai_backend import OpenAIBackend
-
+def test_backends_without_constraints_prefill_a_forced_call(agreeing: Runtime) -> None:
     tools = [
         {"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {}}}}
     ]
@@ -145,20 +143,19 @@ def test_backends_without_constraints_prefill_a_forced_call_and_refuse_constrain
     )
     assert params.grammar is None and prefix.prefill == "<|tool_call>call:add{"
     assert agreeing.tokenizer.decode(prompt_ids, skip_special_tokens=False).endswith(prefix.prefill)
-    assert not OpenAIBackend.constrained_decoding
-    server = OpenAIBackend.__new__(OpenAIBackend)  # the check needs no connection
-    with pytest.raises(ValueError, match="not available on backend='openai'"):
-        server.check_request(SamplingParams(regex="a+"), True)
 
 
-def test_the_vllm_backend_takes_constraints() -> None:
+def test_the_vllm_backends_take_constraints() -> None:
+    from gemma_mtp.backends.openai_backend import OpenAIBackend
     from gemma_mtp.backends.vllm_backend import VLLMBackend
 
-    assert VLLMBackend.constrained_decoding
-    engine = VLLMBackend.__new__(VLLMBackend)  # the check needs no engine
+    assert VLLMBackend.constrained_decoding and OpenAIBackend.constrained_decoding
+    engine = VLLMBackend.__new__(VLLMBackend)  # the checks need no engine and no connection
     engine.draft_length, engine.platform = 3, "cpu"
+    server = OpenAIBackend.__new__(OpenAIBackend)
     for constraint in ({"regex": "a+"}, {"json_schema": {"type": "string"}}, {"grammar": 'start: "a"'}):
         engine.check_request(SamplingParams(**constraint), True)
+        server.check_request(SamplingParams(**constraint), True)
     with pytest.raises(ValueError, match="adaptive_draft is not available"):
         engine.check_request(SamplingParams(regex="a+", adaptive_draft=True), True)
 
