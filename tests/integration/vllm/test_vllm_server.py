@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -143,6 +144,29 @@ def test_streaming_chat_and_tool_calls_parse_as_in_process(remote: Runtime, loca
     assert [str(m) for d in deltas for m in d.malformed_tool_calls] == [
         str(m) for m in reference.malformed_tool_calls
     ]
+
+
+@pytest.mark.parametrize(
+    "constraint",
+    [
+        {"json_schema": {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 99}},
+                         "required": ["n"], "additionalProperties": False}},
+        {"regex": r"(yes|no), [a-z ]{1,20}\."},
+    ],
+    ids=["json", "regex"],
+)  # fmt: skip
+def test_constrained_answers_equal_in_process(
+    remote: Runtime, local_runtime: Runtime, constraint: dict[str, Any]
+) -> None:
+    params = SamplingParams(max_new_tokens=60, **constraint)
+    ours = remote.generate("Hello there", params)
+    reference = local_runtime.generate("Hello there", params)
+    assert ours.finish_reason == "stop", ours.text
+    assert ours.text == reference.text and ours.token_ids == reference.token_ids
+    if "json_schema" in constraint:
+        assert set(json.loads(ours.text)) == {"n"}
+    else:
+        assert re.fullmatch(constraint["regex"], ours.text), ours.text
 
 
 async def test_async_calls_and_leaving_a_stream(remote: Runtime, server: str) -> None:
