@@ -64,7 +64,7 @@ def test_budget_and_uninstall(agreeing: Runtime) -> None:
     with ScriptedAnswers(agreeing).add("one two three four five six seven eight"):
         result = agreeing.generate("Hi", SamplingParams(max_new_tokens=3))
     assert len(result.token_ids) == 3 and result.finish_reason == "length"
-    real = agreeing.generate("Hi", SamplingParams(max_new_tokens=3, ignore_eos=True))
+    real = agreeing.generate("Hi", SamplingParams(max_new_tokens=3, ignore_eos=True, num_assistant_tokens=2))
     assert real.stats.drafted_tokens > 0  # the model decodes again
 
 
