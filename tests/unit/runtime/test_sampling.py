@@ -183,11 +183,13 @@ def test_seeded_sample_does_not_depend_on_the_draft_schedule(variant: str) -> No
         params = SamplingParams(temperature=1.0, max_new_tokens=40, seed=seed, ignore_eos=True)
         alone = rt.generate(ids, params, use_assistant=False)
         policy = rt.generate(ids, params)
+        # The policy's schedule depends on measured round costs (it may decode plainly on a busy machine);
+        # the pinned lengths below always draft.
         assert policy.token_ids == alone.token_ids
-        assert policy.stats.accepted_tokens > 0
         for k in (1, 3, 6):
             pinned = rt.generate(ids, params.with_overrides(num_assistant_tokens=k, sample_drafts=False))
             assert pinned.token_ids == alone.token_ids, k
+            assert pinned.stats.accepted_tokens > 0, k
 
 
 def test_same_seed_same_sample() -> None:
