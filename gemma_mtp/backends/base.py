@@ -114,6 +114,31 @@ def guidance_grammar(params: SamplingParams, eos_token_ids: Any, tokenizer: Any)
     return ending_on_tokens(lark, set(eos_token_ids) - {tokenizer.eos_token_id})
 
 
+# SamplingParams fields an engine backend (vLLM in process or behind a server) maps to the engine, serves above
+# it (stop strings, detokenizing) or checks against the engine's fixed settings; any other field is refused
+# unless it keeps its default (:func:`reject_unhandled_fields`).
+ENGINE_HANDLED_FIELDS = frozenset(
+    {
+        "max_new_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "seed",
+        "stop",
+        "stop_token_ids",
+        "ignore_eos",
+        "skip_special_tokens",
+        "num_assistant_tokens",
+        "max_assistant_tokens",
+        "adaptive_draft",
+        "sample_drafts",
+        "json_schema",
+        "regex",
+        "grammar",
+    }
+)
+
+
 def reject_unhandled_fields(params: SamplingParams, handled: frozenset[str], backend: str) -> None:
     """Refuse any parameter this backend does not map, unless it keeps its default value.
 

@@ -18,7 +18,13 @@ import logging
 from collections.abc import Generator
 from typing import Any
 
-from gemma_mtp.backends.base import DecodeRequest, Round, guidance_grammar, reject_unhandled_fields
+from gemma_mtp.backends.base import (
+    ENGINE_HANDLED_FIELDS,
+    DecodeRequest,
+    Round,
+    guidance_grammar,
+    reject_unhandled_fields,
+)
 from gemma_mtp.loading import PairInfo, inspect_pair
 from gemma_mtp.params import SamplingParams
 
@@ -26,27 +32,6 @@ __all__ = ["OpenAIBackend"]
 
 logger = logging.getLogger("gemma_mtp")
 
-# SamplingParams fields sent to the server, served here (stop strings, detokenizing) or checked below.
-_HANDLED_FIELDS = frozenset(
-    {
-        "max_new_tokens",
-        "temperature",
-        "top_p",
-        "top_k",
-        "seed",
-        "stop",
-        "stop_token_ids",
-        "ignore_eos",
-        "skip_special_tokens",
-        "num_assistant_tokens",
-        "max_assistant_tokens",
-        "adaptive_draft",
-        "sample_drafts",
-        "json_schema",
-        "regex",
-        "grammar",
-    }
-)
 
 _INSTALL_HINT = "backend='openai' needs the OpenAI client: pip install 'gemma-mtp[openai]'."
 
@@ -122,7 +107,7 @@ class OpenAIBackend:
 
     def check_request(self, params: SamplingParams, use_assistant: bool) -> None:
         """Refuse what a request cannot ask of a running server."""
-        reject_unhandled_fields(params, _HANDLED_FIELDS, self.name)
+        reject_unhandled_fields(params, ENGINE_HANDLED_FIELDS, self.name)
         if not use_assistant:
             raise ValueError(
                 "use_assistant=False cannot be asked of a running server: it drafts (or not) as it was "

