@@ -68,16 +68,16 @@ LONGEST_PROBE_GAP = 64
 """Probes back off (doubling the gap after each failure) up to this many plain rounds."""
 PROBE_CLOSE = 0.9
 """Probes do not back off while the best draft is estimated at this fraction of plain decoding or more."""
-METHOD_EVIDENCE = 4.0
-"""Rounds of evidence about the other draft method below which it is tried now and then."""
+OPTIMISM = 2.0
+"""Pseudo-acceptances added to the runtime's counts when asking whether an untried or little-tried
+alternative (one draft more, the other draft method) might beat the best decision: it is tried now and
+then while it might, and no longer once the evidence against it outweighs this much optimism."""
 LONGER_MARGIN = 0.01
 """Decisions within this fraction of the best expected tokens per second count as ties; the shortest wins."""
 LONGER_PROBE_EVERY = 10
-"""Every this many rounds, draft one token more than the best length, to learn the next position's rate."""
+"""At most every this many rounds, draft one token more than the best length, while it might pay."""
 METHOD_PROBE_EVERY = 12
-"""Every this many rounds, try the other draft method if it lacks evidence or comes close."""
-METHOD_CLOSE = 0.8
-"""The other method "comes close" above this fraction of the best expected tokens per second."""
+"""At most every this many rounds, draft by the other method, while it might pay."""
 
 
 @dataclass(frozen=True)
@@ -286,28 +286,31 @@ class AcceptanceProfile:
         factor = min(1.0, most / self.evidence) if self.evidence else 0.0
         return AcceptanceProfile([r * factor for r in self.reached], [a * factor for a in self.accepted])
 
-    def rates(self, positions: int, prior: float) -> list[float]:
+    def copy(self) -> AcceptanceProfile:
+        return AcceptanceProfile(list(self.reached), list(self.accepted))
+
+    def rates(self, positions: int, prior: float, optimism: float = 0.0) -> list[float]:
+        """Conditional acceptance rates of draft positions ``1..positions``; ``optimism`` pseudo-acceptances
+        at every position make an upper estimate that tightens as evidence accumulates."""
         out, previous = [], prior
         for i in range(positions):
             reached = self.reached[i] if i < len(self.reached) else 0.0
             accepted = self.accepted[i] if i < len(self.accepted) else 0.0
             prior = previous if i == 0 else DEEPER_PRIOR * previous
-            previous = (accepted + PRIOR_WEIGHT * prior) / (reached + PRIOR_WEIGHT)
+            previous = (accepted + PRIOR_WEIGHT * prior + optimism) / (reached + PRIOR_WEIGHT + optimism)
             out.append(previous)
         return out
 
 
 @dataclass
 class ProbeSchedule:
-    """When drafting stopped paying: plain rounds since the last probe, how many to wait for the next, and
-    how many probes were made.
+    """When drafting stopped paying: plain rounds since the last probe, and how many to wait for the next.
 
     Shared by a runtime's requests at one temperature, so that short requests probe too.
     """
 
     plain_run: int = 0
     gap: int = FIRST_PROBE_AFTER
-    probes: int = 0  # so far, for the draft methods to take turns
 
 
 class PolicyMemory:
@@ -328,6 +331,12 @@ class PolicyMemory:
         with self._lock:
             shared = self._profiles.get((temperature_bucket(temperature), method))
             return shared.scaled(MEMORY_WEIGHT) if shared else AcceptanceProfile()
+
+    def evidence(self, temperature: float, method: DraftMethod) -> AcceptanceProfile:
+        """All the runtime's recent evidence at this temperature (this request's rounds included), unscaled."""
+        with self._lock:
+            shared = self._profiles.get((temperature_bucket(temperature), method))
+            return shared.copy() if shared else AcceptanceProfile()
 
     def add(self, temperature: float, method: DraftMethod, length: int, accepted: int) -> None:
         with self._lock:
@@ -403,7 +412,9 @@ class AdaptiveDraft:
             schedule.plain_run = 0
             schedule.gap = FIRST_PROBE_AFTER
             if self.length is None and best.length < longest and self._rounds % LONGER_PROBE_EVERY == 0:
-                return DraftDecision(best.length + 1, best.method)  # evidence about the next position
+                longer = DraftDecision(best.length + 1, best.method)  # evidence about the next position
+                if self._might_beat(longer, best_rate, longest):
+                    return longer
             return best
         schedule.plain_run += 1
         if schedule.plain_run <= schedule.gap:
@@ -412,33 +423,55 @@ class AdaptiveDraft:
         self._probing = True
         drafting_rate = self._best(longest, drafting=True)[1]
         self._probe_close = drafting_rate >= PROBE_CLOSE * best_rate
-        return DraftDecision(1, self._probe_method())
+        return DraftDecision(1, self._probe_method(longest))
 
-    def _probe_method(self) -> DraftMethod:
-        """The methods take turns at probing, so that one unlucky method does not hide the other."""
-        self._schedule.probes += 1
-        return self.methods[self._schedule.probes % len(self.methods)]
+    def _probe_method(self, longest: int) -> DraftMethod:
+        """The method that might pay most. Each failed probe adds evidence against its method, so while
+        neither is accepted the methods take turns, and one unlucky method does not hide the other."""
+        return self._best(longest, drafting=True, optimistic=True)[0].method
 
     def _method_to_probe(self, best: DraftDecision, best_rate: float, longest: int) -> DraftDecision | None:
-        """Now and then, the other method's best draft, while it has little evidence or comes close."""
+        """Now and then, the other method's best draft, while the runtime's evidence says it might pay more."""
         if len(self.methods) < 2 or best.length == 0 or self._rounds % METHOD_PROBE_EVERY:
             return None
         for method in self.methods:
             if method == best.method:
                 continue
-            decision, rate = self._best(longest, only=method, drafting=True)
-            if self.profiles[method].evidence < METHOD_EVIDENCE or rate >= METHOD_CLOSE * best_rate:
-                return decision
+            if self._best(longest, only=method, drafting=True, optimistic=True)[1] > best_rate:
+                return self._best(longest, only=method, drafting=True)[0]
         return None
 
+    def _might_beat(self, decision: DraftDecision, best_rate: float, longest: int) -> bool:
+        """Whether ``decision``'s optimistic expected tokens per second exceeds ``best_rate``."""
+        candidates = self._candidates(longest, only=decision.method, drafting=True, optimistic=True)
+        return any(rate > best_rate for rate, d in candidates if d == decision)
+
     def _best(
-        self, longest: int, *, only: DraftMethod | None = None, drafting: bool = False
+        self,
+        longest: int,
+        *,
+        only: DraftMethod | None = None,
+        drafting: bool = False,
+        optimistic: bool = False,
     ) -> tuple[DraftDecision, float]:
         """The decision with the most expected tokens per second, and that rate (``drafting``: k >= 1).
 
         Of the decisions within ``LONGER_MARGIN`` of the best, the shortest: when the estimates are that
         close, the shorter draft (or no draft) risks less.
         """
+        candidates = self._candidates(longest, only=only, drafting=drafting, optimistic=optimistic)
+        if not candidates:
+            return DraftDecision(0, self.methods[0]), 0.0
+        top = max(rate for rate, _ in candidates)
+        close = [c for c in candidates if c[0] * (1.0 + LONGER_MARGIN) >= top]
+        rate, best = min(close, key=lambda c: (c[1].length, -c[0]))
+        return best, rate
+
+    def _candidates(
+        self, longest: int, *, only: DraftMethod | None, drafting: bool, optimistic: bool
+    ) -> list[tuple[float, DraftDecision]]:
+        """Expected tokens per second of each decision, from this request's profile or (``optimistic``)
+        from the runtime's whole evidence with ``OPTIMISM`` pseudo-acceptances per draft position."""
         plain = self.memory.costs.plain(self.greedy)
         pinned = self.length is not None
         candidates: list[tuple[float, DraftDecision]] = []
@@ -448,19 +481,19 @@ class AdaptiveDraft:
             seconds = self.memory.costs.estimates(self.greedy, method, longest)
             if seconds is None:
                 continue
+            prior = PRIOR_RATE[self.greedy]
+            if optimistic:
+                rates = self.memory.evidence(self.temperature, method).rates(longest, prior, OPTIMISM)
+            else:
+                rates = self.profiles[method].rates(longest, prior)
             expected = 1.0
             reach = 1.0
-            for k, rate in enumerate(self.profiles[method].rates(longest, PRIOR_RATE[self.greedy]), 1):
+            for k, rate in enumerate(rates, 1):
                 reach *= rate
                 expected += reach
                 if not pinned or k == longest:
                     candidates.append((expected / seconds[k - 1], DraftDecision(k, method)))
-        if not candidates:
-            return DraftDecision(0, self.methods[0]), 0.0
-        top = max(rate for rate, _ in candidates)
-        close = [c for c in candidates if c[0] * (1.0 + LONGER_MARGIN) >= top]
-        rate, best = min(close, key=lambda c: (c[1].length, -c[0]))
-        return best, rate
+        return candidates
 
     def record(self, decision: DraftDecision, accepted: int, seconds: float) -> None:
         if self._probing:  # a successful probe is followed by another; a failed one doubles the wait

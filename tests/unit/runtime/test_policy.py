@@ -272,3 +272,33 @@ def test_sampled_drafts_need_sampling() -> None:
         SamplingParams(sample_drafts=True)
     with pytest.raises(TypeError, match="sample_drafts must be True, False or None"):
         SamplingParams(temperature=1.0, sample_drafts="yes")  # type: ignore[arg-type]
+
+
+def test_stops_trying_alternatives_the_evidence_rules_out() -> None:
+    """Near break-even (the mini pair at temperature 0.7): argmax drafts and longer drafts are clearly worse,
+    and once the runtime has seen enough of them they are no longer tried, so the policy loses nothing to
+    exploration against the best fixed setting (here plain decoding)."""
+    rates: Rates = {"sampled": [0.47, 0.3, 0.1], "argmax": [0.17, 0.05]}
+
+    def cost(k: int, method: DraftMethod) -> float:
+        return cpu_like_cost(k, method)
+
+    best = max(
+        expected_rate(rates[m], k, lambda k, m=m: cost(k, m)) for m in ("sampled", "argmax") for k in range(9)
+    )
+    memory = PolicyMemory()
+    late: Counter = Counter()
+    achieved = []
+    rng_seed = 0
+    for request in range(60):  # requests of 16 rounds on one runtime
+        decisions = run(sampling_policy(memory), rates, 16, seed=rng_seed + request, cost=cost)
+        if request >= 20:
+            late.update((d.length, d.label) for d in decisions)
+            achieved += [
+                expected_rate(rates[d.method], d.length, lambda k, m=d.method: cost(k, m)) for d in decisions
+            ]
+    argmax_rounds = sum(n for (_, label), n in late.items() if label == "argmax")
+    longer_rounds = sum(n for (length, _), n in late.items() if length >= 2)
+    assert argmax_rounds <= 0.02 * sum(late.values()), late
+    assert longer_rounds <= 0.02 * sum(late.values()), late
+    assert sum(achieved) / len(achieved) >= 0.98 * best, (sum(achieved) / len(achieved) / best, late)
