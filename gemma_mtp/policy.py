@@ -9,7 +9,7 @@ follows the target's distribution whatever the policy decides round by round.
 The default, :class:`AdaptiveDraft`, maximises expected tokens per second. For a draft length ``k`` it
 expects ``E(k) = 1 + a_1 + ... + a_k`` tokens per round, where ``a_i`` is the probability that the first
 ``i`` drafts are all accepted (estimated per draft position from this request's recent rounds, seeded
-from the runtime's recent requests at a similar temperature), and it pays ``cost(k)``, the measured
+from the runtime's recent requests of the same kind: a similar temperature, and constrained or free), and it pays ``cost(k)``, the measured
 duration of rounds with ``k`` drafts on this runtime and device (:class:`RoundCosts`). It drafts the
 ``k`` with the most ``E(k) / cost(k)``; ``k = 0`` (plain decoding) when no draft length pays, with a
 one-token probe now and then (less and less often while probes keep failing) so that drafting comes back
@@ -37,9 +37,10 @@ __all__ = [
     "GrowShrinkDraft",
     "PolicyMemory",
     "ProbeSchedule",
+    "RequestKind",
     "RoundCosts",
     "policy_for",
-    "temperature_bucket",
+    "request_kind",
 ]
 
 DraftMethod = Literal["argmax", "sampled"]
@@ -107,9 +108,15 @@ class DraftPolicy(Protocol):
         """The outcome of a round decided by :meth:`decide`: drafts accepted and its duration."""
 
 
-def temperature_bucket(temperature: float) -> float:
-    """Temperatures close enough to share acceptance statistics (0 stays apart: greedy)."""
-    return 0.0 if temperature == 0.0 else max(0.1, round(temperature, 1))
+RequestKind = tuple[float, bool]
+"""Requests alike enough to share acceptance statistics: a temperature bucket, and whether constrained."""
+
+
+def request_kind(temperature: float, constrained: bool = False) -> RequestKind:
+    """Temperatures within 0.05 share statistics (0 stays apart: greedy), and constrained requests share
+    theirs apart from free text: a grammar mask removes tokens both models would choose, so the same pair
+    accepts less under a JSON schema than in free text."""
+    return (0.0 if temperature == 0.0 else max(0.1, round(temperature, 1)), constrained)
 
 
 # -- fixed settings ------------------------------------------------------------------------------------
@@ -306,7 +313,7 @@ class AcceptanceProfile:
 class ProbeSchedule:
     """When drafting stopped paying: plain rounds since the last probe, and how many to wait for the next.
 
-    Shared by a runtime's requests at one temperature, so that short requests probe too.
+    Shared by a runtime's requests of one kind, so that short requests probe too.
     """
 
     plain_run: int = 0
@@ -314,34 +321,33 @@ class ProbeSchedule:
 
 
 class PolicyMemory:
-    """What a runtime's requests share: round costs, acceptance by temperature and draft method, and probes."""
+    """What a runtime's requests share: round costs, acceptance by request kind and draft method, and probes."""
 
     def __init__(self) -> None:
         self.costs = RoundCosts()
-        self._profiles: dict[tuple[float, str], AcceptanceProfile] = {}
-        self._probes: dict[float, ProbeSchedule] = {}
+        self._profiles: dict[tuple[RequestKind, str], AcceptanceProfile] = {}
+        self._probes: dict[RequestKind, ProbeSchedule] = {}
         self._lock = threading.Lock()
 
-    def probe_schedule(self, temperature: float) -> ProbeSchedule:
+    def probe_schedule(self, kind: RequestKind) -> ProbeSchedule:
         with self._lock:
-            return self._probes.setdefault(temperature_bucket(temperature), ProbeSchedule())
+            return self._probes.setdefault(kind, ProbeSchedule())
 
-    def profile(self, temperature: float, method: DraftMethod) -> AcceptanceProfile:
-        """A request's starting profile: recent requests' at this temperature, worth a few rounds."""
+    def profile(self, kind: RequestKind, method: DraftMethod) -> AcceptanceProfile:
+        """A request's starting profile: recent requests' of its kind, worth a few rounds."""
         with self._lock:
-            shared = self._profiles.get((temperature_bucket(temperature), method))
+            shared = self._profiles.get((kind, method))
             return shared.scaled(MEMORY_WEIGHT) if shared else AcceptanceProfile()
 
-    def evidence(self, temperature: float, method: DraftMethod) -> AcceptanceProfile:
-        """All the runtime's recent evidence at this temperature (this request's rounds included), unscaled."""
+    def evidence(self, kind: RequestKind, method: DraftMethod) -> AcceptanceProfile:
+        """All the runtime's recent evidence for this kind (this request's rounds included), unscaled."""
         with self._lock:
-            shared = self._profiles.get((temperature_bucket(temperature), method))
+            shared = self._profiles.get((kind, method))
             return shared.copy() if shared else AcceptanceProfile()
 
-    def add(self, temperature: float, method: DraftMethod, length: int, accepted: int) -> None:
+    def add(self, kind: RequestKind, method: DraftMethod, length: int, accepted: int) -> None:
         with self._lock:
-            key = (temperature_bucket(temperature), method)
-            self._profiles.setdefault(key, AcceptanceProfile()).add(length, accepted, MEMORY_DECAY)
+            self._profiles.setdefault((kind, method), AcceptanceProfile()).add(length, accepted, MEMORY_DECAY)
 
 
 # -- the default policy ------------------------------------------------------------------------------
@@ -353,7 +359,8 @@ class AdaptiveDraft:
     ``length`` pins the draft length; ``methods`` are the methods it may choose between (the first is
     preferred until measured otherwise). ``start`` is the assistant's usual draft length: on a runtime
     that has not timed them yet, the first rounds time plain decoding and drafts of 1 and ``start``
-    tokens, so that the cost of every other length can be estimated.
+    tokens, so that the cost of every other length can be estimated. ``constrained`` requests (a JSON
+    schema, regex, grammar or tools) share acceptance statistics with each other, apart from free text.
     """
 
     def __init__(
@@ -365,18 +372,20 @@ class AdaptiveDraft:
         methods: tuple[DraftMethod, ...],
         length: int | None = None,
         start: int = 4,
+        constrained: bool = False,
     ):
         if not methods:
             raise ValueError("AdaptiveDraft needs at least one draft method.")
         self.memory = memory
         self.temperature = temperature
+        self.kind = request_kind(temperature, constrained)
         self.greedy = temperature == 0.0
         self.longest = longest
         self.methods = methods
         self.length = length
         self.start = start
-        self.profiles = {m: memory.profile(temperature, m) for m in methods}
-        self._schedule = memory.probe_schedule(temperature)
+        self.profiles = {m: memory.profile(self.kind, m) for m in methods}
+        self._schedule = memory.probe_schedule(self.kind)
         self._probing = False  # the last decision was a probe
         self._probe_close = False  # and drafting was estimated close to paying then
         self._rounds = 0
@@ -483,7 +492,7 @@ class AdaptiveDraft:
                 continue
             prior = PRIOR_RATE[self.greedy]
             if optimistic:
-                rates = self.memory.evidence(self.temperature, method).rates(longest, prior, OPTIMISM)
+                rates = self.memory.evidence(self.kind, method).rates(longest, prior, OPTIMISM)
             else:
                 rates = self.profiles[method].rates(longest, prior)
             expected = 1.0
@@ -508,7 +517,7 @@ class AdaptiveDraft:
         self.memory.costs.observe(self.greedy, decision.method, decision.length, seconds)
         if decision.length:
             self.profiles[decision.method].add(decision.length, accepted, REQUEST_DECAY)
-            self.memory.add(self.temperature, decision.method, decision.length, accepted)
+            self.memory.add(self.kind, decision.method, decision.length, accepted)
 
 
 def policy_for(params: SamplingParams, memory: PolicyMemory, default_length: int) -> DraftPolicy:
@@ -540,6 +549,7 @@ def policy_for(params: SamplingParams, memory: PolicyMemory, default_length: int
     return AdaptiveDraft(
         memory,
         temperature=params.temperature,
+        constrained=params.constrained,
         longest=params.max_assistant_tokens,
         methods=methods,
         length=pinned,

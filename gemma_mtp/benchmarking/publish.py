@@ -117,7 +117,9 @@ def _plot_head_to_head(report: SweepReport, img_dir: Path, plt: Any) -> Path:
     ax.set_xticks(list(xs))
     ax.set_xticklabels([f"T={h.temperature:g}\n({h.best_fixed})" for h in rows])
     ax.set_ylabel("decode speed-up over the target alone")
-    ax.set_title(f"{_short(report.model)}: default policy vs best fixed (median, range over runs)")
+    ax.set_title(
+        f"{_short(report.model)}: default policy vs best fixed\n(median, range over runs)", fontsize=10
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = img_dir / POLICY_PLOT

@@ -302,3 +302,18 @@ def test_stops_trying_alternatives_the_evidence_rules_out() -> None:
     assert argmax_rounds <= 0.02 * sum(late.values()), late
     assert longer_rounds <= 0.02 * sum(late.values()), late
     assert sum(achieved) / len(achieved) >= 0.98 * best, (sum(achieved) / len(achieved) / best, late)
+
+
+def test_constrained_requests_learn_apart_from_free_text() -> None:
+    """A grammar mask lowers acceptance; constrained requests neither inherit free text's nor spoil it."""
+
+    def constrained_policy() -> AdaptiveDraft:
+        return AdaptiveDraft(
+            memory, temperature=0.0, longest=16, methods=("argmax",), start=4, constrained=True
+        )
+
+    memory = PolicyMemory()
+    run(greedy_policy(memory), {"argmax": [0.9]}, 300)  # free text: drafts accepted
+    run(constrained_policy(), {"argmax": [0.0]}, 300)  # under a grammar: none accepted
+    assert greedy_policy(memory).decide(room=32).length >= 3
+    assert constrained_policy().decide(room=32).length <= 1
