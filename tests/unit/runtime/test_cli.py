@@ -21,7 +21,8 @@ from gemma_mtp.testing import tiny_pair
 ROOT = Path(__file__).resolve().parents[3]
 
 needs_reference_mtp = pytest.mark.skipif(
-    not reference_mtp_available(), reason="transformers' own MTP generate path fails in transformers 5.19 and before"
+    not reference_mtp_available(),
+    reason="transformers' own MTP generate path fails in transformers 5.19 and before",
 )
 
 
