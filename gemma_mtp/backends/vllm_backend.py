@@ -135,7 +135,8 @@ class VLLMBackend:
         ``num_assistant_tokens`` is the engine's draft length (``None``: the assistant's or the family's
         default; ``0``: no speculation, the target alone). ``engine_options`` are vLLM engine
         arguments (``tensor_parallel_size``, ``max_model_len``, ``gpu_memory_utilization``,
-        ``kv_cache_memory_bytes``, ``enforce_eager``, ...).
+        ``kv_cache_memory_bytes``, ``enforce_eager``, ...). On vLLM's CPU build, drafting with an assistant
+        that has the centroid-masked head (E2B/E4B) is refused here, before the engine starts.
         """
         require_vllm()
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -162,6 +163,8 @@ class VLLMBackend:
         torch_dtype = resolve_dtype(dtype, _torch_device(platform))
         dtype_name = str(torch_dtype).removeprefix("torch.")
         draft_length = info.default_draft_length if num_assistant_tokens is None else num_assistant_tokens
+        if platform == "cpu" and draft_length > 0:
+            _check_cpu_drafting(info)
         options = dict(engine_options)
         if platform == "cpu" and "kv_cache_memory_bytes" not in options:
             options["kv_cache_memory_bytes"] = DEFAULT_CPU_KV_CACHE_BYTES
@@ -341,6 +344,27 @@ class VLLMBackend:
             self.engine.shutdown()
         finally:
             self._loop.stop()
+
+
+def _check_cpu_drafting(info: PairInfo) -> None:
+    """Refuse, before the engine starts, an assistant that vLLM's CPU build cannot draft with.
+
+    vLLM's Gemma 4 MTP proposer captures CUDA graphs for the centroid-masked head (``use_ordered_embeddings``,
+    the head of the E2B/E4B assistants) whenever it loads one, whatever ``enforce_eager`` or
+    ``compilation_config`` say. Without a GPU the capture fails inside the engine's worker, and the caller would
+    only see vLLM's "Engine core initialization failed".
+    """
+    if not getattr(info.assistant_config, "use_ordered_embeddings", False):
+        return
+    import vllm
+
+    raise ValueError(
+        f"The assistant {info.assistant_name!r} drafts with the centroid-masked head (use_ordered_embeddings, "
+        f"as the gemma-4-E2B/E4B assistants do), which vLLM's CPU build cannot run: vLLM {vllm.__version__}'s "
+        "MTP proposer always captures CUDA graphs for that head and fails without a GPU, whatever enforce_eager "
+        "or compilation_config say. Use backend='transformers' for this pair on CPU, backend='vllm' on a CUDA "
+        "machine, or num_assistant_tokens=0 to serve the target alone on vLLM."
+    )
 
 
 def _torch_device(platform: str) -> Any:
