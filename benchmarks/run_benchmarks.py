@@ -27,7 +27,9 @@ from gemma_mtp.cli import CLIError, common_options, load_runtime, read_prompts
 from gemma_mtp.testing import VARIANTS, tiny_pair
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-CONSTRAINED_SECTION = "constrained-decoding"
+KEPT_SECTIONS = ("constrained-decoding", "concurrency")
+"""Sections of the page that other commands write (``benchmarks/constrained.py``, ``gemma-mtp bench
+--concurrency`` in the vLLM environment); a run of this script keeps them as they are."""
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -106,10 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     machine = describe_machine(runtime.device)
     plots = plot_sweep(sweep_report, args.img_dir)
     old_page = args.output.read_text(encoding="utf-8") if args.output.exists() else ""
-    kept = page_section(old_page, CONSTRAINED_SECTION)
+    kept = {name: page_section(old_page, name) for name in KEPT_SECTIONS}
     write_markdown(args.output, machine, comparison, sweep_report, plots, command, args.note)
-    if kept is not None:  # written by benchmarks/constrained.py
-        write_page_section(args.output, CONSTRAINED_SECTION, kept)
+    for name, section in kept.items():
+        if section is not None:
+            write_page_section(args.output, name, section)
     print(f"wrote {args.output} and {', '.join(str(p) for p in plots)}", file=sys.stderr)
     if args.json:
         payload = {
