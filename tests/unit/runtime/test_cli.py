@@ -273,7 +273,7 @@ def test_run_benchmarks_writes_the_page_and_plots(pair_args, one_prompt, tmp_pat
         assert f"](img/{plot})" in text
 
 
-def test_constrained_benchmark_writes_its_section_and_the_full_page_keeps_it(
+def test_constrained_benchmark_writes_its_section_and_the_full_page_keeps_it_and_the_concurrency_one(
     pair_args, one_prompt, tmp_path
 ) -> None:
     def load(name: str):
@@ -284,14 +284,19 @@ def test_constrained_benchmark_writes_its_section_and_the_full_page_keeps_it(
         return module
 
     page = tmp_path / "benchmarks.md"
-    page.write_text("# Benchmarks\n\n## Machine\n\nx\n\n## Reproduce\n\ny\n")
+    concurrency = (
+        "<!-- concurrency -->\n## Concurrency\n\nmeasured in the vLLM environment\n<!-- /concurrency -->"
+    )
+    page.write_text(f"# Benchmarks\n\n## Machine\n\nx\n\n{concurrency}\n\n## Reproduce\n\ny\n")
     common = [*pair_args, "--prompts", str(one_prompt), "--max-new-tokens", "6", "--output", str(page)]
     assert load("constrained").main([*common, "--runs", "1"]) == 0
     text = page.read_text()
     assert text.index("## Constrained decoding") < text.index("## Reproduce")
-    assert "| JSON schema, with assistant |" in text and "| yes |" in text
+    for row in ("free, default policy", "JSON schema, default policy", "JSON schema, draft length 2"):
+        assert f"| {row} |" in text
+    assert "| NO |" not in text
     section = text[text.index("<!-- constrained-decoding -->") : text.index("<!-- /constrained-decoding -->")]
     argv = [*common, "--runs", "1", "--tune-runs", "1", "--draft-lengths", "1", "--temperatures", "0"]
     assert load("run_benchmarks").main([*argv, "--img-dir", str(tmp_path / "img")]) == 0
     rewritten = page.read_text()
-    assert section in rewritten and "## Our loop and Hugging Face" in rewritten
+    assert section in rewritten and concurrency in rewritten and "## Our loop and Hugging Face" in rewritten
