@@ -31,6 +31,7 @@ import json
 import random
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -78,7 +79,9 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def assistant_config(target: Gemma4ForCausalLM, layers: int) -> Gemma4AssistantConfig:
+def assistant_config(
+    target: Gemma4ForCausalLM, layers: int, hidden_size: int = 256, intermediate_size: int = 2048
+) -> Gemma4AssistantConfig:
     """A narrow assistant whose every layer reads the target's KV, like Google's E2B/E4B assistants."""
     tcfg = target.config
     sliding = tcfg.per_layer_config[tcfg.layer_types.index("sliding_attention")]
@@ -86,8 +89,8 @@ def assistant_config(target: Gemma4ForCausalLM, layers: int) -> Gemma4AssistantC
     layer_types = ["sliding_attention"] * (layers - 1) + ["full_attention"]
     text = Gemma4TextConfig(
         vocab_size=tcfg.vocab_size,
-        hidden_size=256,
-        intermediate_size=2048,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
         num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=sliding.num_key_value_heads,
@@ -134,22 +137,36 @@ def prompts(tokenizer: PreTrainedTokenizerBase, work_dir: Path, count: int, seed
 def generate_continuations(
     target: Gemma4ForCausalLM, tokenizer: PreTrainedTokenizerBase, args: argparse.Namespace
 ) -> list[tuple[list[int], int]]:
-    """(sequence, prompt length) pairs: the target's own continuations, left-padded batches of 32."""
-    torch.manual_seed(args.seed)
+    """(sequence, prompt length) pairs: the target's own continuations of the mini corpus prompts."""
+    all_prompts = prompts(tokenizer, args.work_dir, args.sequences, args.seed)
+    return continue_prompts(target, tokenizer, all_prompts, args.new_tokens, args.sampled_fraction, args.seed)
+
+
+@torch.no_grad()
+def continue_prompts(
+    target: Gemma4ForCausalLM,
+    tokenizer: PreTrainedTokenizerBase,
+    all_prompts: list[list[int]],
+    new_tokens: int,
+    sampled_fraction: float,
+    seed: int,
+) -> list[tuple[list[int], int]]:
+    """(sequence, prompt length) pairs: the target's own continuations (every ``1 / sampled_fraction``-th batch
+    sampled at T=1, the rest greedy), in left-padded batches of 32, each cut after its first end token."""
+    torch.manual_seed(seed)
     eos = set(target.generation_config.eos_token_id)
     data = []
-    all_prompts = prompts(tokenizer, args.work_dir, args.sequences, args.seed)
     started = time.perf_counter()
     for i in range(0, len(all_prompts), 32):
         chunk = all_prompts[i : i + 32]
         width = max(len(p) for p in chunk)
         ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in chunk])
         mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(p) for p in chunk])[:, None]).long()
-        sample = (i // 32) % round(1 / args.sampled_fraction) == 0 if args.sampled_fraction > 0 else False
+        sample = (i // 32) % round(1 / sampled_fraction) == 0 if sampled_fraction > 0 else False
         out = target.generate(
             input_ids=ids,
             attention_mask=mask,
-            max_new_tokens=args.new_tokens,
+            max_new_tokens=new_tokens,
             do_sample=sample,
             temperature=1.0 if sample else None,
             top_k=0 if sample else None,
@@ -335,6 +352,50 @@ def save_assistant(
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
+def distil(
+    target: Gemma4ForCausalLM,
+    assistant: Gemma4AssistantForCausalLM,
+    data: list[tuple[list[int], int]],
+    pad_id: int,
+    args: argparse.Namespace,
+    started: float,
+    checkpoint: Callable[[Gemma4AssistantForCausalLM], None] | None = None,
+) -> None:
+    """Train ``assistant`` on the target's continuations ``data`` (``args``: steps, batch_size, lr, draft_steps,
+    draft_position, seed), with linear warm-up and decay; ``checkpoint`` is called every 50 steps."""
+    rng = random.Random(args.seed)
+    optimizer = torch.optim.AdamW(assistant.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
+    warmup = max(1, args.steps // 20)
+    assistant.train()
+    order: list[int] = []
+    for step in range(args.steps):
+        if len(order) < args.batch_size:
+            order = list(range(len(data)))
+            rng.shuffle(order)
+        batch = [data[order.pop()] for _ in range(args.batch_size)]
+        ids, mask = collate(batch, pad_id)
+        lr = args.lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * (1 - step / args.steps))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss, accuracy = distillation_loss(
+            target, assistant, ids, mask, args.draft_steps, args.draft_position
+        )
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(assistant.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % 10 == 0 or step == args.steps - 1:
+            acc = " ".join(f"{a:.2f}" for a in accuracy)
+            elapsed = time.perf_counter() - started
+            print(
+                f"step {step} loss {loss.item():.3f} top-1 agreement per draft step [{acc}] {elapsed:.0f}s",
+                flush=True,
+            )
+        if checkpoint is not None and (step + 1) % 50 == 0:
+            checkpoint(assistant)
+    assistant.eval()
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
@@ -353,44 +414,17 @@ def main() -> None:
     check_batched_equals_single(target, assistant, args.draft_position)
 
     data = generate_continuations(target, tokenizer, args)
-    rng = random.Random(args.seed)
-    optimizer = torch.optim.AdamW(assistant.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
-    warmup = max(1, args.steps // 20)
-    assistant.train()
-    order: list[int] = []
-    for step in range(args.steps):
-        if len(order) < args.batch_size:
-            order = list(range(len(data)))
-            rng.shuffle(order)
-        batch = [data[order.pop()] for _ in range(args.batch_size)]
-        ids, mask = collate(batch, tokenizer.pad_token_id)
-        lr = args.lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * (1 - step / args.steps))
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss, accuracy = distillation_loss(
-            target, assistant, ids, mask, args.draft_steps, args.draft_position
-        )
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(assistant.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step % 10 == 0 or step == args.steps - 1:
-            acc = " ".join(f"{a:.2f}" for a in accuracy)
-            elapsed = time.perf_counter() - started
-            print(
-                f"step {step} loss {loss.item():.3f} top-1 agreement per draft step [{acc}] {elapsed:.0f}s",
-                flush=True,
-            )
-        if (step + 1) % 50 == 0:
-            save_assistant(
-                assistant,
-                args.target,
-                args.work_dir / "assistant-checkpoint",
-                args.num_assistant_tokens,
-                args.draft_position,
-            )
 
-    assistant.eval()
+    def checkpoint(model: Gemma4AssistantForCausalLM) -> None:
+        save_assistant(
+            model,
+            args.target,
+            args.work_dir / "assistant-checkpoint",
+            args.num_assistant_tokens,
+            args.draft_position,
+        )
+
+    distil(target, assistant, data, tokenizer.pad_token_id, args, started, checkpoint)
     save_assistant(assistant, args.target, args.out, args.num_assistant_tokens, args.draft_position)
     print(f"done in {time.perf_counter() - started:.0f}s, saved to {args.out}", flush=True)
 

@@ -20,6 +20,7 @@ import math
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -47,9 +48,12 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def target_config(tokenizer: PreTrainedTokenizerFast) -> Gemma4TextConfig:
-    """Eight layers of width 256: three sliding-window layers then one full layer, twice (E2B-like GQA)."""
-    return Gemma4TextConfig(
+def target_config(tokenizer: PreTrainedTokenizerFast, **overrides: Any) -> Gemma4TextConfig:
+    """Eight layers of width 256: three sliding-window layers then one full layer, twice (E2B-like GQA).
+
+    ``overrides`` replace fields, for other pairs trained from scratch (``scripts/train_tool_pair.py``).
+    """
+    fields: dict[str, Any] = dict(
         vocab_size=len(tokenizer),
         hidden_size=256,
         intermediate_size=1024,
@@ -72,6 +76,7 @@ def target_config(tokenizer: PreTrainedTokenizerFast) -> Gemma4TextConfig:
         eos_token_id=tokenizer.convert_tokens_to_ids(list(END_TOKENS)),
         tie_word_embeddings=True,
     )
+    return Gemma4TextConfig(**{**fields, **overrides})
 
 
 def encode_documents(

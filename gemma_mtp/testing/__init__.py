@@ -2,13 +2,16 @@
 
 ``tiny_runtime()`` is what most tests want: a :class:`~gemma_mtp.Runtime` on a kit pair, built once per
 process into a temporary folder. ``build_tiny_pair()`` writes a pair where you choose, for tests that
-load from disk themselves (for example users' own CI).
+load from disk themselves (for example users' own CI). ``tool_use_dir()`` is a committed pair that was
+trained to decide what a kit pair cannot (call a tool once with the arguments a request names, end its
+strings, answer briefly), for tests of agents and structured output on an unscripted model.
 """
 
 from __future__ import annotations
 
 import tempfile
 import threading
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +30,7 @@ __all__ = [
     "build_tokenizer",
     "tiny_pair",
     "tiny_runtime",
+    "tool_use_dir",
 ]
 
 _built: dict[tuple[str, bool, bool, int | None, int], TinyPair] = {}
@@ -83,3 +87,15 @@ def tiny_runtime(
         num_assistant_tokens=num_assistant_tokens,
     )
     return Runtime.load(str(pair.target_dir), str(pair.assistant_dir), device="cpu", dtype="float32")
+
+
+def tool_use_dir() -> Path:
+    """The folder of the committed "tool-use" pair: ``target/`` and ``assistant/``, loadable offline.
+
+    A tiny Gemma 4 pair (``Gemma4ForCausalLM`` and ``Gemma4AssistantForCausalLM``, the kit's tokenizer and chat
+    template) trained by ``scripts/train_tool_pair.py`` on synthetic chat transcripts: asked for a tool by name
+    or by what it does, it calls it once with the values the request gives, then answers the tool's result in
+    a short sentence; asked for a record or a JSON object, it writes short strings that end. Outside those
+    tasks its text is nonsense: it is a test fixture, not a language model.
+    """
+    return Path(str(resources.files("gemma_mtp.testing").joinpath("tool_use")))
