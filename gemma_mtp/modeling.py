@@ -106,25 +106,26 @@ class TargetStep:
         cache.activate_past_recording()
         return cache
 
-    @torch.inference_mode()
     def __call__(
         self, input_ids: torch.Tensor, cache: DynamicCache, start: int, keep_last: int
     ) -> TargetOutput:
         """Process ``input_ids`` ([1, n]) at positions ``start..start+n-1``; logits for the last ``keep_last``."""
-        n = input_ids.shape[1]
-        positions = torch.arange(start, start + n, device=input_ids.device).unsqueeze(0)
-        out = self.decoder(
-            input_ids=input_ids,
-            position_ids=positions,
-            use_cache=True,
-            **{self.cache_argument: cache},
-            return_shared_kv_states=True,
-        )
-        hidden = out.last_hidden_state[:, -keep_last:]
-        logits = self.lm_head(hidden)[0].float()
-        if self.softcap is not None:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        return TargetOutput(logits=logits, hidden=hidden, shared_kv=dict(out.shared_kv_states))
+        # A context rather than a decorator: mutmut (scripts/mutation_test.sh) skips decorated functions.
+        with torch.inference_mode():
+            n = input_ids.shape[1]
+            positions = torch.arange(start, start + n, device=input_ids.device).unsqueeze(0)
+            out = self.decoder(
+                input_ids=input_ids,
+                position_ids=positions,
+                use_cache=True,
+                **{self.cache_argument: cache},
+                return_shared_kv_states=True,
+            )
+            hidden = out.last_hidden_state[:, -keep_last:]
+            logits = self.lm_head(hidden)[0].float()
+            if self.softcap is not None:
+                logits = torch.tanh(logits / self.softcap) * self.softcap
+            return TargetOutput(logits=logits, hidden=hidden, shared_kv=dict(out.shared_kv_states))
 
 
 def crop_cache(cache: DynamicCache, tokens_to_remove: int) -> None:
@@ -208,7 +209,6 @@ class Drafter:
             for name, (keys, values) in prefix_kv.items()
         }
 
-    @torch.inference_mode()
     def draft(
         self,
         pending: torch.Tensor,
@@ -230,45 +230,46 @@ class Drafter:
         tokens the constraint allows (the guide walks over them), and drafting stops early once the
         constraint is complete.
         """
-        kv = {
-            name: (keys.to(self.device), values.to(self.device))
-            for name, (keys, values) in self.visible_kv(prefix_kv).items()
-        }
-        token = pending.to(self.device)
-        hidden = last_hidden.to(self.device)
-        position = processed - 1 if self.draft_position == "last_accepted" else processed
-        position_ids = torch.tensor([[position]], device=self.device)
-        masks = None
-        tokens, probs = [], []
-        for _ in range(k):
-            embeds = torch.cat([self.target_embeddings(token).to(self.device), hidden], dim=-1)
-            embeds = self.assistant.pre_projection(embeds)
-            if masks is None:
-                masks = self.assistant.create_attention_masks(embeds, None, kv)
-            out = self.assistant.model(
-                inputs_embeds=embeds,
-                attention_mask=masks,
-                position_ids=position_ids,
-                shared_kv_states=kv,
-                use_cache=False,
-            )
-            last = out.last_hidden_state
-            hidden = self.assistant.post_projection(last)
-            scores, candidates = self._head(last[:, -1])
-            if guide is not None:
-                scores, candidates = self._constrain(scores, candidates, last[:, -1], guide.mask())
-            if sample_with is None:
-                pick = scores.argmax(dim=-1, keepdim=True)
-                token = pick if candidates is None else candidates.gather(1, pick)
-            else:
-                p = sample_with(scores)
-                pick = torch.multinomial(p, 1, generator=generator)
-                token = pick if candidates is None else candidates.gather(1, pick)
-                if candidates is not None:
-                    p = torch.zeros(1, self.vocab_size, device=p.device).scatter_(1, candidates, p)
-                probs.append(p[0])
-            tokens.append(token.view(1))
-            if guide is not None and (not guide.push(int(token.item())) or guide.finished):
-                break
-        stacked = torch.cat(tokens) if tokens else torch.empty(0, dtype=torch.long, device=self.device)
-        return Draft(tokens=stacked, probs=torch.stack(probs) if probs else None)
+        with torch.inference_mode():  # a context, not a decorator, as in TargetStep.__call__
+            kv = {
+                name: (keys.to(self.device), values.to(self.device))
+                for name, (keys, values) in self.visible_kv(prefix_kv).items()
+            }
+            token = pending.to(self.device)
+            hidden = last_hidden.to(self.device)
+            position = processed - 1 if self.draft_position == "last_accepted" else processed
+            position_ids = torch.tensor([[position]], device=self.device)
+            masks = None
+            tokens, probs = [], []
+            for _ in range(k):
+                embeds = torch.cat([self.target_embeddings(token).to(self.device), hidden], dim=-1)
+                embeds = self.assistant.pre_projection(embeds)
+                if masks is None:
+                    masks = self.assistant.create_attention_masks(embeds, None, kv)
+                out = self.assistant.model(
+                    inputs_embeds=embeds,
+                    attention_mask=masks,
+                    position_ids=position_ids,
+                    shared_kv_states=kv,
+                    use_cache=False,
+                )
+                last = out.last_hidden_state
+                hidden = self.assistant.post_projection(last)
+                scores, candidates = self._head(last[:, -1])
+                if guide is not None:
+                    scores, candidates = self._constrain(scores, candidates, last[:, -1], guide.mask())
+                if sample_with is None:
+                    pick = scores.argmax(dim=-1, keepdim=True)
+                    token = pick if candidates is None else candidates.gather(1, pick)
+                else:
+                    p = sample_with(scores)
+                    pick = torch.multinomial(p, 1, generator=generator)
+                    token = pick if candidates is None else candidates.gather(1, pick)
+                    if candidates is not None:
+                        p = torch.zeros(1, self.vocab_size, device=p.device).scatter_(1, candidates, p)
+                    probs.append(p[0])
+                tokens.append(token.view(1))
+                if guide is not None and (not guide.push(int(token.item())) or guide.finished):
+                    break
+            stacked = torch.cat(tokens) if tokens else torch.empty(0, dtype=torch.long, device=self.device)
+            return Draft(tokens=stacked, probs=torch.stack(probs) if probs else None)
