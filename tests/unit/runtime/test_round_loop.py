@@ -1,0 +1,108 @@
+"""The round loop's contract with its caller, seen from outside: what each round reports, what it counts.
+
+Exactness and draft-fidelity tests check the tokens and the drafts. These check the rest of what
+:meth:`SpeculativeDecoder.run` promises: plain decoding when there is no policy or no assistant, one
+forward pass counted per pass made, and each :class:`Round` telling how its draft fared (the request's
+statistics are built from them).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+import torch
+
+from gemma_mtp import SamplingParams
+from gemma_mtp.backends.base import Round
+from gemma_mtp.modeling import Draft, Drafter
+from gemma_mtp.policy import FixedDraft
+from gemma_mtp.speculative import SpeculativeDecoder
+from gemma_mtp.testing import tiny_runtime
+
+LONG = "The quick brown fox jumps over the lazy dog, then asks what the weather in Paris is today."
+GREEDY = SamplingParams(max_new_tokens=24, ignore_eos=True)
+
+
+def run_loop(
+    decoder: SpeculativeDecoder, prompt_ids: list[int], policy, budget: int
+) -> tuple[list[Round], Counter]:
+    forwards: Counter = Counter()
+    rounds = list(decoder.run(prompt_ids, GREEDY, policy, budget, None, lambda kind: forwards.update([kind])))
+    return rounds, forwards
+
+
+def test_without_a_policy_or_an_assistant_the_loop_decodes_plainly() -> None:
+    rt = tiny_runtime("agreeing", "dense")
+    backend = rt._backend
+    ids = rt.encode(LONG)
+    alone = rt.generate(ids, GREEDY, use_assistant=False).token_ids
+    no_policy = SpeculativeDecoder(backend.target_step, backend.drafter, backend.lock)
+    no_assistant = SpeculativeDecoder(backend.target_step, None, backend.lock)
+    for decoder, policy in ((no_policy, None), (no_assistant, FixedDraft(3, "argmax"))):
+        rounds, forwards = run_loop(decoder, ids, policy, 24)
+        assert [t for r in rounds for t in r.tokens] == alone
+        assert forwards == Counter({"target": 24})
+        assert all(
+            r.drafted == r.accepted == r.draft_length == 0 and r.draft_method == "none" for r in rounds
+        )
+
+
+def test_forward_passes_and_round_reports_match_the_drafts() -> None:
+    """Pinned drafts of 3: every round after the prefill runs the assistant 3 times (fewer only where the
+    budget leaves less room) and the target once, and reports what it drafted and how much was accepted."""
+    rt = tiny_runtime("agreeing", "dense")
+    backend = rt._backend
+    ids = rt.encode(LONG)
+    decoder = SpeculativeDecoder(backend.target_step, backend.drafter, backend.lock)
+    rounds, forwards = run_loop(decoder, ids, FixedDraft(3, "argmax"), 24)
+    alone = rt.generate(ids, GREEDY, use_assistant=False).token_ids
+    assert [t for r in rounds for t in r.tokens] == alone
+    first, later = rounds[0], rounds[1:]
+    assert (len(first.tokens), first.drafted, first.draft_length) == (1, 0, 0)
+    produced = 1
+    for r in later:
+        room = 24 - produced - 1
+        assert r.draft_length == r.drafted == min(3, room)
+        assert r.draft_method == "argmax"
+        assert len(r.tokens) == r.accepted + 1 and 0 <= r.accepted <= r.drafted
+        produced += len(r.tokens)
+    assert produced == 24
+    assert forwards == Counter({"target": len(rounds), "assistant": sum(r.drafted for r in later)})
+    assert any(0 < r.accepted < r.drafted for r in later) and any(r.accepted == r.drafted for r in later)
+
+
+def test_sampled_drafts_are_samples_with_their_distribution(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sample_drafts=True``: the assistant samples each draft from its warped distribution and hands that
+    distribution on (the sampled-draft acceptance rule needs it); argmax drafts would change acceptance."""
+    rt = tiny_runtime("random", "dense")  # a flat assistant: its samples often differ from its argmax
+    drafted: list[tuple[list[int], torch.Tensor | None]] = []
+    original = Drafter.draft
+
+    def recording(self: Drafter, *args: Any, **kwargs: Any) -> Draft:
+        draft = original(self, *args, **kwargs)
+        drafted.append((draft.tokens.tolist(), draft.probs))
+        return draft
+
+    monkeypatch.setattr(Drafter, "draft", recording)
+    params = SamplingParams(
+        temperature=4.0,
+        top_k=4,
+        max_new_tokens=16,
+        num_assistant_tokens=3,
+        sample_drafts=True,
+        ignore_eos=True,
+    )
+    methods = set()
+    for seed in range(4):
+        rt.generate(LONG, params.with_overrides(seed=seed), on_round=lambda r: methods.add(r.draft_method))
+    assert methods == {"none", "sampled"}  # the prefill round drafts nothing
+    not_argmax = 0
+    for tokens, probs in drafted:
+        assert probs is not None and probs.shape == (len(tokens), rt.vocab_size)
+        assert torch.allclose(probs.sum(dim=-1), torch.ones(len(tokens)))
+        assert ((probs > 0).sum(dim=-1) <= 4).all()  # warped with the request's top_k
+        assert all(probs[i, t] > 0 for i, t in enumerate(tokens))
+        not_argmax += sum(t != int(probs[i].argmax()) for i, t in enumerate(tokens))
+    assert not_argmax > 0
