@@ -106,3 +106,45 @@ def test_sampled_drafts_are_samples_with_their_distribution(monkeypatch: pytest.
         assert all(probs[i, t] > 0 for i, t in enumerate(tokens))
         not_argmax += sum(t != int(probs[i].argmax()) for i, t in enumerate(tokens))
     assert not_argmax > 0
+
+
+def test_a_seed_fixes_sampled_drafts_too() -> None:
+    """The assistant samples its drafts from the request's seeded generator, not torch's global one: the
+    same seed gives the same drafts, acceptances and tokens whatever the global random state."""
+    rt = tiny_runtime("contextual", "dense")  # partial acceptances: the drafts matter
+    params = SamplingParams(
+        temperature=4.0,
+        top_k=4,
+        max_new_tokens=16,
+        num_assistant_tokens=3,
+        sample_drafts=True,
+        ignore_eos=True,
+    )
+
+    def run(global_seed: int) -> tuple[list[int], list[int]]:
+        torch.manual_seed(global_seed)
+        accepted: list[int] = []
+        result = rt.generate(
+            LONG, params.with_overrides(seed=7), on_round=lambda r: accepted.append(r.accepted)
+        )
+        return result.token_ids, accepted
+
+    assert all(run(0) == run(s) for s in (1, 2, 3, 4))
+
+
+def test_under_a_constraint_the_assistant_drafts_only_allowed_tokens() -> None:
+    """The random pair's assistant knows nothing of the constraint; masked, it still drafts (nearly) every
+    token asked for, where unmasked drafts would mostly be cut off at the first forbidden one. (A draft
+    step ends early only when no allowed continuation is left.)"""
+    rt = tiny_runtime("random", "dense")
+    for extra in ({}, {"temperature": 1.0, "seed": 3}):
+        params = SamplingParams(regex="[a-z]+( [a-z]+)*", max_new_tokens=24, num_assistant_tokens=3, **extra)
+        rounds = round_reports(rt, "Hello", params)
+        asked, drafted = sum(r.draft_length for r in rounds), sum(r.drafted for r in rounds)
+        assert asked > 40 and drafted >= 0.9 * asked, [(r.draft_length, r.drafted) for r in rounds]
+
+
+def round_reports(rt, prompt: str, params: SamplingParams) -> list:
+    reports: list = []
+    rt.generate(prompt, params, on_round=reports.append)
+    return reports
