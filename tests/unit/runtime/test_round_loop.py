@@ -18,6 +18,7 @@ from gemma_mtp import SamplingParams
 from gemma_mtp.backends.base import Round
 from gemma_mtp.modeling import Draft, Drafter
 from gemma_mtp.policy import FixedDraft
+from gemma_mtp.sampling import warp
 from gemma_mtp.speculative import SpeculativeDecoder
 from gemma_mtp.testing import tiny_runtime
 
@@ -148,3 +149,40 @@ def round_reports(rt, prompt: str, params: SamplingParams) -> list:
     reports: list = []
     rt.generate(prompt, params, on_round=reports.append)
     return reports
+
+
+def test_a_sampled_draft_the_target_likes_at_least_as_much_is_always_accepted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Sampled drafts are verified with ``min(1, p/q)``: a draft with ``q(x) < p(x)`` is always kept (the
+    argmax-draft rule would keep it only with probability ``p(x)``; both are exact, acceptance differs)."""
+    rt = tiny_runtime("contextual", "dense")
+    calls: list[tuple[int, int, float]] = []  # (tokens processed, draft, q(draft)) of each one-draft round
+    original = Drafter.draft
+
+    def recording(
+        self: Drafter, pending: torch.Tensor, hidden: Any, kv: Any, processed: int, k: int, **kw: Any
+    ):
+        draft = original(self, pending, hidden, kv, processed, k, **kw)
+        token = int(draft.tokens[0])
+        assert draft.probs is not None
+        calls.append((processed, token, float(draft.probs[0, token])))
+        return draft
+
+    monkeypatch.setattr(Drafter, "draft", recording)
+    params = SamplingParams(temperature=3.0, max_new_tokens=32, num_assistant_tokens=1, sample_drafts=True)
+    prompt = rt.encode(LONG)
+    checked = 0
+    for seed in range(4):
+        calls.clear()
+        request = params.with_overrides(seed=seed, ignore_eos=True)
+        rounds: list = []
+        sequence = prompt + rt.generate(prompt, request, on_round=rounds.append).token_ids
+        for (processed, token, q), r in zip(calls, [r for r in rounds if r.drafted], strict=True):
+            with torch.no_grad():
+                logits = rt.target(torch.tensor([sequence[: processed + 1]])).logits[0, -1:]
+            p = float(warp(logits, request)[0, token])
+            if q < p - 1e-4:
+                assert r.accepted == 1, (seed, processed, token, q, p)
+                checked += 1
+    assert checked >= 5, checked
