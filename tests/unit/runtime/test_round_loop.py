@@ -8,6 +8,7 @@ statistics are built from them).
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from typing import Any
 
@@ -186,3 +187,22 @@ def test_a_sampled_draft_the_target_likes_at_least_as_much_is_always_accepted(
                 assert r.accepted == 1, (seed, processed, token, q, p)
                 checked += 1
     assert checked >= 5, checked
+
+
+def test_the_policy_is_told_each_rounds_outcome_and_a_duration_within_the_request() -> None:
+    """The policy learns from finished rounds: the accepted drafts as reported, and round durations that
+    are non-negative and together fit inside the request's own wall time."""
+    rt = tiny_runtime("agreeing", "dense")
+    backend = rt._backend
+    told: list[tuple[int, float]] = []
+
+    class Recording(FixedDraft):
+        def record(self, decision, accepted: int, seconds: float) -> None:
+            told.append((accepted, seconds))
+
+    decoder = SpeculativeDecoder(backend.target_step, backend.drafter, backend.lock)
+    started = time.perf_counter()
+    rounds, _ = run_loop(decoder, rt.encode(LONG), Recording(3, "argmax"), 24)
+    elapsed = time.perf_counter() - started
+    assert [a for a, _ in told] == [r.accepted for r in rounds[1:]]
+    assert all(s >= 0 for _, s in told) and sum(s for _, s in told) <= elapsed
