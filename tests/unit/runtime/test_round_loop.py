@@ -152,11 +152,16 @@ def round_reports(rt, prompt: str, params: SamplingParams) -> list:
     return reports
 
 
+@pytest.mark.parametrize("regex", [None, "[a-z ]{40,80}"], ids=["free", "constrained"])
 def test_a_sampled_draft_the_target_likes_at_least_as_much_is_always_accepted(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, regex: str | None
 ) -> None:
     """Sampled drafts are verified with ``min(1, p/q)``: a draft with ``q(x) < p(x)`` is always kept (the
-    argmax-draft rule would keep it only with probability ``p(x)``; both are exact, acceptance differs)."""
+    argmax-draft rule would keep it only with probability ``p(x)``; both are exact, acceptance differs).
+
+    Under a constraint ``q`` is the assistant's masked distribution and the target's masked ``p(x)`` is at
+    least its unmasked one, so the unmasked ``p`` is a safe bound (the regex cannot end within the budget,
+    so every request runs to ``max_new_tokens``)."""
     rt = tiny_runtime("contextual", "dense")
     calls: list[tuple[int, int, float]] = []  # (tokens processed, draft, q(draft)) of each one-draft round
     original = Drafter.draft
@@ -171,12 +176,14 @@ def test_a_sampled_draft_the_target_likes_at_least_as_much_is_always_accepted(
         return draft
 
     monkeypatch.setattr(Drafter, "draft", recording)
-    params = SamplingParams(temperature=3.0, max_new_tokens=32, num_assistant_tokens=1, sample_drafts=True)
+    params = SamplingParams(
+        temperature=3.0, max_new_tokens=32, num_assistant_tokens=1, sample_drafts=True, regex=regex
+    )
     prompt = rt.encode(LONG)
     checked = 0
-    for seed in range(4):
+    for seed in range(12):
         calls.clear()
-        request = params.with_overrides(seed=seed, ignore_eos=True)
+        request = params.with_overrides(seed=seed, ignore_eos=regex is None)
         rounds: list = []
         sequence = prompt + rt.generate(prompt, request, on_round=rounds.append).token_ids
         for (processed, token, q), r in zip(calls, [r for r in rounds if r.drafted], strict=True):
