@@ -18,6 +18,7 @@ from transformers.generation.utils import _speculative_sampling
 
 import gemma_mtp.speculative as speculative_module
 from gemma_mtp import SamplingParams
+from gemma_mtp.policy import PolicyMemory
 from gemma_mtp.sampling import Acceptance, accept_argmax_drafts, accept_sampled_drafts, warp
 from gemma_mtp.testing import tiny_runtime
 
@@ -134,9 +135,15 @@ def test_loop_samples_the_targets_distribution(setting: str) -> None:
 
 
 @pytest.mark.slow
-def test_loop_with_the_default_policy_samples_the_targets_distribution() -> None:
-    """Unseeded, with no draft settings: draft lengths 0 and 1, argmax and sampled drafts mix across rounds."""
+def test_loop_with_the_default_policy_samples_the_targets_distribution(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Unseeded, with no draft settings: draft lengths 0 and 1, argmax and sampled drafts mix across rounds.
+
+    A fresh policy memory, so that the policy times plain decoding and both draft methods first, whatever
+    earlier tests taught this cached runtime; later rounds follow what it measures."""
     rt = tiny_runtime("agreeing", "dense")
+    monkeypatch.setattr(rt.engine, "policy_memory", PolicyMemory())
     params = SamplingParams(**BASE)
     methods: Counter = Counter()
 
