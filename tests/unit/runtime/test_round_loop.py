@@ -25,6 +25,10 @@ from gemma_mtp.testing import tiny_runtime
 
 LONG = "The quick brown fox jumps over the lazy dog, then asks what the weather in Paris is today."
 GREEDY = SamplingParams(max_new_tokens=24, ignore_eos=True)
+SAMPLED_DRAFTS = SamplingParams(
+    temperature=4.0, top_k=4, max_new_tokens=16, num_assistant_tokens=3, sample_drafts=True, ignore_eos=True
+)
+"""Three drafts sampled from the assistant's warped distribution (hot, top-k 4), every round."""
 
 
 def run_loop(
@@ -88,14 +92,7 @@ def test_sampled_drafts_are_samples_with_their_distribution(monkeypatch: pytest.
         return draft
 
     monkeypatch.setattr(Drafter, "draft", recording)
-    params = SamplingParams(
-        temperature=4.0,
-        top_k=4,
-        max_new_tokens=16,
-        num_assistant_tokens=3,
-        sample_drafts=True,
-        ignore_eos=True,
-    )
+    params = SAMPLED_DRAFTS
     methods = set()
     for seed in range(4):
         rt.generate(LONG, params.with_overrides(seed=seed), on_round=lambda r: methods.add(r.draft_method))
@@ -114,14 +111,7 @@ def test_a_seed_fixes_sampled_drafts_too() -> None:
     """The assistant samples its drafts from the request's seeded generator, not torch's global one: the
     same seed gives the same drafts, acceptances and tokens whatever the global random state."""
     rt = tiny_runtime("contextual", "dense")  # partial acceptances: the drafts matter
-    params = SamplingParams(
-        temperature=4.0,
-        top_k=4,
-        max_new_tokens=16,
-        num_assistant_tokens=3,
-        sample_drafts=True,
-        ignore_eos=True,
-    )
+    params = SAMPLED_DRAFTS
 
     def run(global_seed: int) -> tuple[list[int], list[int]]:
         torch.manual_seed(global_seed)
