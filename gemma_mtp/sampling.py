@@ -110,7 +110,8 @@ def accept_sampled_drafts(
         p = target_probs[rows, drafts]
         q = draft_probs[rows, drafts]
         uniforms = torch.rand(k, generator=generator, device=target_probs.device)
-        rejected = (uniforms * q > p).nonzero()
+        # Accept when u < p/q; ``>=`` rejects a draft the target rules out (p = 0) even when u is 0.
+        rejected = (uniforms * q >= p).nonzero()
         if rejected.numel():
             accepted = int(rejected[0].item())
     if accepted < k:

@@ -61,6 +61,33 @@ def test_sampled_draft_rule_is_exact() -> None:
     assert tv < SYNTHETIC_TV_BOUND, tv
 
 
+def test_a_draft_the_target_rules_out_is_never_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A draft outside the target's support (top-k, top-p, a constraint's mask) has p = 0: it is rejected
+    whatever the uniform, including a uniform of exactly 0, which ``torch.rand`` can return."""
+    target = torch.tensor([[0.0, 0.5, 0.5], [0.0, 0.0, 1.0]])
+    draft = torch.tensor([[0.4, 0.3, 0.3]])
+    monkeypatch.setattr(torch, "rand", lambda n, **_: torch.zeros(n))
+    result = accept_sampled_drafts(target, draft, torch.tensor([0]), torch.Generator().manual_seed(0))
+    assert result.accepted == 0 and result.tokens[0] in (1, 2)
+
+
+def test_a_residual_without_mass_falls_back_to_the_targets_row() -> None:
+    """After a rejection the replacement is drawn from max(p - q, 0); when that has no mass (p <= q at every
+    token, as rounding can leave two nearly equal float32 rows), it is drawn from p itself."""
+    target = torch.tensor([[0.0, 0.25, 0.5], [0.0, 0.0, 1.0]])  # row 0 is nowhere above the draft's
+    draft = torch.tensor([[0.0, 0.5, 0.5]])
+    generator = torch.Generator().manual_seed(0)
+    replacements: Counter = Counter()
+    for _ in range(3000):
+        result = accept_sampled_drafts(target, draft, torch.tensor([1]), generator)
+        if result.accepted == 0:
+            replacements[result.tokens[0]] += 1
+    rejections = sum(replacements.values())
+    assert 1300 < rejections < 1700  # accepted with p/q = 0.5
+    assert set(replacements) == {1, 2}
+    assert abs(replacements[1] / rejections - 1 / 3) < 0.05  # p renormalised: 0.25 : 0.5
+
+
 def test_hugging_face_rule_with_argmax_drafts_is_biased() -> None:
     """The reference's p/q rule, given argmax drafts, over-accepts them: the bound catches it."""
     torch.manual_seed(2)
@@ -212,6 +239,14 @@ def test_top_k_and_top_p_restrict_support() -> None:
     assert probs[0] == 1.0
     kept = warp(logits, SamplingParams(temperature=1.0, top_p=0.9))[0]
     assert (kept[:3] > 0).all() and kept[4] == 0
+
+
+def test_top_p_keeps_the_fewest_tokens_with_at_least_that_mass() -> None:
+    """A low tail whose mass equals 1 - top_p exactly goes: the tokens kept hold top_p, no more."""
+    uniform = torch.zeros(1, 4)  # each token exactly 0.25
+    assert int((warp(uniform, SamplingParams(temperature=1.0, top_p=0.5)) > 0).sum()) == 2
+    assert int((warp(uniform, SamplingParams(temperature=1.0, top_p=0.75)) > 0).sum()) == 3
+    assert int((warp(uniform, SamplingParams(temperature=1.0, top_p=0.76)) > 0).sum()) == 4
 
 
 def test_warp_divides_by_the_temperature_and_top_k_1_is_the_argmax() -> None:
