@@ -8,6 +8,7 @@ statistics are built from them).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from typing import Any
@@ -203,3 +204,40 @@ def test_the_policy_is_told_each_rounds_outcome_and_a_duration_within_the_reques
     elapsed = time.perf_counter() - started
     assert [a for a, _ in told] == [r.accepted for r in rounds[1:]]
     assert all(s >= 0 for _, s in told) and sum(s for _, s in told) <= elapsed
+
+
+def test_waiting_for_another_requests_forward_pass_is_not_part_of_a_rounds_cost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Concurrent requests take turns on the models' lock; the policy compares draft lengths by round cost,
+    so the time a round spent waiting for the lock is left out. On a clock that only the lock moves (every
+    acquisition waits 5 s), every round costs exactly nothing."""
+    rt = tiny_runtime("agreeing", "dense")
+    backend = rt._backend
+    clock = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+
+    class BusyLock:
+        """The models' lock, held by another request for 5 s whenever this one asks for it."""
+
+        def __init__(self) -> None:
+            self.inner = threading.RLock()
+
+        def __enter__(self) -> BusyLock:
+            clock[0] += 5.0
+            self.inner.acquire()
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.inner.release()
+
+    told: list[float] = []
+
+    class Recording(FixedDraft):
+        def record(self, decision, accepted: int, seconds: float) -> None:
+            told.append(seconds)
+
+    decoder = SpeculativeDecoder(backend.target_step, backend.drafter, BusyLock())  # type: ignore[arg-type]
+    rounds, _ = run_loop(decoder, rt.encode(LONG), Recording(3, "argmax"), 24)
+    assert len(told) == len(rounds) - 1 >= 3
+    assert told == [0.0] * len(told)
