@@ -61,6 +61,33 @@ def test_sampled_draft_rule_is_exact() -> None:
     assert tv < SYNTHETIC_TV_BOUND, tv
 
 
+def test_argmax_draft_rule_accepts_each_draft_its_row_is_sure_of() -> None:
+    """Rows that are point masses: every draft they agree with is accepted, and the first they disagree with
+    is replaced by the row's token, with a seeded generator or without one."""
+    sure = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+    for generator in (torch.Generator().manual_seed(0), None):
+        assert accept_argmax_drafts(sure, torch.tensor([1, 2]), generator) == Acceptance(2, [1, 2, 0])
+        assert accept_argmax_drafts(sure, torch.tensor([1, 0]), generator) == Acceptance(1, [1, 2])
+        assert accept_argmax_drafts(sure, torch.tensor([0, 2]), generator) == Acceptance(0, [1])
+
+
+def test_argmax_draft_rule_follows_rows_that_do_not_sum_to_one() -> None:
+    """Each token is drawn in proportion to its row (float32 rows sum to one only up to rounding)."""
+    generator = torch.Generator().manual_seed(0)
+    row = torch.tensor([[0.1, 0.3]])  # sums to 0.4: token 1 three times in four
+    draws = Counter(
+        accept_argmax_drafts(row, torch.empty(0, dtype=torch.long), generator).tokens[0] for _ in range(4000)
+    )
+    assert abs(draws[1] / 4000 - 0.75) < 0.03, draws
+
+
+def test_argmax_draft_rule_never_draws_a_token_without_probability(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inverse transform at a uniform of exactly 0 lands on the first token *with* probability."""
+    monkeypatch.setattr(torch, "rand", lambda n, **_: torch.zeros(n))
+    row = torch.tensor([[0.0, 0.0, 0.5, 0.5]])
+    assert accept_argmax_drafts(row, torch.empty(0, dtype=torch.long), None).tokens == [2]
+
+
 def test_a_draft_the_target_rules_out_is_never_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
     """A draft outside the target's support (top-k, top-p, a constraint's mask) has p = 0: it is rejected
     whatever the uniform, including a uniform of exactly 0, which ``torch.rand`` can return."""
