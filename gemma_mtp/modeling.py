@@ -88,14 +88,12 @@ class TargetStep:
     """Runs the target over new tokens with a KV cache and returns what speculation reads."""
 
     def __init__(self, model: PreTrainedModel):
-        self.model = model
         self.decoder = model.get_decoder()
         self.lm_head = model.get_output_embeddings()
         self.text_config = model.config.get_text_config()
         self.softcap = self.text_config.final_logit_softcapping
         self.embed = model.get_input_embeddings()
         self.device = self.lm_head.weight.device
-        self.has_sliding = "sliding_attention" in set(self.text_config.layer_types)
         # transformers renamed the decoder's cache argument (``past_key_values`` in 5.19 and before, ``cache`` in later releases).
         parameters = inspect.signature(self.decoder.forward).parameters
         self.cache_argument = "cache" if "cache" in parameters else "past_key_values"

@@ -134,9 +134,10 @@ def test_the_convention_comes_from_the_assistant_checkpoint() -> None:
     config.gemma_mtp = {"draft_position": "n-1"}  # type: ignore[attr-defined]
     with pytest.raises(ValueError, match="draft_position must be one of 'last_accepted', 'pending'"):
         checkpoint_draft_position(config)
-    config.gemma_mtp = "pending"  # type: ignore[attr-defined]
-    with pytest.raises(ValueError, match="must be an object with a 'draft_position' entry"):
-        checkpoint_draft_position(config)
+    for malformed in ("pending", {"position": "pending"}, 3):
+        config.gemma_mtp = malformed  # type: ignore[attr-defined]
+        with pytest.raises(ValueError, match="must be an object with a 'draft_position' entry"):
+            checkpoint_draft_position(config)
 
 
 def test_the_mini_assistant_records_position_n_and_an_override_shares_the_weights() -> None:

@@ -26,6 +26,28 @@ pytestmark = pytest.mark.skipif(
 PROMPTS = ["Hello", "The quick brown fox jumps over the lazy dog, then asks about Paris."]
 
 
+def recording_argmax(seen: list[torch.Tensor]):
+    """A ``sample_with`` that records each step's scores and puts all probability on their argmax, so that
+    the drafter drafts what argmax drafting does while the scores behind each draft can be compared."""
+
+    def sample_with(scores: torch.Tensor) -> torch.Tensor:
+        seen.append(scores[0].detach().clone())
+        return torch.nn.functional.one_hot(scores.argmax(dim=-1), scores.shape[-1]).to(scores.dtype)
+
+    return sample_with
+
+
+def assert_same_scores(ours: list[torch.Tensor], reference: list[torch.Tensor], assistant) -> None:
+    """Every draft step's scores equal the reference's: equal tokens alone would hide an input that moves
+    the scores without moving their argmax (a key/value entry too many, a missing mask). The centroid-masked
+    head scores only its selected candidates, so there the tokens are what is compared."""
+    if getattr(assistant, "masked_embedding", None) is not None:
+        return
+    assert len(ours) == len(reference)
+    for mine, theirs in zip(ours, reference, strict=True):
+        torch.testing.assert_close(mine, theirs.to(mine.dtype), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("prompt", PROMPTS, ids=["short", "long"])
@@ -45,7 +67,7 @@ def test_first_round_drafts_match_reference(
     reference = SinglePositionMultiTokenCandidateGenerator(
         assistant, target.get_input_embeddings(), GenerationConfig(max_length=10_000)
     )
-    candidates, _ = reference.get_candidates(
+    candidates, reference_logits = reference.get_candidates(
         with_first,
         model_kwargs={"attention_mask": torch.ones_like(with_first)},
         model_outputs=outputs,
@@ -57,8 +79,12 @@ def test_first_round_drafts_match_reference(
     step = TargetStep(target)
     cache = step.new_cache()
     out = step(ids, cache, start=0, keep_last=1)
-    draft = Drafter(assistant, step.embed, "pending").draft(first, out.hidden, out.shared_kv, ids.shape[1], k)
+    seen: list[torch.Tensor] = []
+    draft = Drafter(assistant, step.embed, "pending").draft(
+        first, out.hidden, out.shared_kv, ids.shape[1], k, sample_with=recording_argmax(seen)
+    )
     assert draft.tokens.tolist() == expected
+    assert_same_scores(seen, list(reference_logits[0]), assistant)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -83,7 +109,7 @@ def test_first_round_drafts_at_n_minus_1_match_the_assistant_forward(
             else (keys, values)
             for name, (keys, values) in outputs.shared_kv_states.items()
         }
-        expected = []
+        expected, expected_scores = [], []
         for _ in range(k):
             out = assistant(
                 inputs_embeds=torch.cat([target.get_input_embeddings()(token), hidden], dim=-1),
@@ -93,8 +119,45 @@ def test_first_round_drafts_at_n_minus_1_match_the_assistant_forward(
             token = out.logits[:, -1:].argmax(dim=-1)
             hidden = out.last_hidden_state
             expected.append(int(token))
+            expected_scores.append(out.logits[0, -1])
 
     step = TargetStep(target)
     out = step(ids, step.new_cache(), start=0, keep_last=1)
     drafter = Drafter(assistant, step.embed, "last_accepted")
-    assert drafter.draft(first, out.hidden, out.shared_kv, n, k).tokens.tolist() == expected
+    seen: list[torch.Tensor] = []
+    draft = drafter.draft(first, out.hidden, out.shared_kv, n, k, sample_with=recording_argmax(seen))
+    assert draft.tokens.tolist() == expected
+    assert_same_scores(seen, expected_scores, assistant)
+
+
+def test_the_centroid_head_under_a_constraint() -> None:
+    """The centroid-masked head scores only its selected candidates. A constraint forbids some of them (those
+    go to -inf, the rest keep their scores), and when it forbids all of them, the full head scores the step
+    so that the draft is still an allowed token."""
+    rt = tiny_runtime("agreeing", "e2b")
+    drafter = Drafter(rt.assistant, rt.target.get_input_embeddings())
+    hidden = torch.randn(1, rt.assistant.config.get_text_config().hidden_size)
+    with torch.no_grad():
+        scores, candidates = drafter._head(hidden)
+        assert candidates is not None
+        allowed = torch.ones(drafter.vocab_size, dtype=torch.bool)
+        same, kept = drafter._constrain(scores, candidates, hidden, allowed)
+        assert kept is candidates and torch.equal(same, scores)
+
+        allowed[candidates[0, ::2]] = False
+        masked, kept = drafter._constrain(scores, candidates, hidden, allowed)
+        assert kept is candidates
+        assert torch.isneginf(masked[0, ::2]).all() and torch.equal(masked[0, 1::2], scores[0, 1::2])
+
+        outside = next(t for t in range(drafter.vocab_size) if t not in set(candidates[0].tolist()))
+        allowed = torch.zeros(drafter.vocab_size, dtype=torch.bool)
+        allowed[outside] = True
+        full, kept = drafter._constrain(scores, candidates, hidden, allowed)
+        assert kept is None and full.shape == (1, drafter.vocab_size)
+        assert torch.isfinite(full[0]).nonzero().flatten().tolist() == [outside]
+
+
+def test_an_unknown_draft_position_names_the_argument() -> None:
+    rt = tiny_runtime("agreeing", "dense")
+    with pytest.raises(ValueError, match=r"^draft_position must be one of 'last_accepted', 'pending'"):
+        Drafter(rt.assistant, rt.target.get_input_embeddings(), "n-1")  # type: ignore[arg-type]
