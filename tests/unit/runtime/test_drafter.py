@@ -79,11 +79,13 @@ def test_first_round_drafts_match_reference(
     step = TargetStep(target)
     cache = step.new_cache()
     out = step(ids, cache, start=0, keep_last=1)
+    drafter = Drafter(assistant, step.embed, "pending")
+    assert drafter.draft(first, out.hidden, out.shared_kv, ids.shape[1], k).tokens.tolist() == expected
     seen: list[torch.Tensor] = []
-    draft = Drafter(assistant, step.embed, "pending").draft(
+    recorded = drafter.draft(
         first, out.hidden, out.shared_kv, ids.shape[1], k, sample_with=recording_argmax(seen)
     )
-    assert draft.tokens.tolist() == expected
+    assert recorded.tokens.tolist() == expected
     assert_same_scores(seen, list(reference_logits[0]), assistant)
 
 
@@ -124,9 +126,10 @@ def test_first_round_drafts_at_n_minus_1_match_the_assistant_forward(
     step = TargetStep(target)
     out = step(ids, step.new_cache(), start=0, keep_last=1)
     drafter = Drafter(assistant, step.embed, "last_accepted")
+    assert drafter.draft(first, out.hidden, out.shared_kv, n, k).tokens.tolist() == expected
     seen: list[torch.Tensor] = []
-    draft = drafter.draft(first, out.hidden, out.shared_kv, n, k, sample_with=recording_argmax(seen))
-    assert draft.tokens.tolist() == expected
+    recorded = drafter.draft(first, out.hidden, out.shared_kv, n, k, sample_with=recording_argmax(seen))
+    assert recorded.tokens.tolist() == expected
     assert_same_scores(seen, expected_scores, assistant)
 
 
@@ -161,3 +164,12 @@ def test_an_unknown_draft_position_names_the_argument() -> None:
     rt = tiny_runtime("agreeing", "dense")
     with pytest.raises(ValueError, match=r"^draft_position must be one of 'last_accepted', 'pending'"):
         Drafter(rt.assistant, rt.target.get_input_embeddings(), "n-1")  # type: ignore[arg-type]
+
+
+def test_a_draft_of_no_tokens_is_empty() -> None:
+    rt = tiny_runtime("agreeing", "dense")
+    step = TargetStep(rt.target)
+    ids = torch.tensor([rt.encode("Hello")])
+    out = step(ids, step.new_cache(), start=0, keep_last=1)
+    draft = Drafter(rt.assistant, step.embed).draft(ids[:, -1:], out.hidden, out.shared_kv, ids.shape[1], 0)
+    assert draft.tokens.tolist() == [] and draft.tokens.dtype == torch.long and draft.probs is None

@@ -137,6 +137,19 @@ def test_under_a_constraint_the_assistant_drafts_only_allowed_tokens() -> None:
         assert asked > 40 and drafted >= 0.9 * asked, [(r.draft_length, r.drafted) for r in rounds]
 
 
+def test_drafting_stops_where_the_constraint_is_complete() -> None:
+    """A constraint with a single path: once the path (end of sequence included) is drafted, the assistant
+    stops, short of the draft length asked for, rather than drafting past the end; every assistant forward
+    pass then yields a draft the target verifies."""
+    rt = tiny_runtime("random", "dense")
+    params = SamplingParams(regex="hello world", num_assistant_tokens=6, max_new_tokens=24)
+    rounds: list = []
+    result = rt.generate("Hello", params, on_round=rounds.append)
+    assert result.text == "hello world" and result.finish_reason == "stop"
+    assert rounds[-1].draft_length == 6 and rounds[-1].drafted < 6
+    assert result.stats.assistant_forward_passes == sum(r.drafted for r in rounds)
+
+
 def round_reports(rt, prompt: str, params: SamplingParams) -> list:
     reports: list = []
     rt.generate(prompt, params, on_round=reports.append)
