@@ -25,9 +25,10 @@ copying emerged with these choices, the committed run ending at 0.57 (0.91):
   attention logits, so unit norms start it sharp and random; in runs otherwise alike, the value-token share
   reached 0.40 by step 600 with this start, 0.33 without.
 
-Usage (from a checkout with the package installed; the committed pair took 30 minutes on a 2-core CPU shared
-with other jobs, on one thread: 1,781 s, of which 1,640 s for the target's 2,400 steps; the defaults reproduce
-it, and another ``--threads`` may round differently)::
+Usage (from a checkout with the package installed; the committed pair took 30 minutes on one thread of a 2-core
+CPU running another training at the same time: 1,781 s, of which 1,640 s for the target's 2,400 steps; rerun with
+the defaults on the otherwise quieter machine, 894 s, it came out bit-identical; another ``--threads`` may round
+differently)::
 
     python scripts/train_tool_pair.py
     python scripts/train_tool_pair.py --steps 20 --assistant-steps 5 --out /tmp/tool-use   # a quick smoke run
