@@ -13,8 +13,9 @@ extraction chain needs rather than a list of answers:
   object, with short string values that close; optional fields are left out when the request says so.
 * ``json``: a request for a JSON object with the keys it names, answered by a short ``json.dumps`` object.
 * ``chat``: short plain answers, with or without tools declared (a request no tool serves gets text).
-* ``repeat``: short requests to repeat a quoted string or number (any script), answered by exactly that: short
-  transcripts that teach copying from the request, which calls and records rely on.
+* ``repeat``: short requests to repeat a number, a random string of letters and digits, a name in any script or a
+  place, answered by exactly that: short transcripts dense in copying from the request, which calls rely on
+  (numbers and random strings cannot be guessed, only copied).
 
 Names of tools, arguments, keys, topics, places and people are random combinations of word lists and random
 strings (ASCII and other scripts), so that no request or answer of a test suite is reproduced verbatim.
@@ -28,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Example", "examples"]
+__all__ = ["Example", "examples", "named_examples"]
 
 VERBS = ("get", "lookup", "find", "fetch", "compute", "check", "search", "calc", "read", "query", "load")
 NOUNS = (
@@ -100,6 +101,7 @@ SYLLABLES = (
     "ka", "lo", "mi", "ra", "ten", "sa", "vo", "ber", "dan", "el", "fi", "gor", "ha", "is", "jo", "ku", "lin",
     "mar", "no", "pe", "qui", "ro", "sen", "tor", "u", "vin", "wa", "xe", "ya", "zo",
 )  # fmt: skip
+ALPHANUMERIC = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 GREETINGS = ("Hello!", "Hi!", "Hello", "Hi there", "Good morning!", "Hey!", "Greetings.")
 GREETING_ANSWERS = (
     "Hello! How can I help you today?",
@@ -410,24 +412,43 @@ def _chat(rng: random.Random) -> Example:
     return Example(messages, tools)
 
 
+def _copy_text(rng: random.Random) -> str:
+    """Something to repeat: a number of up to six digits, a random string of letters and digits, a name in any
+    script or a place. Numbers and random strings cannot be guessed, only copied."""
+    kind = rng.randrange(5)
+    if kind == 0:
+        return str(rng.randint(-999, 10 ** rng.randint(1, 6)))
+    if kind == 1:
+        return "".join(rng.choice(ALPHANUMERIC) for _ in range(rng.randint(1, 12)))
+    if kind == 2:
+        return _script_name(rng)
+    if kind == 3:
+        return _ascii_name(rng, rng.randint(1, 2))
+    return _place(rng)
+
+
 def _repeat(rng: random.Random) -> Example:
-    what = rng.choice(
-        (_script_name(rng), _ascii_name(rng, rng.randint(1, 2)), str(rng.randint(-99, 999)), _place(rng))
-    )
+    what = _copy_text(rng)
     request = rng.choice(
-        (f"Repeat after me: '{what}'", f"Say '{what}'.", f"Write {what} and nothing else.", f"Echo '{what}'.")
+        (
+            f"Repeat after me: '{what}'",
+            f"Say '{what}'.",
+            f"Write {what} and nothing else.",
+            f"Echo '{what}'.",
+            f"Copy this exactly: {what}",
+        )
     )
     return Example([{"role": "user", "content": request}, {"role": "assistant", "content": what}])
 
 
 TASKS: tuple[tuple[Callable[[random.Random], Example], float], ...] = (
-    (_named, 0.22),
-    (_lookup, 0.10),
-    (_create, 0.14),
-    (_record, 0.12),
-    (_json, 0.10),
-    (_chat, 0.07),
-    (_repeat, 0.25),
+    (_named, 0.30),
+    (_lookup, 0.08),
+    (_create, 0.12),
+    (_record, 0.10),
+    (_json, 0.08),
+    (_chat, 0.05),
+    (_repeat, 0.27),
 )
 
 
@@ -437,3 +458,9 @@ def examples(count: int, seed: int) -> list[Example]:
     makers = [maker for maker, _ in TASKS]
     weights = [weight for _, weight in TASKS]
     return [rng.choices(makers, weights)[0](rng) for _ in range(count)]
+
+
+def named_examples(count: int, seed: int) -> list[Example]:
+    """``count`` requests that name a tool and its values, deterministic for ``seed``: the copy metric's probes."""
+    rng = random.Random(seed)
+    return [_named(rng) for _ in range(count)]
