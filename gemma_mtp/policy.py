@@ -12,13 +12,16 @@ expects ``E(k) = 1 + a_1 + ... + a_k`` tokens per round, where ``a_i`` is the pr
 from the runtime's recent requests of the same kind: a similar temperature, and constrained or free), and it pays ``cost(k)``, the measured
 duration of rounds with ``k`` drafts on this runtime and device (:class:`RoundCosts`). It drafts the
 ``k`` with the most ``E(k) / cost(k)``; ``k = 0`` (plain decoding) when no draft length pays, with a
-one-token probe now and then (less and less often while probes keep failing) so that drafting comes back
-when the text turns predictable. The same numbers decide between argmax drafts and drafts sampled from the
+one-token probe now and then so that drafting comes back when the text turns predictable. Probes are
+budgeted: a probe expected to cost ``x`` plain rounds' worth of time beyond the tokens it yields waits
+about ``x / PROBE_BUDGET`` plain rounds, so exploring takes about 1% of decoding time (less while probes
+keep failing: each failure doubles the wait). The same numbers decide between argmax drafts and drafts sampled from the
 assistant when sampling.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import threading
 from collections import deque
@@ -63,12 +66,12 @@ PRIOR_RATE = {True: 0.7, False: 0.5}
 """Prior chance that the first draft is accepted, greedy (True) and sampling (False)."""
 DEEPER_PRIOR = 0.9
 """A draft position's rate is shrunk towards this fraction of the rate of the position before it."""
-FIRST_PROBE_AFTER = 4
-"""Plain rounds before the first probe once drafting stopped paying."""
+PROBE_BUDGET = 0.01
+"""The share of decoding time that probing may cost while drafting does not pay: a probe expected to lose
+``x`` plain rounds' worth of time (its round's cost in plain rounds, less the tokens it is expected to
+yield) comes after ``x / PROBE_BUDGET`` plain rounds, so near break-even probes are frequent and cheap."""
 LONGEST_PROBE_GAP = 64
 """Probes back off (doubling the gap after each failure) up to this many plain rounds."""
-PROBE_CLOSE = 0.9
-"""Probes do not back off while the best draft is estimated at this fraction of plain decoding or more."""
 OPTIMISM = 2.0
 """Pseudo-acceptances added to the runtime's counts when asking whether an untried or little-tried
 alternative (one draft more, the other draft method) might beat the best decision: it is tried now and
@@ -317,7 +320,7 @@ class ProbeSchedule:
     """
 
     plain_run: int = 0
-    gap: int = FIRST_PROBE_AFTER
+    gap: int = 0
 
 
 class PolicyMemory:
@@ -387,7 +390,6 @@ class AdaptiveDraft:
         self.profiles = {m: memory.profile(self.kind, m) for m in methods}
         self._schedule = memory.probe_schedule(self.kind)
         self._probing = False  # the last decision was a probe
-        self._probe_close = False  # and drafting was estimated close to paying then
         self._rounds = 0
 
     @property
@@ -419,20 +421,42 @@ class AdaptiveDraft:
             return other
         if best.length > 0 or self.length is not None:
             schedule.plain_run = 0
-            schedule.gap = FIRST_PROBE_AFTER
+            schedule.gap = 0
             if self.length is None and best.length < longest and self._rounds % LONGER_PROBE_EVERY == 0:
                 longer = DraftDecision(best.length + 1, best.method)  # evidence about the next position
                 if self._might_beat(longer, best_rate, longest):
                     return longer
             return best
+        if schedule.plain_run == 0 and schedule.gap == 0:  # drafting just stopped paying
+            schedule.gap = self._probe_wait(self._probe_method(longest))
         schedule.plain_run += 1
         if schedule.plain_run <= schedule.gap:
             return best
         schedule.plain_run = 0
         self._probing = True
-        drafting_rate = self._best(longest, drafting=True)[1]
-        self._probe_close = drafting_rate >= PROBE_CLOSE * best_rate
         return DraftDecision(1, self._probe_method(longest))
+
+    def _probe_wait(self, method: DraftMethod) -> int:
+        """Plain rounds before a one-token probe by ``method``, from what it is expected to lose
+        (:data:`PROBE_BUDGET`): at least 1, at most :data:`LONGEST_PROBE_GAP`.
+
+        The loss is judged optimistically (the runtime's evidence for this kind of request plus
+        ``OPTIMISM`` pseudo-acceptances), so a kind with little evidence probes soon, one with none at
+        once, and one whose evidence is ample at what its acceptance says.
+        """
+        costs = self.memory.costs
+        plain = costs.plain(self.greedy)
+        seconds = costs.estimates(self.greedy, method, 1)
+        evidence = self.memory.evidence(self.kind, method)
+        if plain is None or seconds is None or not evidence.evidence:
+            return 1
+        accepted = evidence.rates(1, PRIOR_RATE[self.greedy], OPTIMISM)[0]
+        loss = max(seconds[0] / plain - 1.0 - accepted, 0.0)
+        return min(max(1, math.ceil(loss / PROBE_BUDGET)), LONGEST_PROBE_GAP)
+
+    def _first_acceptance(self, method: DraftMethod) -> float:
+        """This request's estimated chance that a first draft by ``method`` is accepted."""
+        return self.profiles[method].rates(1, PRIOR_RATE[self.greedy])[0]
 
     def _probe_method(self, longest: int) -> DraftMethod:
         """The method that might pay most. Each failed probe adds evidence against its method, so while
@@ -505,19 +529,22 @@ class AdaptiveDraft:
         return candidates
 
     def record(self, decision: DraftDecision, accepted: int, seconds: float) -> None:
-        if self._probing:  # a successful probe is followed by another; a failed one doubles the wait
-            self._probing = False
-            schedule = self._schedule
-            if accepted:
-                schedule.gap = 0
-            elif self._probe_close:  # near break-even, keep probing: a probe there costs little
-                schedule.gap = FIRST_PROBE_AFTER
-            else:
-                schedule.gap = min(max(FIRST_PROBE_AFTER, 2 * schedule.gap), LONGEST_PROBE_GAP)
         self.memory.costs.observe(self.greedy, decision.method, decision.length, seconds)
         if decision.length:
             self.profiles[decision.method].add(decision.length, accepted, REQUEST_DECAY)
             self.memory.add(self.kind, decision.method, decision.length, accepted)
+        if self._probing:
+            self._probing = False
+            self._schedule.gap = self._gap_after_probe(decision.method, accepted > 0)
+
+    def _gap_after_probe(self, method: DraftMethod, accepted: bool) -> int:
+        """The next probe waits what it is expected to lose (:meth:`_probe_wait`); a failure doubles the
+        wait so far, and a success shortens it to its estimated chance: a success the estimate did not
+        expect hints that the text turned predictable, and the next probes tell sooner."""
+        wait = self._probe_wait(method)
+        if accepted:
+            return max(1, math.ceil(wait * self._first_acceptance(method)))
+        return min(max(wait, 2 * self._schedule.gap), LONGEST_PROBE_GAP)
 
 
 def policy_for(params: SamplingParams, memory: PolicyMemory, default_length: int) -> DraftPolicy:
