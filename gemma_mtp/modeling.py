@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from gemma_mtp.sampling import sample
+
 if TYPE_CHECKING:
     from gemma_mtp.constraints import ConstraintGuide
 
@@ -141,6 +143,10 @@ def crop_cache(cache: DynamicCache, tokens_to_remove: int) -> None:
 class Draft:
     tokens: torch.Tensor  # [k] ids on the model device
     probs: torch.Tensor | None  # [k, vocab] the distribution each draft was sampled from (sampled drafts)
+    # Sampled drafts: the assistant's scores at the first draft position before warping ([m]), and the
+    # vocabulary ids they score for a centroid-masked head (``None``: the whole vocabulary).
+    first_scores: torch.Tensor | None = None
+    first_candidates: torch.Tensor | None = None
 
 
 class Drafter:
@@ -239,6 +245,7 @@ class Drafter:
             position_ids = torch.tensor([[position]], device=self.device)
             masks = None
             tokens, probs = [], []
+            first: tuple[torch.Tensor, torch.Tensor | None] | None = None
             for _ in range(k):
                 embeds = torch.cat([self.target_embeddings(token).to(self.device), hidden], dim=-1)
                 embeds = self.assistant.pre_projection(embeds)
@@ -260,8 +267,10 @@ class Drafter:
                     pick = scores.argmax(dim=-1, keepdim=True)
                     token = pick if candidates is None else candidates.gather(1, pick)
                 else:
+                    if first is None:
+                        first = (scores[0], None if candidates is None else candidates[0])
                     p = sample_with(scores)
-                    pick = torch.multinomial(p, 1, generator=generator)
+                    pick = sample(p, generator).unsqueeze(-1)
                     token = pick if candidates is None else candidates.gather(1, pick)
                     if candidates is not None:
                         p = torch.zeros(1, self.vocab_size, device=p.device).scatter_(1, candidates, p)
@@ -270,4 +279,9 @@ class Drafter:
                 if guide is not None and (not guide.push(int(token.item())) or guide.finished):
                     break
             stacked = torch.cat(tokens) if tokens else torch.empty(0, dtype=torch.long, device=self.device)
-            return Draft(tokens=stacked, probs=torch.stack(probs) if probs else None)
+            return Draft(
+                tokens=stacked,
+                probs=torch.stack(probs) if probs else None,
+                first_scores=first[0] if first else None,
+                first_candidates=first[1] if first else None,
+            )

@@ -515,6 +515,7 @@ class Runtime:
                         draft_length=rnd.draft_length,
                         duration_s=round_duration,
                         draft_method=rnd.draft_method,
+                        draft_temperature=rnd.draft_temperature,
                     ),
                     request.on_round,
                 )

@@ -22,7 +22,15 @@ import torch
 
 from gemma_mtp.params import SamplingParams
 
-__all__ = ["Acceptance", "accept_argmax_drafts", "accept_greedy", "accept_sampled_drafts", "warp"]
+__all__ = [
+    "Acceptance",
+    "accept_argmax_drafts",
+    "accept_greedy",
+    "accept_sampled_drafts",
+    "draw",
+    "sample",
+    "warp",
+]
 
 
 def warp(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
@@ -65,14 +73,37 @@ def accept_greedy(target_logits: torch.Tensor, drafts: torch.Tensor) -> Acceptan
     return Acceptance(accepted, tokens)
 
 
+def draw(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Inverse transform sampling: the token of each row of ``probs`` ([m, V]) at its uniform ([m], in [0, 1)).
+
+    A row is a token's share of the row's total, so it need not sum to one. The cumulative sums are taken
+    in float64 so that a vocabulary of 262,144 tokens keeps even its rarest tokens' shares, and a uniform
+    of exactly 0 still lands on a token with probability. One uniform per token: cheaper than
+    ``torch.multinomial`` on a single row, and it lets :func:`accept_argmax_drafts` give back unused ones.
+    """
+    cdf = probs.double().cumsum(dim=-1)
+    total = cdf[:, -1:]
+    # Strictly below the total, so the search always lands on a token with positive probability.
+    scaled = torch.minimum(
+        uniforms.double().unsqueeze(-1) * total, torch.nextafter(total, torch.zeros_like(total))
+    )
+    return torch.searchsorted(cdf, scaled, right=True).squeeze(-1)
+
+
+def sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One token per row of ``probs`` ([m, V]), drawn with uniforms from ``generator``: ids of shape [m]."""
+    uniforms = torch.rand(probs.shape[0], generator=generator, device=probs.device, dtype=torch.float64)
+    return draw(probs, uniforms)
+
+
 def accept_argmax_drafts(
     target_probs: torch.Tensor, drafts: torch.Tensor, generator: torch.Generator | None
 ) -> Acceptance:
     """Exact speculative sampling for point-mass (argmax) drafts; ``target_probs`` has ``k + 1`` rows.
 
-    Every emitted token is drawn from its row by inverse transform with a uniform of its own, the
-    uniforms taken from ``generator`` in order, one per emitted token; a draft is accepted when that
-    token equals it. This is the rule above (accept ``x`` with probability ``p(x)``, else a token of
+    Every emitted token is drawn from its row by inverse transform (:func:`draw`) with a uniform of its
+    own, the uniforms taken from ``generator`` in order, one per emitted token; a draft is accepted when
+    that token equals it. This is the rule above (accept ``x`` with probability ``p(x)``, else a token of
     ``p`` without ``x``), and the generator is left exactly one uniform further per emitted token. So
     with a seeded generator the answer does not depend on the drafts or their lengths: it is what
     plain decoding (``k = 0``) draws with the same seed.
@@ -80,16 +111,10 @@ def accept_argmax_drafts(
     k = drafts.shape[0]
     uniforms, states = [], []
     for _ in range(k + 1):
-        uniforms.append(torch.rand(1, generator=generator, device=target_probs.device))
+        uniforms.append(torch.rand(1, generator=generator, device=target_probs.device, dtype=torch.float64))
         if generator is not None:
             states.append(generator.get_state())
-    cdf = target_probs.cumsum(dim=-1)
-    total = cdf[:, -1:]
-    # Strictly below the total, so the search always lands on a token with positive probability.
-    scaled = torch.minimum(
-        torch.cat(uniforms).unsqueeze(-1) * total, torch.nextafter(total, torch.zeros_like(total))
-    )
-    picks = torch.searchsorted(cdf, scaled, right=True).squeeze(-1)
+    picks = draw(target_probs, torch.cat(uniforms))
     accepted = int((picks[:k] == drafts).int().cumprod(dim=0).sum().item()) if k else 0
     if generator is not None and accepted < k:
         generator.set_state(states[accepted])  # give back the uniforms of tokens not emitted
@@ -116,9 +141,8 @@ def accept_sampled_drafts(
             accepted = int(rejected[0].item())
     if accepted < k:
         residual = (target_probs[accepted] - draft_probs[accepted]).clamp_min(0.0)
-        total = residual.sum()
-        residual = residual / total if total > 0 else target_probs[accepted]
-        nxt = torch.multinomial(residual, 1, generator=generator)
+        row = residual if bool(residual.sum() > 0) else target_probs[accepted]
     else:
-        nxt = torch.multinomial(target_probs[k], 1, generator=generator)
+        row = target_probs[k]
+    nxt = sample(row.unsqueeze(0), generator)
     return Acceptance(accepted, [*drafts[:accepted].tolist(), int(nxt.item())])

@@ -25,6 +25,7 @@ on finished rounds only.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -32,10 +33,11 @@ from collections.abc import Callable, Generator
 import torch
 
 from gemma_mtp.backends.base import Round
+from gemma_mtp.calibration import DraftCalibration
 from gemma_mtp.constraints import ConstraintGuide
 from gemma_mtp.modeling import Drafter, SharedKV, TargetStep, crop_cache
 from gemma_mtp.params import SamplingParams
-from gemma_mtp.policy import DraftPolicy, FixedDraft
+from gemma_mtp.policy import DraftPolicy, FixedDraft, request_kind
 from gemma_mtp.sampling import (
     Acceptance,
     accept_argmax_drafts,
@@ -71,6 +73,11 @@ def _accepted_prefix_kv(
     return prefix
 
 
+def _warp_at(scores: torch.Tensor, factor: float, params: SamplingParams) -> torch.Tensor:
+    """The assistant's draft distribution: its scores warped at ``factor`` times the request's temperature."""
+    return warp(scores / factor, params)
+
+
 def _masked(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
     """``logits`` with the tokens a constraint forbids at ``-inf`` (warping then renormalises over the rest)."""
     return logits.masked_fill(~allowed.to(logits.device), float("-inf"))
@@ -80,13 +87,22 @@ class SpeculativeDecoder:
     """Runs rounds for one request at a time; many decoders may share one pair of models.
 
     ``lock`` guards each forward pass, so concurrent requests interleave round by round on the same
-    weights (each request owns its cache) and an abandoned stream holds nothing.
+    weights (each request owns its cache) and an abandoned stream holds nothing. ``calibration`` (shared
+    by the runtime's requests) sets the temperature that unseeded requests sample their drafts at, and
+    learns from every sampled round; without it drafts are sampled at the request's own temperature.
     """
 
-    def __init__(self, target: TargetStep, drafter: Drafter | None, lock: threading.RLock):
+    def __init__(
+        self,
+        target: TargetStep,
+        drafter: Drafter | None,
+        lock: threading.RLock,
+        calibration: DraftCalibration | None = None,
+    ):
         self.target = target
         self.drafter = drafter
         self.lock = lock
+        self.calibration = calibration
 
     def run(
         self,
@@ -108,6 +124,10 @@ class SpeculativeDecoder:
         """
         if policy is None or self.drafter is None:
             policy = FixedDraft(0, "argmax")
+        # A seeded request samples its drafts at its own temperature, so that its answer depends on its
+        # seed and settings alone, not on what the runtime calibrated from earlier requests.
+        calibration = self.calibration if params.seed is None else None
+        kind = request_kind(params.temperature, params.constrained)
         device = self.target.device
         cache = self.target.new_cache()
         with self.lock:
@@ -129,6 +149,7 @@ class SpeculativeDecoder:
         while produced < budget:
             decision = policy.decide(budget - produced - 1)
             k = decision.length
+            draft_temperature: float | None = None
             pending_t = torch.tensor([[pending]], device=device)
             draft_probs = None
             waiting = time.perf_counter()
@@ -136,7 +157,11 @@ class SpeculativeDecoder:
                 waited = time.perf_counter() - waiting
                 if k > 0:
                     assert self.drafter is not None
-                    sample_with = (lambda s: warp(s, params)) if decision.method == "sampled" else None
+                    sample_with = None
+                    if decision.method == "sampled":
+                        factor = calibration.factor(kind) if calibration is not None else 1.0
+                        sample_with = functools.partial(_warp_at, factor=factor, params=params)
+                        draft_temperature = factor * params.temperature
                     draft = self.drafter.draft(
                         pending_t,
                         hidden,
@@ -148,10 +173,11 @@ class SpeculativeDecoder:
                         guide=guide,
                     )
                     drafts, draft_probs = draft.tokens.to(device), draft.probs
+                    first_scores, first_candidates = draft.first_scores, draft.first_candidates
                     for _ in range(drafts.shape[0]):
                         count_forward("assistant")
                 else:
-                    drafts = no_drafts
+                    drafts, first_scores, first_candidates = no_drafts, None, None
                 masks = None
                 if guide is not None:
                     valid, masks = guide.rows(drafts.tolist())
@@ -167,6 +193,8 @@ class SpeculativeDecoder:
                     guide.commit(result.accepted, result.tokens)
                 rejected = k - result.accepted
                 crop_cache(cache, rejected)
+            if calibration is not None and first_scores is not None and k:
+                calibration.observe(kind, logits[0], first_scores, first_candidates, params)
             if self.drafter is not None:
                 # The target's own choice follows the last accepted draft (or ``pending`` itself).
                 prefix_kv = _accepted_prefix_kv(
@@ -182,6 +210,7 @@ class SpeculativeDecoder:
                 accepted=result.accepted,
                 draft_length=asked,
                 draft_method=decision.label,
+                draft_temperature=draft_temperature if k else None,
             )
             # The round's cost: everything from its decision until the caller asks for the next round
             # (forward passes, acceptance, the caller's handling of the tokens), less waiting for the lock.

@@ -33,6 +33,8 @@ class RoundStats:
     duration_s: float
     draft_method: str = "none"
     """``"argmax"`` or ``"sampled"`` drafts, ``"none"`` for a round without drafts (plain decoding)."""
+    draft_temperature: float | None = None
+    """The temperature sampled drafts were drawn at (see :mod:`gemma_mtp.calibration`); ``None`` otherwise."""
 
     @property
     def acceptance_rate(self) -> float:

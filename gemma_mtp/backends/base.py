@@ -43,6 +43,8 @@ class Round:
     engine_report: Mapping[str, Any] | None = field(default=None, compare=False)
     draft_method: str = "none"
     """``"argmax"`` or ``"sampled"`` drafts, ``"none"`` for a round without drafts."""
+    draft_temperature: float | None = None
+    """The temperature sampled drafts were drawn at; ``None`` for argmax drafts or none."""
 
 
 @dataclass(frozen=True)

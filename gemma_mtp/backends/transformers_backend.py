@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from gemma_mtp.backends.base import DecodeRequest, Round
+from gemma_mtp.calibration import DraftCalibration
 from gemma_mtp.constraints import ConstraintCompiler, ConstraintGuide, constraint_lark
 from gemma_mtp.loading import LoadedPair, default_draft_length, end_of_generation_ids, load_pair
 from gemma_mtp.modeling import (
@@ -62,6 +63,7 @@ class TransformersBackend:
         self.eos_token_ids = end_of_generation_ids(pair.target.generation_config, pair.tokenizer)
         self.default_draft_length = default_draft_length(pair.assistant.generation_config, text_config)
         self.policy_memory = PolicyMemory()
+        self.draft_calibration = DraftCalibration()
         self.constraints = ConstraintCompiler(pair.tokenizer, self.vocab_size, self.eos_token_ids)
 
     @classmethod
@@ -111,7 +113,10 @@ class TransformersBackend:
         else:
             generator.seed()
         decoder = SpeculativeDecoder(
-            self.target_step, self.drafter if request.use_assistant else None, self.lock
+            self.target_step,
+            self.drafter if request.use_assistant else None,
+            self.lock,
+            self.draft_calibration,
         )
         policy = self.draft_policy(params) if request.use_assistant else None
         return decoder.run(

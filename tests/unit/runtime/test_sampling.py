@@ -216,6 +216,40 @@ def test_loop_with_the_default_policy_samples_the_targets_distribution(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("factor", [0.25, 4.0])
+def test_drafts_sampled_at_a_calibrated_temperature_keep_the_targets_distribution(
+    factor: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unseeded requests sample drafts at a calibrated multiple of their temperature; the output does not
+    move, because the acceptance rule uses the distribution each draft was actually sampled from."""
+    rt = tiny_runtime("agreeing", "dense")
+    monkeypatch.setattr(rt.engine.draft_calibration, "factor", lambda kind: factor)
+    params = SamplingParams(**PARAMS, sample_drafts=True)
+    tv = total_variation(sampled_joint_unseeded(rt, params), exact_joint(rt, params), SAMPLES)
+    assert tv < LOOP_TV_BOUND, tv
+
+
+@pytest.mark.slow
+def test_bound_fails_when_drafts_are_judged_at_another_temperature(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Drafts sampled at 4 times the temperature but accepted against the distribution at the request's own
+    temperature are biased; the bound above catches it."""
+    rt = tiny_runtime("agreeing", "dense")
+    monkeypatch.setattr(rt.engine.draft_calibration, "factor", lambda kind: 4.0)
+    params = SamplingParams(**PARAMS, sample_drafts=True)
+    draft = rt.engine.drafter.draft
+
+    def judged_at_the_request_temperature(*args, **kwargs):  # type: ignore[no-untyped-def]
+        result = draft(*args, **kwargs)
+        assert result.first_scores is not None and result.probs is not None
+        result.probs = warp(result.first_scores[None], params)
+        return result
+
+    monkeypatch.setattr(rt.engine.drafter, "draft", judged_at_the_request_temperature)
+    tv = total_variation(sampled_joint_unseeded(rt, params), exact_joint(rt, params), SAMPLES)
+    assert tv > LOOP_TV_BOUND, tv
+
+
+@pytest.mark.slow
 def test_bound_fails_for_a_biased_acceptance_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     """Accepting a draft with probability sqrt(p) instead of p over-accepts; the same bound catches it."""
 
