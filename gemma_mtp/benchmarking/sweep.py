@@ -469,8 +469,9 @@ def sweep(
     """Decode ``prompts`` with every fixed setting, the default policy and the target alone, per temperature.
 
     Per run and temperature, each prompt is decoded with every setting back to back (so that a change in
-    machine load hits them alike). Fixed settings use the same seed per (run, prompt); the default
-    policy runs unseeded, as a seed makes it draft by argmax only. A warm-up pass comes first. Then
+    machine load hits them alike). Settings with drafts run unseeded, as most requests do: a seed makes
+    the default policy draft by argmax only, and sampled drafts use the request's own temperature rather
+    than the calibrated one (:mod:`gemma_mtp.calibration`). A warm-up pass comes first. Then
     ``head_to_head_runs`` runs of the target alone, the default policy and each temperature's best fixed
     setting, back to back per prompt in rotating order (0 skips them).
     """
@@ -499,9 +500,7 @@ def sweep(
         if params is None:  # the target alone
             plain = base.with_overrides(temperature=float(t), seed=seed_value)
             return runtime.generate(ids, plain, use_assistant=False).stats
-        if params.num_assistant_tokens is None:  # the default policy, unseeded
-            return runtime.generate(ids, params).stats
-        return runtime.generate(ids, params.with_overrides(seed=seed_value)).stats
+        return runtime.generate(ids, params).stats  # unseeded, as a user's request
 
     settings: dict[float, list[tuple[str, SamplingParams | None, int, str]]] = {}
     for t in temperatures:
