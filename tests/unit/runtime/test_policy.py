@@ -317,3 +317,51 @@ def test_constrained_requests_learn_apart_from_free_text() -> None:
     run(constrained_policy(), {"argmax": [0.0]}, 300)  # under a grammar: none accepted
     assert greedy_policy(memory).decide(room=32).length >= 3
     assert constrained_policy().decide(room=32).length <= 1
+
+
+def plain_or_probe_cost(k: int, method: DraftMethod = "sampled") -> float:
+    """A one-token round costs 1.6 plain rounds, as on the mini pair on a CPU."""
+    return 0.010 if k == 0 else 0.016 + 0.002 * (k - 1)
+
+
+@pytest.mark.parametrize("rate", [0.45, 0.2])
+def test_probes_cost_about_their_budget(rate: float) -> None:
+    """When drafting does not pay, probing costs about 1% of decoding time: a probe that loses more waits
+    longer. A 0.45 first-draft rate loses 0.15 plain rounds per probe, a 0.2 rate 0.4."""
+    rates: Rates = {"sampled": [rate], "argmax": [rate / 2]}
+    decisions = run(sampling_policy(), rates, 3000, cost=plain_or_probe_cost)[500:]
+    probes = [i for i, d in enumerate(decisions) if d.length]
+    assert probes, "it keeps probing"
+    spent = sum(plain_or_probe_cost(d.length, d.method) for d in decisions)
+    expected_tokens = sum(1 + (rate if d.length and d.method == "sampled" else 0.0) for d in decisions)
+    plain_time = expected_tokens * plain_or_probe_cost(0)
+    assert spent <= 1.015 * plain_time, spent / plain_time
+    gaps = [b - a for a, b in itertools.pairwise(probes)]
+    assert max(gaps) <= LONGEST_PROBE_GAP + 1, gaps
+
+
+def test_probes_come_more_often_the_less_they_lose() -> None:
+    def probe_rounds(rate: float) -> int:
+        decisions = run(
+            sampling_policy(), {"sampled": [rate], "argmax": [0.0]}, 2000, cost=plain_or_probe_cost
+        )
+        return sum(d.length > 0 for d in decisions[500:])
+
+    assert probe_rounds(0.55) > 2 * probe_rounds(0.4) > 0
+
+
+def test_a_kind_of_request_without_evidence_probes_at_once() -> None:
+    """Free text taught the runtime that drafting does not pay; the first constrained request still probes
+    at once, as nothing is known of its kind yet."""
+
+    def costly(k: int, method: DraftMethod = "argmax") -> float:  # even the prior's 0.7 does not pay
+        return 0.010 if k == 0 else 0.020 + 0.004 * (k - 1)
+
+    memory = PolicyMemory()
+    run(greedy_policy(memory), {"argmax": [0.2]}, 300, cost=costly)
+    constrained = AdaptiveDraft(
+        memory, temperature=0.0, longest=16, methods=("argmax",), start=4, constrained=True
+    )
+    decisions = run(constrained, {"argmax": [0.0]}, 40, cost=costly)
+    assert [d.length for d in decisions[:2]] == [0, 1]
+    assert sum(d.length for d in decisions[2:]) <= 2, "then it waits what a failing probe loses"
