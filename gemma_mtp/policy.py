@@ -25,6 +25,7 @@ import math
 import statistics
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -184,12 +185,20 @@ class RoundCosts:
     The median of a length's recent rounds is its cost; a length timed fewer than ``TRUSTED_TIMINGS``
     times is estimated from a straight line through the timed ones (through the plain decoding cost
     when only one draft length was timed).
+
+    A drafting round is kept relative to the plain decoding cost of its time (the median of the recent
+    plain rounds) and estimated at today's: a machine that speeds up as it warms, slows down under other
+    load or changes its clocks moves every estimate with the plain rounds that keep being timed, so a
+    draft length timed long ago, and rarely since, is neither favoured nor ruled out by stale timings.
     """
 
     def __init__(self, window: int = COST_WINDOW):
         self._window = window
-        self._seconds: dict[tuple[bool, str, int], deque[float]] = {}
-        self._median: dict[tuple[bool, str, int], float] = {}
+        # Plain rounds in seconds; drafting rounds in plain rounds of their time, or in seconds while no
+        # plain round was timed yet (a pinned draft length never decodes plainly).
+        self._timings: dict[tuple[bool, str, int], deque[float]] = {}
+        self._before_plain: dict[tuple[bool, str, int], deque[float]] = {}
+        self._median: dict[tuple[bool, str, int], tuple[float, bool]] = {}  # (median, relative)
         self._lock = threading.Lock()
 
     @staticmethod
@@ -199,36 +208,48 @@ class RoundCosts:
     def observe(self, greedy: bool, method: DraftMethod, length: int, seconds: float) -> None:
         key = self._key(greedy, method, length)
         with self._lock:
-            recent = self._seconds.setdefault(key, deque(maxlen=self._window))
-            recent.append(seconds)
-            self._median[key] = statistics.median(recent)
+            plain = self._median.get(self._key(greedy, method, 0))
+            if length and plain is None:
+                recent = self._before_plain.setdefault(key, deque(maxlen=self._window))
+                recent.append(seconds)
+                if key not in self._timings:
+                    self._median[key] = (statistics.median(recent), False)
+                return
+            recent = self._timings.setdefault(key, deque(maxlen=self._window))
+            recent.append(seconds / plain[0] if length and plain else seconds)
+            self._median[key] = (statistics.median(recent), bool(length))
 
     def lengths(self, greedy: bool, method: DraftMethod) -> set[int]:
         """The draft lengths (>= 1) timed for this mode."""
         with self._lock:
-            return {key[2] for key in self._seconds if key[0] == greedy and key[1] == method}
+            return {key[2] for key in self._median if key[0] == greedy and key[1] == method}
 
     def count(self, greedy: bool, method: DraftMethod, length: int) -> int:
+        key = self._key(greedy, method, length)
         with self._lock:
-            return len(self._seconds.get(self._key(greedy, method, length), ()))
+            return len(self._timings.get(key, ())) + len(self._before_plain.get(key, ()))
 
     def plain(self, greedy: bool) -> float | None:
         """Median seconds of a plain decoding round, if measured."""
         with self._lock:
-            return self._median.get((greedy, "none", 0))
+            plain = self._median.get((greedy, "none", 0))
+        return plain[0] if plain else None
 
     def estimates(self, greedy: bool, method: DraftMethod, longest: int) -> list[float] | None:
-        """Estimated seconds of a round with ``1..longest`` drafts (index 0 = one draft).
+        """Estimated seconds of a round with ``1..longest`` drafts (index 0 = one draft), at today's plain
+        decoding cost.
 
         ``None`` while no draft length was measured for this mode.
         """
         with self._lock:
-            plain = self._median.get((greedy, "none", 0))
-            measured = {
-                key[2]: (median, len(self._seconds[key]))
-                for key, median in self._median.items()
-                if key[0] == greedy and key[1] == method
-            }
+            timed_plain = self._median.get((greedy, "none", 0))
+            plain = timed_plain[0] if timed_plain else None
+            measured = {}
+            for key, (median, relative) in self._median.items():
+                if key[0] == greedy and key[1] == method:
+                    timings = self._timings if relative else self._before_plain
+                    seconds = median * plain if relative and plain else median
+                    measured[key[2]] = (seconds, len(timings[key]))
         if not measured:
             return None
         if len(measured) == 1:
@@ -324,33 +345,49 @@ class ProbeSchedule:
 
 
 class PolicyMemory:
-    """What a runtime's requests share: round costs, acceptance by request kind and draft method, and probes."""
+    """What a runtime's requests share: round costs, acceptance by request kind and draft method, and probes.
 
-    def __init__(self) -> None:
+    ``draft_factor`` is the runtime's draft temperature calibration (:mod:`gemma_mtp.calibration`): the
+    factor of a kind's temperature that its sampled drafts are drawn at. Acceptance of sampled drafts is
+    kept per factor, because drafts drawn at another temperature are accepted at another rate: when the
+    calibration moves, the policy learns the new rate instead of trusting the old one.
+    """
+
+    def __init__(self, draft_factor: Callable[[RequestKind], float] | None = None) -> None:
         self.costs = RoundCosts()
-        self._profiles: dict[tuple[RequestKind, str], AcceptanceProfile] = {}
+        self._draft_factor = draft_factor
+        self._profiles: dict[tuple[RequestKind, str, float], AcceptanceProfile] = {}
         self._probes: dict[RequestKind, ProbeSchedule] = {}
         self._lock = threading.Lock()
+
+    def factor(self, kind: RequestKind, method: DraftMethod) -> float:
+        """The factor of the temperature that this kind's drafts by ``method`` are sampled at (1.0 for argmax)."""
+        if method != "sampled" or self._draft_factor is None:
+            return 1.0
+        return self._draft_factor(kind)
 
     def probe_schedule(self, kind: RequestKind) -> ProbeSchedule:
         with self._lock:
             return self._probes.setdefault(kind, ProbeSchedule())
 
-    def profile(self, kind: RequestKind, method: DraftMethod) -> AcceptanceProfile:
+    def profile(self, kind: RequestKind, method: DraftMethod, factor: float = 1.0) -> AcceptanceProfile:
         """A request's starting profile: recent requests' of its kind, worth a few rounds."""
         with self._lock:
-            shared = self._profiles.get((kind, method))
+            shared = self._profiles.get((kind, method, factor))
             return shared.scaled(MEMORY_WEIGHT) if shared else AcceptanceProfile()
 
-    def evidence(self, kind: RequestKind, method: DraftMethod) -> AcceptanceProfile:
+    def evidence(self, kind: RequestKind, method: DraftMethod, factor: float = 1.0) -> AcceptanceProfile:
         """All the runtime's recent evidence for this kind (this request's rounds included), unscaled."""
         with self._lock:
-            shared = self._profiles.get((kind, method))
+            shared = self._profiles.get((kind, method, factor))
             return shared.copy() if shared else AcceptanceProfile()
 
-    def add(self, kind: RequestKind, method: DraftMethod, length: int, accepted: int) -> None:
+    def add(
+        self, kind: RequestKind, method: DraftMethod, length: int, accepted: int, factor: float = 1.0
+    ) -> None:
         with self._lock:
-            self._profiles.setdefault((kind, method), AcceptanceProfile()).add(length, accepted, MEMORY_DECAY)
+            profile = self._profiles.setdefault((kind, method, factor), AcceptanceProfile())
+            profile.add(length, accepted, MEMORY_DECAY)
 
 
 # -- the default policy ------------------------------------------------------------------------------
@@ -376,6 +413,7 @@ class AdaptiveDraft:
         length: int | None = None,
         start: int = 4,
         constrained: bool = False,
+        calibrated: bool = True,
     ):
         if not methods:
             raise ValueError("AdaptiveDraft needs at least one draft method.")
@@ -387,7 +425,10 @@ class AdaptiveDraft:
         self.methods = methods
         self.length = length
         self.start = start
-        self.profiles = {m: memory.profile(self.kind, m) for m in methods}
+        # A seeded request samples its drafts at its own temperature (factor 1), whatever the calibration.
+        self.calibrated = calibrated
+        self.factors = {m: self._factor(m) for m in methods}
+        self.profiles = {m: memory.profile(self.kind, m, self.factors[m]) for m in methods}
         self._schedule = memory.probe_schedule(self.kind)
         self._probing = False  # the last decision was a probe
         self._rounds = 0
@@ -397,8 +438,20 @@ class AdaptiveDraft:
         length = f"{self.length} drafts" if self.length is not None else f"0 to {self.longest} drafts"
         return f"adaptive: {length} per round, {' or '.join(self.methods)} drafts"
 
+    def _factor(self, method: DraftMethod) -> float:
+        return self.memory.factor(self.kind, method) if self.calibrated else 1.0
+
+    def _follow_calibration(self) -> None:
+        """When the draft temperature moved, sampled drafts' acceptance is learnt afresh at the new one."""
+        for method in self.methods:
+            factor = self._factor(method)
+            if factor != self.factors[method]:
+                self.factors[method] = factor
+                self.profiles[method] = self.memory.profile(self.kind, method, factor)
+
     def decide(self, room: int) -> DraftDecision:
         self._rounds += 1
+        self._follow_calibration()
         primary = self.methods[0]
         if room <= 0:
             return DraftDecision(0, primary)
@@ -447,7 +500,7 @@ class AdaptiveDraft:
         costs = self.memory.costs
         plain = costs.plain(self.greedy)
         seconds = costs.estimates(self.greedy, method, 1)
-        evidence = self.memory.evidence(self.kind, method)
+        evidence = self.memory.evidence(self.kind, method, self.factors[method])
         if plain is None or seconds is None or not evidence.evidence:
             return 1
         accepted = evidence.rates(1, PRIOR_RATE[self.greedy], OPTIMISM)[0]
@@ -516,7 +569,8 @@ class AdaptiveDraft:
                 continue
             prior = PRIOR_RATE[self.greedy]
             if optimistic:
-                rates = self.memory.evidence(self.kind, method).rates(longest, prior, OPTIMISM)
+                evidence = self.memory.evidence(self.kind, method, self.factors[method])
+                rates = evidence.rates(longest, prior, OPTIMISM)
             else:
                 rates = self.profiles[method].rates(longest, prior)
             expected = 1.0
@@ -532,7 +586,8 @@ class AdaptiveDraft:
         self.memory.costs.observe(self.greedy, decision.method, decision.length, seconds)
         if decision.length:
             self.profiles[decision.method].add(decision.length, accepted, REQUEST_DECAY)
-            self.memory.add(self.kind, decision.method, decision.length, accepted)
+            factor = self.factors[decision.method]
+            self.memory.add(self.kind, decision.method, decision.length, accepted, factor)
         if self._probing:
             self._probing = False
             self._schedule.gap = self._gap_after_probe(decision.method, accepted > 0)
@@ -577,6 +632,7 @@ def policy_for(params: SamplingParams, memory: PolicyMemory, default_length: int
         memory,
         temperature=params.temperature,
         constrained=params.constrained,
+        calibrated=params.seed is None,
         longest=params.max_assistant_tokens,
         methods=methods,
         length=pinned,

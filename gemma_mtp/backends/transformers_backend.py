@@ -62,8 +62,8 @@ class TransformersBackend:
         self.vocab_size = int(text_config.vocab_size)
         self.eos_token_ids = end_of_generation_ids(pair.target.generation_config, pair.tokenizer)
         self.default_draft_length = default_draft_length(pair.assistant.generation_config, text_config)
-        self.policy_memory = PolicyMemory()
         self.draft_calibration = DraftCalibration()
+        self.policy_memory = PolicyMemory(self.draft_calibration.factor)
         self.constraints = ConstraintCompiler(pair.tokenizer, self.vocab_size, self.eos_token_ids)
 
     @classmethod

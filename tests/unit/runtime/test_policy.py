@@ -17,6 +17,7 @@ import pytest
 
 from gemma_mtp import SamplingParams
 from gemma_mtp.policy import (
+    COST_WINDOW,
     LONGEST_PROBE_GAP,
     AdaptiveDraft,
     DraftDecision,
@@ -225,6 +226,29 @@ def test_round_costs_are_robust_to_an_outlier() -> None:
     assert costs.plain(True) == pytest.approx(0.011)
 
 
+def test_round_costs_follow_the_machine_speed_through_plain_rounds() -> None:
+    """A draft length timed while the machine was slow is estimated at the speed plain rounds show now."""
+    costs = RoundCosts()
+    for _ in range(3):
+        costs.observe(False, "sampled", 0, 0.020)
+        costs.observe(False, "sampled", 1, 0.032)
+    for _ in range(COST_WINDOW):  # the machine warms up: plain rounds now take half the time
+        costs.observe(False, "sampled", 0, 0.010)
+    estimate = costs.estimates(False, "sampled", 1)
+    assert estimate is not None and estimate[0] == pytest.approx(0.016)
+
+
+def test_round_costs_without_plain_rounds_keep_seconds() -> None:
+    """A pinned draft length never decodes plainly; its rounds still give estimates, in seconds."""
+    costs = RoundCosts()
+    for _ in range(3):
+        costs.observe(True, "argmax", 3, 0.020)
+    assert costs.plain(True) is None
+    estimate = costs.estimates(True, "argmax", 3)
+    assert estimate is not None and estimate[2] == pytest.approx(0.020)
+    assert costs.count(True, "argmax", 3) == 3 and costs.lengths(True, "argmax") == {3}
+
+
 def test_grow_shrink_follows_full_acceptance() -> None:
     policy = GrowShrinkDraft(start=3, longest=6, method="argmax")
     lengths = []
@@ -365,3 +389,25 @@ def test_a_kind_of_request_without_evidence_probes_at_once() -> None:
     decisions = run(constrained, {"argmax": [0.0]}, 40, cost=costly)
     assert [d.length for d in decisions[:2]] == [0, 1]
     assert sum(d.length for d in decisions[2:]) <= 2, "then it waits what a failing probe loses"
+
+
+def test_sampled_drafts_acceptance_is_learnt_per_draft_temperature() -> None:
+    """When the calibration moves sampled drafts to another temperature, their old acceptance no longer
+    holds: the policy starts that evidence afresh, and finds it again if the calibration moves back."""
+    factor = {"now": 1.0}
+    memory = PolicyMemory(lambda kind: factor["now"])
+    policy = sampling_policy(memory)
+    run(policy, {"sampled": [0.0], "argmax": [0.0]}, 200)  # at factor 1 nothing is accepted
+    assert memory.evidence(policy.kind, "sampled", 1.0).evidence
+    factor["now"] = 1.4
+    policy.decide(room=32)
+    assert policy.factors["sampled"] == 1.4
+    assert not memory.evidence(policy.kind, "sampled", 1.4).evidence, "nothing is known at 1.4 yet"
+    assert memory.factor(policy.kind, "argmax") == 1.0, "argmax drafts have no temperature"
+    run(policy, {"sampled": [0.9], "argmax": [0.0]}, 300)
+    assert memory.evidence(policy.kind, "sampled", 1.4).rates(1, 0.5)[0] > 0.8
+    assert memory.evidence(policy.kind, "sampled", 1.0).rates(1, 0.5)[0] < 0.2
+    assert sum(d.length for d in run(policy, {"sampled": [0.9], "argmax": [0.0]}, 50)) > 50
+    factor["now"] = 1.0
+    policy.decide(room=32)
+    assert policy.profiles["sampled"].rates(1, 0.5)[0] < 0.3, "back at factor 1, the old evidence holds"
