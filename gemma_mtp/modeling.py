@@ -143,8 +143,8 @@ def crop_cache(cache: DynamicCache, tokens_to_remove: int) -> None:
 class Draft:
     tokens: torch.Tensor  # [k] ids on the model device
     probs: torch.Tensor | None  # [k, vocab] the distribution each draft was sampled from (sampled drafts)
-    # Sampled drafts: the assistant's scores at the first draft position before warping ([m]), and the
-    # vocabulary ids they score for a centroid-masked head (``None``: the whole vocabulary).
+    # The assistant's scores at the first draft position before warping ([m]), and the vocabulary ids
+    # they score for a centroid-masked head (``None``: the whole vocabulary).
     first_scores: torch.Tensor | None = None
     first_candidates: torch.Tensor | None = None
 
@@ -263,12 +263,12 @@ class Drafter:
                 scores, candidates = self._head(last[:, -1])
                 if guide is not None:
                     scores, candidates = self._constrain(scores, candidates, last[:, -1], guide.mask())
+                if first is None:
+                    first = (scores[0], None if candidates is None else candidates[0])
                 if sample_with is None:
                     pick = scores.argmax(dim=-1, keepdim=True)
                     token = pick if candidates is None else candidates.gather(1, pick)
                 else:
-                    if first is None:
-                        first = (scores[0], None if candidates is None else candidates[0])
                     p = sample_with(scores)
                     pick = sample(p, generator).unsqueeze(-1)
                     token = pick if candidates is None else candidates.gather(1, pick)

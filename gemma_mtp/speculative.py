@@ -89,7 +89,8 @@ class SpeculativeDecoder:
     ``lock`` guards each forward pass, so concurrent requests interleave round by round on the same
     weights (each request owns its cache) and an abandoned stream holds nothing. ``calibration`` (shared
     by the runtime's requests) sets the temperature that unseeded requests sample their drafts at, and
-    learns from every sampled round; without it drafts are sampled at the request's own temperature.
+    learns from every drafting round of a sampling request; without it drafts are sampled at the request's
+    own temperature.
     """
 
     def __init__(
@@ -124,9 +125,12 @@ class SpeculativeDecoder:
         """
         if policy is None or self.drafter is None:
             policy = FixedDraft(0, "argmax")
-        # A seeded request samples its drafts at its own temperature, so that its answer depends on its
-        # seed and settings alone, not on what the runtime calibrated from earlier requests.
-        calibration = self.calibration if params.seed is None else None
+        # Every drafting round when sampling teaches the calibration, argmax drafts' too (it compares the
+        # assistant's scores with the target's distribution, however the draft was chosen). A seeded request
+        # samples its drafts at its own temperature, so that its answer depends on its seed and settings
+        # alone, not on what the runtime calibrated from earlier requests.
+        calibration = None if params.greedy else self.calibration
+        calibrated = calibration if params.seed is None else None
         kind = request_kind(params.temperature, params.constrained)
         device = self.target.device
         cache = self.target.new_cache()
@@ -159,7 +163,7 @@ class SpeculativeDecoder:
                     assert self.drafter is not None
                     sample_with = None
                     if decision.method == "sampled":
-                        factor = calibration.factor(kind) if calibration is not None else 1.0
+                        factor = calibrated.factor(kind) if calibrated is not None else 1.0
                         sample_with = functools.partial(_warp_at, factor=factor, params=params)
                         draft_temperature = factor * params.temperature
                     draft = self.drafter.draft(

@@ -136,10 +136,28 @@ def test_unseeded_requests_sample_drafts_at_the_calibrated_temperature(
         seen = calibration.observed
         rt.generate("Hello there", params.with_overrides(seed=3))
         assert factors and set(factors) == {1.0}, "a seeded request drafts at its own temperature"
-        assert calibration.observed == seen
+        assert calibration.observed > seen, "and still teaches the calibration"
         assert {r.draft_temperature for r in rounds if r.draft_method == "sampled"} == {1.0}
     finally:
         rt.remove_listener(rounds.append)
+
+
+def test_argmax_drafts_of_a_sampling_request_teach_the_calibration_and_greedy_ones_do_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The overlap compares the assistant's scores with the target's distribution, however the draft was
+    chosen; at temperature 0 there is no distribution to compare."""
+    rt = tiny_runtime("agreeing", "dense")
+    calibration = Pinned(1.7)
+    monkeypatch.setattr(rt.engine, "draft_calibration", calibration)
+    argmax = SamplingParams(
+        temperature=1.0, max_new_tokens=12, num_assistant_tokens=2, sample_drafts=False, ignore_eos=True
+    )
+    rt.generate("Hello there", argmax)
+    assert calibration.observed > 0
+    seen = calibration.observed
+    rt.generate("Hello there", SamplingParams(max_new_tokens=12, num_assistant_tokens=2, ignore_eos=True))
+    assert calibration.observed == seen
 
 
 def test_the_runtime_learns_the_factor_from_its_requests() -> None:
