@@ -6,9 +6,10 @@ distributions. An assistant whose scores are sharper than the target's (a small 
 with its target often is) gives away acceptance that sampling its scores at a higher temperature wins back.
 
 Every drafting round of a sampling request (argmax drafts included) yields, at no extra forward pass, the
-target's distribution ``p`` and the assistant's scores at its first draft position. From them :class:`DraftCalibration` computes exactly (not by sampling)
-the overlap that each candidate factor of the temperature would have had, averages it over the runtime's
-recent rounds of the same kind of request, and drafts at the factor with the largest average overlap.
+target's distribution ``p`` and the assistant's scores at its first draft position. From them
+:class:`DraftCalibration` computes exactly (not by sampling) the overlap that each candidate factor of
+the temperature would have had, averages it over the runtime's recent rounds of the same kind of
+request, and drafts at the factor with the largest average overlap.
 Output stays exact whatever the factor: the acceptance rule uses the ``q`` each draft was sampled from.
 """
 

@@ -9,7 +9,10 @@ follows the target's distribution whatever the policy decides round by round.
 The default, :class:`AdaptiveDraft`, maximises expected tokens per second. For a draft length ``k`` it
 expects ``E(k) = 1 + a_1 + ... + a_k`` tokens per round, where ``a_i`` is the probability that the first
 ``i`` drafts are all accepted (estimated per draft position from this request's recent rounds, seeded
-from the runtime's recent requests of the same kind: a similar temperature, and constrained or free), and it pays ``cost(k)``, the measured
+from the runtime's recent requests of the same kind: a similar temperature, and constrained or free).
+Each reached draft counts the probability it had of being accepted, which the acceptance rule knows
+exactly, rather than its 0-or-1 outcome: the same expectation with far less noise, so a few unlucky
+rounds do not talk the policy out of drafting that pays. It pays ``cost(k)``, the measured
 duration of rounds with ``k`` drafts on this runtime and device (:class:`RoundCosts`). It drafts the
 ``k`` with the most ``E(k) / cost(k)``; ``k = 0`` (plain decoding) when no draft length pays, with a
 one-token probe now and then so that drafting comes back when the text turns predictable. Probes are
@@ -25,7 +28,7 @@ import math
 import statistics
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -108,8 +111,12 @@ class DraftPolicy(Protocol):
     def decide(self, room: int) -> DraftDecision:
         """The next round's draft; ``room`` is the most drafts the token budget leaves (>= 0)."""
 
-    def record(self, decision: DraftDecision, accepted: int, seconds: float) -> None:
-        """The outcome of a round decided by :meth:`decide`: drafts accepted and its duration."""
+    def record(
+        self, decision: DraftDecision, accepted: int, seconds: float, chances: Sequence[float] = ()
+    ) -> None:
+        """The outcome of a round decided by :meth:`decide`: drafts accepted and its duration; ``chances``,
+        when known, the probability each reached draft had of being accepted (see
+        :class:`gemma_mtp.sampling.Acceptance`)."""
 
 
 RequestKind = tuple[float, bool]
@@ -142,7 +149,9 @@ class FixedDraft:
     def decide(self, room: int) -> DraftDecision:
         return DraftDecision(min(self.length, room), self.method)
 
-    def record(self, decision: DraftDecision, accepted: int, seconds: float) -> None:
+    def record(
+        self, decision: DraftDecision, accepted: int, seconds: float, chances: Sequence[float] = ()
+    ) -> None:
         return None
 
 
@@ -165,7 +174,9 @@ class GrowShrinkDraft:
     def decide(self, room: int) -> DraftDecision:
         return DraftDecision(min(self._length, room), self.method)
 
-    def record(self, decision: DraftDecision, accepted: int, seconds: float) -> None:
+    def record(
+        self, decision: DraftDecision, accepted: int, seconds: float, chances: Sequence[float] = ()
+    ) -> None:
         if decision.length == 0:
             return
         if accepted == decision.length:
@@ -293,7 +304,10 @@ class AcceptanceProfile:
     reached: list[float] = field(default_factory=list)
     accepted: list[float] = field(default_factory=list)
 
-    def add(self, length: int, accepted: int, decay: float) -> None:
+    def add(self, length: int, accepted: int, decay: float, chances: Sequence[float] = ()) -> None:
+        """One round: ``length`` drafts, ``accepted`` of them accepted. With ``chances`` (each reached
+        draft's probability of acceptance) a reached position counts its chance as accepted rather than
+        the outcome: the same expectation, with much less variance."""
         if length == 0:
             return
         self.reached = [r * decay for r in self.reached]
@@ -302,10 +316,12 @@ class AcceptanceProfile:
         if grow > 0:
             self.reached += [0.0] * grow
             self.accepted += [0.0] * grow
-        for i in range(min(accepted + 1, length)):
+        reached = min(accepted + 1, length)
+        if len(chances) != reached:
+            chances = [1.0] * accepted + [0.0] * (reached - accepted)
+        for i in range(reached):
             self.reached[i] += 1.0
-        for i in range(accepted):
-            self.accepted[i] += 1.0
+            self.accepted[i] += chances[i]
 
     @property
     def evidence(self) -> float:
@@ -383,11 +399,17 @@ class PolicyMemory:
             return shared.copy() if shared else AcceptanceProfile()
 
     def add(
-        self, kind: RequestKind, method: DraftMethod, length: int, accepted: int, factor: float = 1.0
+        self,
+        kind: RequestKind,
+        method: DraftMethod,
+        length: int,
+        accepted: int,
+        factor: float = 1.0,
+        chances: Sequence[float] = (),
     ) -> None:
         with self._lock:
             profile = self._profiles.setdefault((kind, method, factor), AcceptanceProfile())
-            profile.add(length, accepted, MEMORY_DECAY)
+            profile.add(length, accepted, MEMORY_DECAY, chances)
 
 
 # -- the default policy ------------------------------------------------------------------------------
@@ -582,12 +604,14 @@ class AdaptiveDraft:
                     candidates.append((expected / seconds[k - 1], DraftDecision(k, method)))
         return candidates
 
-    def record(self, decision: DraftDecision, accepted: int, seconds: float) -> None:
+    def record(
+        self, decision: DraftDecision, accepted: int, seconds: float, chances: Sequence[float] = ()
+    ) -> None:
         self.memory.costs.observe(self.greedy, decision.method, decision.length, seconds)
         if decision.length:
-            self.profiles[decision.method].add(decision.length, accepted, REQUEST_DECAY)
+            self.profiles[decision.method].add(decision.length, accepted, REQUEST_DECAY, chances)
             factor = self.factors[decision.method]
-            self.memory.add(self.kind, decision.method, decision.length, accepted, factor)
+            self.memory.add(self.kind, decision.method, decision.length, accepted, factor, chances)
         if self._probing:
             self._probing = False
             self._schedule.gap = self._gap_after_probe(decision.method, accepted > 0)

@@ -219,7 +219,7 @@ class SpeculativeDecoder:
             # The round's cost: everything from its decision until the caller asks for the next round
             # (forward passes, acceptance, the caller's handling of the tokens), less waiting for the lock.
             now = time.perf_counter()
-            policy.record(decision, result.accepted, now - cycle_start - waited)
+            policy.record(decision, result.accepted, now - cycle_start - waited, result.chances)
             cycle_start = now
 
     @staticmethod

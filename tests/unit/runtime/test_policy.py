@@ -19,6 +19,7 @@ from gemma_mtp import SamplingParams
 from gemma_mtp.policy import (
     COST_WINDOW,
     LONGEST_PROBE_GAP,
+    AcceptanceProfile,
     AdaptiveDraft,
     DraftDecision,
     DraftMethod,
@@ -411,3 +412,19 @@ def test_sampled_drafts_acceptance_is_learnt_per_draft_temperature() -> None:
     factor["now"] = 1.0
     policy.decide(room=32)
     assert policy.profiles["sampled"].rates(1, 0.5)[0] < 0.3, "back at factor 1, the old evidence holds"
+
+
+def test_chances_count_as_acceptance_where_the_outcomes_are_noisy() -> None:
+    """A round's reached drafts count their chances of acceptance rather than the outcomes: four rejected
+    first drafts that each had 0.6 of being accepted say 0.6, not 0."""
+    profile = AcceptanceProfile()
+    for _ in range(4):
+        profile.add(3, 0, 1.0, [0.6])
+    assert profile.reached == [4.0, 0.0, 0.0]
+    assert profile.accepted == pytest.approx([2.4, 0.0, 0.0])
+    profile.add(3, 3, 1.0, [0.9, 0.8, 0.7])
+    assert profile.reached == [5.0, 1.0, 1.0]
+    assert profile.accepted == pytest.approx([3.3, 0.8, 0.7])
+    profile.add(2, 1, 1.0)  # without chances, the outcomes
+    assert profile.reached == [6.0, 2.0, 1.0]
+    assert profile.accepted == pytest.approx([4.3, 0.8, 0.7])

@@ -19,7 +19,7 @@ import torch
 from gemma_mtp import SamplingParams
 from gemma_mtp.backends.base import Round
 from gemma_mtp.modeling import Draft, Drafter
-from gemma_mtp.policy import FixedDraft
+from gemma_mtp.policy import DraftMethod, FixedDraft
 from gemma_mtp.sampling import warp
 from gemma_mtp.speculative import SpeculativeDecoder
 from gemma_mtp.testing import tiny_runtime
@@ -208,7 +208,7 @@ def test_the_policy_is_told_each_rounds_outcome_and_a_duration_within_the_reques
     told: list[tuple[int, float]] = []
 
     class Recording(FixedDraft):
-        def record(self, decision, accepted: int, seconds: float) -> None:
+        def record(self, decision, accepted: int, seconds: float, chances=()) -> None:
             told.append((accepted, seconds))
 
     decoder = SpeculativeDecoder(backend.target_step, backend.drafter, backend.lock)
@@ -217,6 +217,28 @@ def test_the_policy_is_told_each_rounds_outcome_and_a_duration_within_the_reques
     elapsed = time.perf_counter() - started
     assert [a for a, _ in told] == [r.accepted for r in rounds[1:]]
     assert all(s >= 0 for _, s in told) and sum(s for _, s in told) <= elapsed
+
+
+@pytest.mark.parametrize("method", ["sampled", "argmax"])
+def test_the_policy_is_told_each_reached_drafts_chance_of_acceptance(method: DraftMethod) -> None:
+    """Beside the outcome, the policy learns from the probability each draft the target reached had of
+    being accepted (see :class:`gemma_mtp.sampling.Acceptance`)."""
+    rt = tiny_runtime("agreeing", "dense")
+    backend = rt._backend
+    told: list[tuple[int, int, list[float]]] = []
+
+    class Recording(FixedDraft):
+        def record(self, decision, accepted: int, seconds: float, chances=()) -> None:
+            told.append((decision.length, accepted, list(chances)))
+
+    decoder = SpeculativeDecoder(backend.target_step, backend.drafter, backend.lock)
+    params = SamplingParams(temperature=1.0, max_new_tokens=24, ignore_eos=True)
+    rounds = list(decoder.run(rt.encode(LONG), params, Recording(3, method), 24, None, lambda kind: None))
+    assert len(told) == len(rounds) - 1 >= 3
+    for drafted, accepted, chances in told:
+        assert len(chances) == min(accepted + 1, drafted)
+        assert all(0.0 <= c <= 1.0 for c in chances)
+    assert any(0.0 < c < 1.0 for *_, chances in told for c in chances), "sampling: chances, not outcomes"
 
 
 def test_waiting_for_another_requests_forward_pass_is_not_part_of_a_rounds_cost(
@@ -247,7 +269,7 @@ def test_waiting_for_another_requests_forward_pass_is_not_part_of_a_rounds_cost(
     told: list[float] = []
 
     class Recording(FixedDraft):
-        def record(self, decision, accepted: int, seconds: float) -> None:
+        def record(self, decision, accepted: int, seconds: float, chances=()) -> None:
             told.append(seconds)
 
     decoder = SpeculativeDecoder(backend.target_step, backend.drafter, BusyLock())  # type: ignore[arg-type]

@@ -66,9 +66,30 @@ def test_argmax_draft_rule_accepts_each_draft_its_row_is_sure_of() -> None:
     is replaced by the row's token, with a seeded generator or without one."""
     sure = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
     for generator in (torch.Generator().manual_seed(0), None):
-        assert accept_argmax_drafts(sure, torch.tensor([1, 2]), generator) == Acceptance(2, [1, 2, 0])
-        assert accept_argmax_drafts(sure, torch.tensor([1, 0]), generator) == Acceptance(1, [1, 2])
-        assert accept_argmax_drafts(sure, torch.tensor([0, 2]), generator) == Acceptance(0, [1])
+        accept = accept_argmax_drafts
+        assert accept(sure, torch.tensor([1, 2]), generator) == Acceptance(2, [1, 2, 0], [1.0, 1.0])
+        assert accept(sure, torch.tensor([1, 0]), generator) == Acceptance(1, [1, 2], [1.0, 0.0])
+        assert accept(sure, torch.tensor([0, 2]), generator) == Acceptance(0, [1], [0.0])
+
+
+def test_chances_are_each_reached_drafts_probability_of_acceptance() -> None:
+    """A sampled draft had ``sum min(p, q)`` of being accepted, an argmax one ``p(x)``; the chances are
+    reported for the drafts the target reached, and the outcomes average to them."""
+    gen = torch.Generator().manual_seed(2)
+    q = Q_LOGITS.softmax(dim=-1)
+    overlap = torch.minimum(P[0], q[0]).sum().item()
+    outcomes = []
+    for _ in range(TRIALS):
+        draft = torch.multinomial(q[0], 1, generator=gen)
+        result = accept_sampled_drafts(P, q, draft, gen)
+        assert result.chances == pytest.approx([overlap])
+        outcomes.append(result.accepted)
+    assert abs(sum(outcomes) / TRIALS - overlap) < 0.02
+    argmax = accept_argmax_drafts(P, torch.tensor([0]), gen)
+    assert argmax.chances == pytest.approx([0.35])
+    two = torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+    result = accept_argmax_drafts(two, torch.tensor([0, 2]), torch.Generator().manual_seed(0))
+    assert result.chances == pytest.approx([0.5, 1.0] if result.accepted else [0.5])
 
 
 def test_argmax_draft_rule_follows_rows_that_do_not_sum_to_one() -> None:
