@@ -209,7 +209,7 @@ class RoundCosts:
         # plain round was timed yet (a pinned draft length never decodes plainly).
         self._timings: dict[tuple[bool, str, int], deque[float]] = {}
         self._before_plain: dict[tuple[bool, str, int], deque[float]] = {}
-        self._median: dict[tuple[bool, str, int], tuple[float, bool]] = {}  # (median, relative)
+        self._median: dict[tuple[bool, str, int], float] = {}
         self._lock = threading.Lock()
 
     @staticmethod
@@ -224,11 +224,11 @@ class RoundCosts:
                 recent = self._before_plain.setdefault(key, deque(maxlen=self._window))
                 recent.append(seconds)
                 if key not in self._timings:
-                    self._median[key] = (statistics.median(recent), False)
+                    self._median[key] = statistics.median(recent)
                 return
             recent = self._timings.setdefault(key, deque(maxlen=self._window))
-            recent.append(seconds / plain[0] if length and plain else seconds)
-            self._median[key] = (statistics.median(recent), bool(length))
+            recent.append(seconds / plain if length and plain else seconds)
+            self._median[key] = statistics.median(recent)
 
     def lengths(self, greedy: bool, method: DraftMethod) -> set[int]:
         """The draft lengths (>= 1) timed for this mode."""
@@ -243,8 +243,7 @@ class RoundCosts:
     def plain(self, greedy: bool) -> float | None:
         """Median seconds of a plain decoding round, if measured."""
         with self._lock:
-            plain = self._median.get((greedy, "none", 0))
-        return plain[0] if plain else None
+            return self._median.get((greedy, "none", 0))
 
     def estimates(self, greedy: bool, method: DraftMethod, longest: int) -> list[float] | None:
         """Estimated seconds of a round with ``1..longest`` drafts (index 0 = one draft), at today's plain
@@ -253,11 +252,11 @@ class RoundCosts:
         ``None`` while no draft length was measured for this mode.
         """
         with self._lock:
-            timed_plain = self._median.get((greedy, "none", 0))
-            plain = timed_plain[0] if timed_plain else None
+            plain = self._median.get((greedy, "none", 0))
             measured = {}
-            for key, (median, relative) in self._median.items():
+            for key, median in self._median.items():
                 if key[0] == greedy and key[1] == method:
+                    relative = key in self._timings  # in plain rounds; else seconds before any plain round
                     timings = self._timings if relative else self._before_plain
                     seconds = median * plain if relative and plain else median
                     measured[key[2]] = (seconds, len(timings[key]))
