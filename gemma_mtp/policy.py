@@ -56,6 +56,8 @@ COST_WINDOW = 16
 """Recent round durations kept per (mode, draft length); their median is the cost estimate."""
 TRUSTED_TIMINGS = 3
 """Timings of a draft length after which their median is used as is, rather than the fitted line."""
+SPEED_WINDOW = 8
+"""Recent rounds whose median ratio to their length's cost is the machine's current speed."""
 PLAIN_STEPS_TO_MEASURE = 3
 """Plain decoding rounds a runtime times before it compares drafting against them."""
 REQUEST_DECAY = 0.97
@@ -197,19 +199,20 @@ class RoundCosts:
     times is estimated from a straight line through the timed ones (through the plain decoding cost
     when only one draft length was timed).
 
-    A drafting round is kept relative to the plain decoding cost of its time (the median of the recent
-    plain rounds) and estimated at today's: a machine that speeds up as it warms, slows down under other
-    load or changes its clocks moves every estimate with the plain rounds that keep being timed, so a
-    draft length timed long ago, and rarely since, is neither favoured nor ruled out by stale timings.
+    Rounds are kept in units of the machine's speed at their time. Every round of a length whose cost
+    is established tells how fast the machine runs now (its seconds over that cost), and the median of
+    the last ``SPEED_WINDOW`` such ratios is the current speed. A machine that warms up, slows down under
+    other load or changes its clocks therefore moves every estimate at once, tracked by whatever lengths
+    the policy keeps drafting: a length drafted rarely (a longer probe, plain decoding while drafting
+    pays) is judged by what it costs against its neighbours, not by the load of the moment it was timed.
     """
 
     def __init__(self, window: int = COST_WINDOW):
         self._window = window
-        # Plain rounds in seconds; drafting rounds in plain rounds of their time, or in seconds while no
-        # plain round was timed yet (a pinned draft length never decodes plainly).
-        self._timings: dict[tuple[bool, str, int], deque[float]] = {}
-        self._before_plain: dict[tuple[bool, str, int], deque[float]] = {}
+        self._timings: dict[tuple[bool, str, int], deque[float]] = {}  # in units of the speed of their time
         self._median: dict[tuple[bool, str, int], float] = {}
+        self._speeds: deque[float] = deque(maxlen=SPEED_WINDOW)
+        self._speed = 1.0  # seconds per unit: until a cost is established, units are seconds
         self._lock = threading.Lock()
 
     @staticmethod
@@ -219,15 +222,11 @@ class RoundCosts:
     def observe(self, greedy: bool, method: DraftMethod, length: int, seconds: float) -> None:
         key = self._key(greedy, method, length)
         with self._lock:
-            plain = self._median.get(self._key(greedy, method, 0))
-            if length and plain is None:
-                recent = self._before_plain.setdefault(key, deque(maxlen=self._window))
-                recent.append(seconds)
-                if key not in self._timings:
-                    self._median[key] = statistics.median(recent)
-                return
             recent = self._timings.setdefault(key, deque(maxlen=self._window))
-            recent.append(seconds / plain if length and plain else seconds)
+            if len(recent) >= TRUSTED_TIMINGS and self._median[key] > 0:
+                self._speeds.append(seconds / self._median[key])
+                self._speed = statistics.median(self._speeds)
+            recent.append(seconds / self._speed)
             self._median[key] = statistics.median(recent)
 
     def lengths(self, greedy: bool, method: DraftMethod) -> set[int]:
@@ -236,30 +235,29 @@ class RoundCosts:
             return {key[2] for key in self._median if key[0] == greedy and key[1] == method}
 
     def count(self, greedy: bool, method: DraftMethod, length: int) -> int:
-        key = self._key(greedy, method, length)
         with self._lock:
-            return len(self._timings.get(key, ())) + len(self._before_plain.get(key, ()))
+            return len(self._timings.get(self._key(greedy, method, length), ()))
 
     def plain(self, greedy: bool) -> float | None:
-        """Median seconds of a plain decoding round, if measured."""
+        """Estimated seconds of a plain decoding round at the machine's current speed, if measured."""
         with self._lock:
-            return self._median.get((greedy, "none", 0))
+            median = self._median.get((greedy, "none", 0))
+            return None if median is None else median * self._speed
 
     def estimates(self, greedy: bool, method: DraftMethod, longest: int) -> list[float] | None:
-        """Estimated seconds of a round with ``1..longest`` drafts (index 0 = one draft), at today's plain
-        decoding cost.
+        """Estimated seconds of a round with ``1..longest`` drafts (index 0 = one draft), at the machine's
+        current speed.
 
         ``None`` while no draft length was measured for this mode.
         """
         with self._lock:
+            speed = self._speed
             plain = self._median.get((greedy, "none", 0))
-            measured = {}
-            for key, median in self._median.items():
-                if key[0] == greedy and key[1] == method:
-                    relative = key in self._timings  # in plain rounds; else seconds before any plain round
-                    timings = self._timings if relative else self._before_plain
-                    seconds = median * plain if relative and plain else median
-                    measured[key[2]] = (seconds, len(timings[key]))
+            measured = {
+                key[2]: (median, len(self._timings[key]))
+                for key, median in self._median.items()
+                if key[0] == greedy and key[1] == method
+            }
         if not measured:
             return None
         if len(measured) == 1:
@@ -274,9 +272,9 @@ class RoundCosts:
         out = []
         for k in range(1, longest + 1):
             if k in measured and measured[k][1] >= TRUSTED_TIMINGS:
-                out.append(measured[k][0])
+                out.append(measured[k][0] * speed)
             else:
-                out.append(max(intercept + slope * k, floor))
+                out.append(max(intercept + slope * k, floor) * speed)
         return out
 
 

@@ -239,6 +239,22 @@ def test_round_costs_follow_the_machine_speed_through_plain_rounds() -> None:
     assert estimate is not None and estimate[0] == pytest.approx(0.016)
 
 
+def test_round_costs_follow_the_machine_speed_through_the_rounds_it_keeps_drafting() -> None:
+    """While one draft length is drafted, its rounds tell the machine's speed: plain decoding and the other
+    lengths, timed before the machine slowed down, are estimated at today's speed, not at their old one."""
+    costs = RoundCosts()
+    for _ in range(3):
+        costs.observe(True, "argmax", 0, 0.010)
+        costs.observe(True, "argmax", 1, 0.015)
+        costs.observe(True, "argmax", 2, 0.020)
+    for _ in range(COST_WINDOW):  # the machine slows to half its speed; only two drafts are timed
+        costs.observe(True, "argmax", 2, 0.040)
+    estimate = costs.estimates(True, "argmax", 2)
+    assert estimate is not None
+    assert estimate == pytest.approx([0.030, 0.040])
+    assert costs.plain(True) == pytest.approx(0.020)
+
+
 def test_round_costs_without_plain_rounds_keep_seconds() -> None:
     """A pinned draft length never decodes plainly; its rounds still give estimates, in seconds."""
     costs = RoundCosts()
