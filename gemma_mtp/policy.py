@@ -28,7 +28,7 @@ import math
 import statistics
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -40,6 +40,7 @@ __all__ = [
     "DraftDecision",
     "DraftMethod",
     "DraftPolicy",
+    "DraftTemperature",
     "FixedDraft",
     "GrowShrinkDraft",
     "PolicyMemory",
@@ -69,7 +70,8 @@ MEMORY_WEIGHT = 6.0
 PRIOR_WEIGHT = 1.0
 """Pseudo-rounds behind the prior of every draft position's acceptance."""
 PRIOR_RATE = {True: 0.7, False: 0.5}
-"""Prior chance that the first draft is accepted, greedy (True) and sampling (False)."""
+"""Prior chance that the first draft is accepted, greedy (True) and sampling (False), where the draft
+temperature calibration knows no better (:meth:`PolicyMemory.prior`)."""
 DEEPER_PRIOR = 0.9
 """A draft position's rate is shrunk towards this fraction of the rate of the position before it."""
 PROBE_BUDGET = 0.01
@@ -357,27 +359,50 @@ class ProbeSchedule:
     gap: int = 0
 
 
+class DraftTemperature(Protocol):
+    """What the policy reads from the runtime's draft temperature calibration
+    (:class:`gemma_mtp.calibration.DraftCalibration`)."""
+
+    def factor(self, kind: RequestKind) -> float:
+        """The factor of a kind's temperature that its sampled drafts are drawn at."""
+
+    def overlaps(self, kind: RequestKind) -> dict[float, float] | None:
+        """Each factor's average chance that a first sampled draft is accepted, ``None`` before any round."""
+
+
 class PolicyMemory:
     """What a runtime's requests share: round costs, acceptance by request kind and draft method, and probes.
 
-    ``draft_factor`` is the runtime's draft temperature calibration (:mod:`gemma_mtp.calibration`): the
+    ``calibration`` is the runtime's draft temperature calibration (:mod:`gemma_mtp.calibration`): the
     factor of a kind's temperature that its sampled drafts are drawn at. Acceptance of sampled drafts is
     kept per factor, because drafts drawn at another temperature are accepted at another rate: when the
-    calibration moves, the policy learns the new rate instead of trusting the old one.
+    calibration moves, the policy learns the new rate instead of trusting the old one, starting from the
+    first draft's chance of acceptance that the calibration computed exactly at that factor.
     """
 
-    def __init__(self, draft_factor: Callable[[RequestKind], float] | None = None) -> None:
+    def __init__(self, calibration: DraftTemperature | None = None) -> None:
         self.costs = RoundCosts()
-        self._draft_factor = draft_factor
+        self._calibration = calibration
         self._profiles: dict[tuple[RequestKind, str, float], AcceptanceProfile] = {}
         self._probes: dict[RequestKind, ProbeSchedule] = {}
         self._lock = threading.Lock()
 
     def factor(self, kind: RequestKind, method: DraftMethod) -> float:
         """The factor of the temperature that this kind's drafts by ``method`` are sampled at (1.0 for argmax)."""
-        if method != "sampled" or self._draft_factor is None:
+        if method != "sampled" or self._calibration is None:
             return 1.0
-        return self._draft_factor(kind)
+        return self._calibration.factor(kind)
+
+    def prior(self, kind: RequestKind, method: DraftMethod, factor: float = 1.0) -> float:
+        """The chance that a first draft is accepted, before this kind's drafts by ``method`` at ``factor``
+        were counted: for sampled drafts, the average overlap the calibration computed for that factor
+        over the kind's recent rounds (argmax drafts' included); otherwise :data:`PRIOR_RATE`."""
+        greedy = kind[0] == 0.0
+        if method == "sampled" and not greedy and self._calibration is not None:
+            overlap = (self._calibration.overlaps(kind) or {}).get(factor)
+            if overlap is not None:
+                return overlap
+        return PRIOR_RATE[greedy]
 
     def probe_schedule(self, kind: RequestKind) -> ProbeSchedule:
         with self._lock:
@@ -448,6 +473,7 @@ class AdaptiveDraft:
         self.calibrated = calibrated
         self.factors = {m: self._factor(m) for m in methods}
         self.profiles = {m: memory.profile(self.kind, m, self.factors[m]) for m in methods}
+        self.priors = {m: memory.prior(self.kind, m, self.factors[m]) for m in methods}
         self._schedule = memory.probe_schedule(self.kind)
         self._probing = False  # the last decision was a probe
         self._rounds = 0
@@ -461,12 +487,14 @@ class AdaptiveDraft:
         return self.memory.factor(self.kind, method) if self.calibrated else 1.0
 
     def _follow_calibration(self) -> None:
-        """When the draft temperature moved, sampled drafts' acceptance is learnt afresh at the new one."""
+        """When the draft temperature moved, sampled drafts' acceptance is learnt afresh at the new one;
+        the prior of a first draft's acceptance follows the calibration's overlaps round by round."""
         for method in self.methods:
             factor = self._factor(method)
             if factor != self.factors[method]:
                 self.factors[method] = factor
                 self.profiles[method] = self.memory.profile(self.kind, method, factor)
+            self.priors[method] = self.memory.prior(self.kind, method, factor)
 
     def decide(self, room: int) -> DraftDecision:
         self._rounds += 1
@@ -522,13 +550,13 @@ class AdaptiveDraft:
         evidence = self.memory.evidence(self.kind, method, self.factors[method])
         if plain is None or seconds is None or not evidence.evidence:
             return 1
-        accepted = evidence.rates(1, PRIOR_RATE[self.greedy], OPTIMISM)[0]
+        accepted = evidence.rates(1, self.priors[method], OPTIMISM)[0]
         loss = max(seconds[0] / plain - 1.0 - accepted, 0.0)
         return min(max(1, math.ceil(loss / PROBE_BUDGET)), LONGEST_PROBE_GAP)
 
     def _first_acceptance(self, method: DraftMethod) -> float:
         """This request's estimated chance that a first draft by ``method`` is accepted."""
-        return self.profiles[method].rates(1, PRIOR_RATE[self.greedy])[0]
+        return self.profiles[method].rates(1, self.priors[method])[0]
 
     def _probe_method(self, longest: int) -> DraftMethod:
         """The method that might pay most. Each failed probe adds evidence against its method, so while
@@ -586,7 +614,7 @@ class AdaptiveDraft:
             seconds = self.memory.costs.estimates(self.greedy, method, longest)
             if seconds is None:
                 continue
-            prior = PRIOR_RATE[self.greedy]
+            prior = self.priors[method]
             if optimistic:
                 evidence = self.memory.evidence(self.kind, method, self.factors[method])
                 rates = evidence.rates(longest, prior, OPTIMISM)

@@ -63,7 +63,7 @@ class TransformersBackend:
         self.eos_token_ids = end_of_generation_ids(pair.target.generation_config, pair.tokenizer)
         self.default_draft_length = default_draft_length(pair.assistant.generation_config, text_config)
         self.draft_calibration = DraftCalibration()
-        self.policy_memory = PolicyMemory(self.draft_calibration.factor)
+        self.policy_memory = PolicyMemory(self.draft_calibration)
         self.constraints = ConstraintCompiler(pair.tokenizer, self.vocab_size, self.eos_token_ids)
 
     @classmethod

@@ -12,6 +12,7 @@ import itertools
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import pytest
 
@@ -19,6 +20,7 @@ from gemma_mtp import SamplingParams
 from gemma_mtp.policy import (
     COST_WINDOW,
     LONGEST_PROBE_GAP,
+    PRIOR_RATE,
     AcceptanceProfile,
     AdaptiveDraft,
     DraftDecision,
@@ -26,8 +28,10 @@ from gemma_mtp.policy import (
     FixedDraft,
     GrowShrinkDraft,
     PolicyMemory,
+    RequestKind,
     RoundCosts,
     policy_for,
+    request_kind,
 )
 
 Rates = dict[DraftMethod, Sequence[float]]
@@ -408,15 +412,29 @@ def test_a_kind_of_request_without_evidence_probes_at_once() -> None:
     assert sum(d.length for d in decisions[2:]) <= 2, "then it waits what a failing probe loses"
 
 
+@dataclass
+class ScriptedCalibration:
+    """Stands in for the runtime's draft temperature calibration: a factor, and the overlaps it computed."""
+
+    now: float = 1.0
+    overlap: dict[float, float] | None = None
+
+    def factor(self, kind: RequestKind) -> float:
+        return self.now
+
+    def overlaps(self, kind: RequestKind) -> dict[float, float] | None:
+        return self.overlap
+
+
 def test_sampled_drafts_acceptance_is_learnt_per_draft_temperature() -> None:
     """When the calibration moves sampled drafts to another temperature, their old acceptance no longer
     holds: the policy starts that evidence afresh, and finds it again if the calibration moves back."""
-    factor = {"now": 1.0}
-    memory = PolicyMemory(lambda kind: factor["now"])
+    calibration = ScriptedCalibration()
+    memory = PolicyMemory(calibration)
     policy = sampling_policy(memory)
     run(policy, {"sampled": [0.0], "argmax": [0.0]}, 200)  # at factor 1 nothing is accepted
     assert memory.evidence(policy.kind, "sampled", 1.0).evidence
-    factor["now"] = 1.4
+    calibration.now = 1.4
     policy.decide(room=32)
     assert policy.factors["sampled"] == 1.4
     assert not memory.evidence(policy.kind, "sampled", 1.4).evidence, "nothing is known at 1.4 yet"
@@ -425,9 +443,34 @@ def test_sampled_drafts_acceptance_is_learnt_per_draft_temperature() -> None:
     assert memory.evidence(policy.kind, "sampled", 1.4).rates(1, 0.5)[0] > 0.8
     assert memory.evidence(policy.kind, "sampled", 1.0).rates(1, 0.5)[0] < 0.2
     assert sum(d.length for d in run(policy, {"sampled": [0.9], "argmax": [0.0]}, 50)) > 50
-    factor["now"] = 1.0
+    calibration.now = 1.0
     policy.decide(room=32)
     assert policy.profiles["sampled"].rates(1, 0.5)[0] < 0.3, "back at factor 1, the old evidence holds"
+
+
+@pytest.mark.parametrize("overlap", [None, 0.9])
+def test_a_new_draft_temperature_starts_from_the_calibrations_overlap(overlap: float | None) -> None:
+    """The calibration computes exactly how often a first draft sampled at each factor would have been
+    accepted; when it moves to a factor with no evidence yet, that overlap is the prior of the first
+    position's acceptance, so sampled drafts that beat argmax drafts take over at once rather than after
+    the method probes have taught the policy what the calibration already knew."""
+    calibration = ScriptedCalibration(overlap=None if overlap is None else {1.0: 0.3, 1.4: overlap})
+    memory = PolicyMemory(calibration)
+    policy = sampling_policy(memory)
+    rates: Rates = {"sampled": [0.9], "argmax": [0.6]}
+    run(policy, rates, 200)  # sampled drafts at factor 1, and argmax drafts, are learnt
+    calibration.now = 1.4
+    after = run(policy, rates, 40, seed=1)
+    first_sampled = next(i for i, d in enumerate(after) if d.method == "sampled" and d.length)
+    if overlap is None:
+        assert memory.prior(policy.kind, "sampled", 1.4) == PRIOR_RATE[False]
+        assert first_sampled > 0, "with the generic prior, argmax drafts lead until a method probe"
+    else:
+        assert memory.prior(policy.kind, "sampled", 1.4) == overlap
+        assert memory.prior(policy.kind, "argmax") == PRIOR_RATE[False], "argmax drafts have no overlap"
+        assert memory.prior(request_kind(0.0), "sampled") == PRIOR_RATE[True], "greedy never samples"
+        assert first_sampled == 0
+        assert sum(d.method == "sampled" for d in after) >= 36, Counter((d.length, d.method) for d in after)
 
 
 def test_chances_count_as_acceptance_where_the_outcomes_are_noisy() -> None:
