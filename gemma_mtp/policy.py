@@ -87,7 +87,8 @@ then while it might, and no longer once the evidence against it outweighs this m
 LONGER_MARGIN = 0.01
 """Decisions within this fraction of the best expected tokens per second count as ties; the shortest wins."""
 LONGER_PROBE_EVERY = 10
-"""At most every this many rounds, draft one token more than the best length, while it might pay."""
+"""At most every this many rounds, draft one token more than the best length, while it might pay or its cost
+is not established yet (fewer than ``TRUSTED_TIMINGS`` timings)."""
 METHOD_PROBE_EVERY = 12
 """At most every this many rounds, draft by the other method, while it might pay."""
 
@@ -246,9 +247,16 @@ class RoundCosts:
             median = self._median.get((greedy, "none", 0))
             return None if median is None else median * self._speed
 
-    def estimates(self, greedy: bool, method: DraftMethod, longest: int) -> list[float] | None:
+    def estimates(
+        self, greedy: bool, method: DraftMethod, longest: int, *, fastest: bool = False
+    ) -> list[float] | None:
         """Estimated seconds of a round with ``1..longest`` drafts (index 0 = one draft), at the machine's
         current speed.
+
+        ``fastest`` estimates from each length's fastest recent round rather than its median: what the
+        length could cost. Timing noise only ever adds time (other work, a slow stretch of the machine), so
+        a length drafted rarely, whose few timings met a slow moment, still looks worth trying to the
+        policy's exploration, and its next timings correct the median the decisions use.
 
         ``None`` while no draft length was measured for this mode.
         """
@@ -256,7 +264,7 @@ class RoundCosts:
             speed = self._speed
             plain = self._median.get((greedy, "none", 0))
             measured = {
-                key[2]: (median, len(self._timings[key]))
+                key[2]: (min(self._timings[key]) if fastest else median, len(self._timings[key]))
                 for key, median in self._median.items()
                 if key[0] == greedy and key[1] == method
             }
@@ -273,7 +281,7 @@ class RoundCosts:
         floor = plain or 0.0
         out = []
         for k in range(1, longest + 1):
-            if k in measured and measured[k][1] >= TRUSTED_TIMINGS:
+            if k in measured and (fastest or measured[k][1] >= TRUSTED_TIMINGS):
                 out.append(measured[k][0] * speed)
             else:
                 out.append(max(intercept + slope * k, floor) * speed)
@@ -524,7 +532,7 @@ class AdaptiveDraft:
             schedule.gap = 0
             if self.length is None and best.length < longest and self._rounds % LONGER_PROBE_EVERY == 0:
                 longer = DraftDecision(best.length + 1, best.method)  # evidence about the next position
-                if self._might_beat(longer, best_rate, longest):
+                if self._untimed(longer) or self._might_beat(longer, best_rate, longest):
                     return longer
             return best
         if schedule.plain_run == 0 and schedule.gap == 0:  # drafting just stopped paying
@@ -541,12 +549,13 @@ class AdaptiveDraft:
         (:data:`PROBE_BUDGET`): at least 1, at most :data:`LONGEST_PROBE_GAP`.
 
         The loss is judged optimistically (the runtime's evidence for this kind of request plus
-        ``OPTIMISM`` pseudo-acceptances), so a kind with little evidence probes soon, one with none at
-        once, and one whose evidence is ample at what its acceptance says.
+        ``OPTIMISM`` pseudo-acceptances, and the probe's fastest recent round), so a kind with little
+        evidence probes soon, one with none at once, and one whose evidence is ample at what its
+        acceptance says.
         """
         costs = self.memory.costs
         plain = costs.plain(self.greedy)
-        seconds = costs.estimates(self.greedy, method, 1)
+        seconds = costs.estimates(self.greedy, method, 1, fastest=True)
         evidence = self.memory.evidence(self.kind, method, self.factors[method])
         if plain is None or seconds is None or not evidence.evidence:
             return 1
@@ -573,6 +582,12 @@ class AdaptiveDraft:
             if self._best(longest, only=method, drafting=True, optimistic=True)[1] > best_rate:
                 return self._best(longest, only=method, drafting=True)[0]
         return None
+
+    def _untimed(self, decision: DraftDecision) -> bool:
+        """Whether ``decision``'s draft length has too few timings to judge its cost by its own: a length
+        timed once, in a slow moment of the machine, would otherwise be ruled out for good by that one
+        round (or by the line through it), while a few more rounds of it cost next to nothing."""
+        return self.memory.costs.count(self.greedy, decision.method, decision.length) < TRUSTED_TIMINGS
 
     def _might_beat(self, decision: DraftDecision, best_rate: float, longest: int) -> bool:
         """Whether ``decision``'s optimistic expected tokens per second exceeds ``best_rate``."""
@@ -603,15 +618,16 @@ class AdaptiveDraft:
     def _candidates(
         self, longest: int, *, only: DraftMethod | None, drafting: bool, optimistic: bool
     ) -> list[tuple[float, DraftDecision]]:
-        """Expected tokens per second of each decision, from this request's profile or (``optimistic``)
-        from the runtime's whole evidence with ``OPTIMISM`` pseudo-acceptances per draft position."""
+        """Expected tokens per second of each decision, from this request's profile and the lengths' median
+        round costs, or (``optimistic``) from the runtime's whole evidence with ``OPTIMISM``
+        pseudo-acceptances per draft position and the lengths' fastest recent rounds."""
         plain = self.memory.costs.plain(self.greedy)
         pinned = self.length is not None
         candidates: list[tuple[float, DraftDecision]] = []
         if not (drafting or pinned or plain is None):
             candidates.append((1.0 / plain, DraftDecision(0, self.methods[0])))
         for method in (only,) if only else self.methods:
-            seconds = self.memory.costs.estimates(self.greedy, method, longest)
+            seconds = self.memory.costs.estimates(self.greedy, method, longest, fastest=optimistic)
             if seconds is None:
                 continue
             prior = self.priors[method]
