@@ -43,8 +43,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--head-to-head-runs",
         type=int,
-        default=5,
-        help="runs of target alone / default policy / best fixed setting, back to back (0 skips)",
+        default=15,
+        help="runs of target alone / default policy / best fixed setting, back to back (0 skips); on a "
+        "shared CPU a run's ratio varies by 10-20%%, so the median needs many",
     )
     parser.add_argument(
         "--draft-methods", nargs="+", choices=["argmax", "sampled"], default=["argmax", "sampled"]
