@@ -12,14 +12,16 @@ expects ``E(k) = 1 + a_1 + ... + a_k`` tokens per round, where ``a_i`` is the pr
 from the runtime's recent requests of the same kind: a similar temperature, and constrained or free).
 Each reached draft counts the probability it had of being accepted, which the acceptance rule knows
 exactly, rather than its 0-or-1 outcome: the same expectation with far less noise, so a few unlucky
-rounds do not talk the policy out of drafting that pays. It pays ``cost(k)``, the measured
-duration of rounds with ``k`` drafts on this runtime and device (:class:`RoundCosts`). It drafts the
-``k`` with the most ``E(k) / cost(k)``; ``k = 0`` (plain decoding) when no draft length pays, with a
-one-token probe now and then so that drafting comes back when the text turns predictable. Probes are
-budgeted: a probe expected to cost ``x`` plain rounds' worth of time beyond the tokens it yields waits
-about ``x / PROBE_BUDGET`` plain rounds, so exploring takes about 1% of decoding time (less while probes
-keep failing: each failure doubles the wait). The same numbers decide between argmax drafts and drafts sampled from the
-assistant when sampling.
+rounds do not talk the policy out of drafting that pays. It pays ``cost(k)``, the duration of rounds
+with ``k`` drafts on this runtime and device relative to other lengths, measured between consecutive rounds
+so that the machine's changing speed cancels (:class:`RoundCosts`). It drafts the ``k`` with the most
+``E(k) / cost(k)``; while drafting pays, a round next to it now and then (a plain round, one draft fewer or
+more, each within a budget of about 0.5% of decoding time) keeps those comparisons current. It decodes
+plainly (``k = 0``) when no draft length pays, with a one-token probe now and then so that drafting comes
+back when the text turns predictable. Those probes are budgeted too: a probe expected to cost ``x`` plain
+rounds' worth of time beyond the tokens it yields waits about ``x / PROBE_BUDGET`` plain rounds, so exploring
+takes about 1% of decoding time (less while probes keep failing: each failure doubles the wait). The same
+numbers decide between argmax drafts and drafts sampled from the assistant when sampling.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from __future__ import annotations
 import math
 import statistics
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -56,9 +58,18 @@ DraftMethod = Literal["argmax", "sampled"]
 COST_WINDOW = 16
 """Recent round durations kept per (mode, draft length); their median is the cost estimate."""
 TRUSTED_TIMINGS = 3
-"""Timings of a draft length after which their median is used as is, rather than the fitted line."""
+"""Comparisons with rounds of other lengths after which a draft length's own cost is used, rather than the
+fitted line."""
 SPEED_WINDOW = 8
-"""Recent rounds whose median ratio to their length's cost is the machine's current speed."""
+"""Recent rounds whose median ratio to their length's relative cost is the machine's current speed."""
+ROBUST_PASSES = 2
+RATIO_SPREAD = 0.1
+"""Passes of the relative cost fit, each trusting a pair of lengths less the further its median log ratio lies
+from the last pass's fit (a pair compared once, at the edge of a slow stretch of the machine, can be off by
+far more than ``RATIO_SPREAD``, the spread of ordinary comparisons)."""
+FAINT_LINK = 1e-3
+"""Weight of the link, at the ratio of their median raw seconds, between a length and the most timed one:
+it places a length never compared with another, and decides nothing where comparisons exist."""
 PLAIN_STEPS_TO_MEASURE = 3
 """Plain decoding rounds a runtime times before it compares drafting against them."""
 REQUEST_DECAY = 0.97
@@ -86,9 +97,18 @@ alternative (one draft more, the other draft method) might beat the best decisio
 then while it might, and no longer once the evidence against it outweighs this much optimism."""
 LONGER_MARGIN = 0.01
 """Decisions within this fraction of the best expected tokens per second count as ties; the shortest wins."""
-LONGER_PROBE_EVERY = 10
-"""At most every this many rounds, draft one token more than the best length, while it might pay or its cost
-is not established yet (fewer than ``TRUSTED_TIMINGS`` timings)."""
+NEIGHBOUR_PROBE_EVERY = 10
+"""Every this many drafting rounds of a kind of request (counted across the runtime's requests), a round next
+to the best length may come instead of it: one draft more while it might pay or its cost is not established
+yet (fewer than ``TRUSTED_TIMINGS`` comparisons), which is evidence about the next draft position; else
+whichever of a plain round, one draft fewer and one draft more is due by :data:`NEIGHBOUR_BUDGET`."""
+NEIGHBOUR_BUDGET = 0.005
+"""The share of decoding time that each neighbour probe (a plain round, one draft fewer, one draft more) may
+cost while drafting pays: a probe expected to yield a fraction ``x`` fewer tokens per second than the best
+length comes after ``x / NEIGHBOUR_BUDGET`` drafting rounds. Their comparisons with the best length keep the
+relative costs that decide current: a comparison that went wrong (the machine changed speed between its two
+rounds) is outvoted rather than kept, a neighbour that looks worse than it is gets timed again, and drafting
+is judged against plain decoding by fresh comparisons."""
 METHOD_PROBE_EVERY = 12
 """At most every this many rounds, draft by the other method, while it might pay."""
 
@@ -123,6 +143,9 @@ class DraftPolicy(Protocol):
         when known, the probability each reached draft had of being accepted (see
         :class:`gemma_mtp.sampling.Acceptance`)."""
 
+
+CostKey = tuple[bool, str, int]
+"""A round's mode and length for :class:`RoundCosts`: greedy or not, draft method (``"none"``), length."""
 
 RequestKind = tuple[float, bool]
 """Requests alike enough to share acceptance statistics: a temperature bucket, and whether constrained."""
@@ -198,94 +221,209 @@ class RoundCosts:
 
     One per runtime: every request adds its rounds' durations (from the round's decision until the
     caller asks for the next round, less the time spent waiting for other requests' forward passes).
-    The median of a length's recent rounds is its cost; a length timed fewer than ``TRUSTED_TIMINGS``
-    times is estimated from a straight line through the timed ones (through the plain decoding cost
-    when only one draft length was timed).
 
-    Rounds are kept in units of the machine's speed at their time. Every round of a length whose cost
-    is established tells how fast the machine runs now (its seconds over that cost), and the median of
-    the last ``SPEED_WINDOW`` such ratios is the current speed. A machine that warms up, slows down under
-    other load or changes its clocks therefore moves every estimate at once, tracked by whatever lengths
-    the policy keeps drafting: a length drafted rarely (a longer probe, plain decoding while drafting
-    pays) is judged by what it costs against its neighbours, not by the load of the moment it was timed.
+    A round's duration depends on the machine's speed of the moment, which changes: it warms up, other
+    work shares it, clocks move. Decisions only compare lengths with each other, so what is kept is what a
+    round of one length costs relative to another, measured where the machine's speed cancels: between
+    consecutive rounds of one request (``previous`` in :meth:`observe`), milliseconds apart. The median
+    ratio of every pair of lengths that followed each other is fitted to one relative cost per length
+    (least squares on the logarithms), so lengths never drafted next to each other are compared through
+    the lengths between them. No unit drifts: a length drafted rarely (a longer probe, plain decoding
+    while drafting pays) is judged against its neighbours in time, whatever the load of that moment.
+    Seconds come back at the machine's current speed: the median, over the mode's last ``SPEED_WINDOW``
+    rounds, of each round's seconds over its length's relative cost.
+
+    A length compared fewer than ``TRUSTED_TIMINGS`` times is estimated from a straight line through the
+    compared ones (through plain decoding when only one draft length was compared). Rounds observed without
+    a previous round only give their raw seconds, which place a length never compared.
     """
 
     def __init__(self, window: int = COST_WINDOW):
         self._window = window
-        self._timings: dict[tuple[bool, str, int], deque[float]] = {}  # in units of the speed of their time
-        self._median: dict[tuple[bool, str, int], float] = {}
-        self._speeds: deque[float] = deque(maxlen=SPEED_WINDOW)
-        self._speed = 1.0  # seconds per unit: until a cost is established, units are seconds
+        self._timings: dict[CostKey, deque[float]] = {}  # seconds of the recent rounds
+        # (a, b) with a < b: the log ratios of b's seconds over a's in consecutive rounds
+        self._ratios: dict[tuple[CostKey, CostKey], deque[float]] = {}
+        self._compared: Counter[CostKey] = Counter()
+        self._recent: dict[bool, deque[tuple[CostKey, float]]] = {}  # each mode's last rounds
+        self._fits: dict[bool, dict[CostKey, float]] = {}  # each mode's log relative costs, until a change
+        self._speeds: dict[bool, float] = {}  # each mode's seconds per unit, until its next round
         self._lock = threading.Lock()
 
     @staticmethod
-    def _key(greedy: bool, method: DraftMethod, length: int) -> tuple[bool, str, int]:
+    def _key(greedy: bool, method: DraftMethod, length: int) -> CostKey:
         return (greedy, method if length else "none", length)
 
-    def observe(self, greedy: bool, method: DraftMethod, length: int, seconds: float) -> None:
+    def observe(
+        self,
+        greedy: bool,
+        method: DraftMethod,
+        length: int,
+        seconds: float,
+        previous: tuple[DraftDecision, float] | None = None,
+    ) -> None:
+        """One round's seconds; ``previous``, the decision and seconds of the same request's round before it."""
         key = self._key(greedy, method, length)
         with self._lock:
-            recent = self._timings.setdefault(key, deque(maxlen=self._window))
-            if len(recent) >= TRUSTED_TIMINGS and self._median[key] > 0:
-                self._speeds.append(seconds / self._median[key])
-                self._speed = statistics.median(self._speeds)
-            recent.append(seconds / self._speed)
-            self._median[key] = statistics.median(recent)
+            self._timings.setdefault(key, deque(maxlen=self._window)).append(seconds)
+            self._recent.setdefault(greedy, deque(maxlen=SPEED_WINDOW)).append((key, seconds))
+            self._speeds.pop(greedy, None)
+            compared = previous is not None and self._compare(greedy, key, seconds, *previous)
+            if compared or not self._compared[key]:  # a new comparison, or raw seconds that place the length
+                self._fits.pop(greedy, None)
+
+    def _compare(
+        self, greedy: bool, key: CostKey, seconds: float, before: DraftDecision, earlier: float
+    ) -> bool:
+        """Keeps the log ratio of two consecutive rounds of different lengths; whether it did."""
+        other = self._key(greedy, before.method, before.length)
+        if other == key or seconds <= 0 or earlier <= 0:
+            return False
+        pair, sign = ((other, key), 1.0) if other < key else ((key, other), -1.0)
+        self._ratios.setdefault(pair, deque(maxlen=self._window)).append(sign * math.log(seconds / earlier))
+        self._compared[key] += 1
+        self._compared[other] += 1
+        return True
 
     def lengths(self, greedy: bool, method: DraftMethod) -> set[int]:
         """The draft lengths (>= 1) timed for this mode."""
         with self._lock:
-            return {key[2] for key in self._median if key[0] == greedy and key[1] == method}
+            return {key[2] for key in self._timings if key[0] == greedy and key[1] == method}
 
     def count(self, greedy: bool, method: DraftMethod, length: int) -> int:
+        """Rounds of this length timed (the last ``COST_WINDOW`` at most)."""
         with self._lock:
             return len(self._timings.get(self._key(greedy, method, length), ()))
+
+    def compared(self, greedy: bool, method: DraftMethod, length: int) -> int:
+        """Times a round of this length followed or preceded a round of another length."""
+        with self._lock:
+            return self._compared[self._key(greedy, method, length)]
 
     def plain(self, greedy: bool) -> float | None:
         """Estimated seconds of a plain decoding round at the machine's current speed, if measured."""
         with self._lock:
-            median = self._median.get((greedy, "none", 0))
-            return None if median is None else median * self._speed
+            relative = self._fit(greedy)
+            key = self._key(greedy, "argmax", 0)
+            return math.exp(relative[key]) * self._speed(greedy) if key in relative else None
 
-    def estimates(
-        self, greedy: bool, method: DraftMethod, longest: int, *, fastest: bool = False
-    ) -> list[float] | None:
+    def estimates(self, greedy: bool, method: DraftMethod, longest: int) -> list[float] | None:
         """Estimated seconds of a round with ``1..longest`` drafts (index 0 = one draft), at the machine's
-        current speed.
-
-        ``fastest`` estimates from each length's fastest recent round rather than its median: what the
-        length could cost. Timing noise only ever adds time (other work, a slow stretch of the machine), so
-        a length drafted rarely, whose few timings met a slow moment, still looks worth trying to the
-        policy's exploration, and its next timings correct the median the decisions use.
-
-        ``None`` while no draft length was measured for this mode.
-        """
+        current speed; ``None`` while no draft length was measured for this mode."""
         with self._lock:
-            speed = self._speed
-            plain = self._median.get((greedy, "none", 0))
+            relative = self._fit(greedy)
+            if not relative:
+                return None
+            speed = self._speed(greedy)
+            plain = relative.get(self._key(greedy, method, 0))
             measured = {
-                key[2]: (min(self._timings[key]) if fastest else median, len(self._timings[key]))
-                for key, median in self._median.items()
-                if key[0] == greedy and key[1] == method
+                key[2]: (math.exp(x), self._compared[key] or len(self._timings[key]))
+                for key, x in relative.items()
+                if key[1] == method and key[2] > 0
             }
         if not measured:
             return None
+        floor = math.exp(plain) if plain is not None else 0.0
         if len(measured) == 1:
             ((k1, (c1, _)),) = measured.items()
-            intercept = plain if plain is not None else 0.0
-            slope = max((c1 - intercept) / k1, 0.0)
+            intercept, slope = floor, max((c1 - floor) / k1, 0.0)
         else:
             intercept, slope = _weighted_line(
                 {k: c for k, (c, _) in measured.items()}, {k: n for k, (_, n) in measured.items()}
             )
-        floor = plain or 0.0
         out = []
         for k in range(1, longest + 1):
-            if k in measured and (fastest or measured[k][1] >= TRUSTED_TIMINGS):
+            if k in measured and measured[k][1] >= TRUSTED_TIMINGS:
                 out.append(measured[k][0] * speed)
             else:
                 out.append(max(intercept + slope * k, floor) * speed)
         return out
+
+    def _fit(self, greedy: bool) -> dict[CostKey, float]:
+        """Each length's log cost relative to the mode's most timed length (cached until a change).
+
+        Weighted least squares over the pairs' median log ratios, each weighted by its count, plus a faint
+        link from every length to the most timed one at the ratio of their median raw seconds: it decides
+        nothing where comparisons exist, and places a length that was never compared. Each of
+        ``ROBUST_PASSES`` passes trusts a pair less the further it lies from the last pass's fit.
+        """
+        fit = self._fits.get(greedy)
+        if fit is not None:
+            return fit
+        keys = sorted(key for key in self._timings if key[0] == greedy)
+        if not keys:
+            return {}
+        index = {key: i for i, key in enumerate(keys)}
+        anchor = max(keys, key=lambda key: len(self._timings[key]))
+        raw = {key: math.log(statistics.median(self._timings[key])) for key in keys}
+        links = [
+            (index[a], index[b], statistics.median(ratios), float(len(ratios)))
+            for (a, b), ratios in self._ratios.items()
+            if a[0] == greedy
+        ]
+        links += [(index[anchor], index[k], raw[k] - raw[anchor], FAINT_LINK) for k in keys if k != anchor]
+        solution = [0.0] * len(keys)
+        trust = [1.0] * len(links)
+        for _ in range(ROBUST_PASSES if links else 0):
+            solution = _solve_links(len(keys), index[anchor], links, trust)
+            trust = [
+                1.0 / (1.0 + ((solution[b] - solution[a] - r) / RATIO_SPREAD) ** 2) for a, b, r, _ in links
+            ]
+        fit = {key: solution[index[key]] for key in keys}
+        self._fits[greedy] = fit
+        return fit
+
+    def _speed(self, greedy: bool) -> float:
+        """Seconds per unit of relative cost now: the median over the mode's last rounds (cached until the
+        next round)."""
+        speed = self._speeds.get(greedy)
+        if speed is None:
+            relative = self._fit(greedy)
+            speed = statistics.median(
+                seconds / math.exp(relative[key]) for key, seconds in self._recent.get(greedy, ())
+            )
+            self._speeds[greedy] = speed
+        return speed
+
+
+def _solve_links(
+    size: int, anchor: int, links: list[tuple[int, int, float, float]], trust: list[float]
+) -> list[float]:
+    """The ``x`` (with ``x[anchor] = 0``) that minimises the sum over ``links`` ``(a, b, ratio, weight)`` of
+    ``weight * trust * (x[b] - x[a] - ratio) ** 2``.
+
+    Its normal equations are the links' graph Laplacian with the anchor's row and column taken out: a
+    symmetric positive definite system (every length is linked to the anchor), which Gaussian elimination
+    solves without pivoting. A dozen unknowns at most, so plain Python: a LAPACK call would wake its
+    threads on a machine busy with the models' forward passes, which costs more than the solve.
+    """
+    free = {node: row for row, node in enumerate(n for n in range(size) if n != anchor)}
+    n = len(free)
+    matrix = [[0.0] * n for _ in range(n)]
+    pull = [0.0] * n
+    for (a, b, ratio, weight), belief in zip(links, trust, strict=True):
+        w = weight * belief
+        for node, sign in ((a, -1.0), (b, 1.0)):
+            if node in free:
+                matrix[free[node]][free[node]] += w
+                pull[free[node]] += sign * w * ratio
+        if a in free and b in free:
+            matrix[free[a]][free[b]] -= w
+            matrix[free[b]][free[a]] -= w
+    for i in range(n):
+        for r in range(i + 1, n):
+            factor = matrix[r][i] / matrix[i][i]
+            if factor:
+                below, top = matrix[r], matrix[i]
+                for c in range(i, n):
+                    below[c] -= factor * top[c]
+                pull[r] -= factor * pull[i]
+    x = [0.0] * n
+    for i in reversed(range(n)):
+        x[i] = (pull[i] - sum(matrix[i][c] * x[c] for c in range(i + 1, n))) / matrix[i][i]
+    solution = [0.0] * size
+    for node, position in free.items():
+        solution[node] = x[position]
+    return solution
 
 
 def _weighted_line(values: dict[int, float], weights: dict[int, int]) -> tuple[float, float]:
@@ -358,13 +496,16 @@ class AcceptanceProfile:
 
 @dataclass
 class ProbeSchedule:
-    """When drafting stopped paying: plain rounds since the last probe, and how many to wait for the next.
+    """When drafting stopped paying: plain rounds since the last probe, and how many to wait for the next;
+    while drafting pays: drafting rounds, and those since each neighbour probe (:data:`NEIGHBOUR_PROBE_EVERY`).
 
     Shared by a runtime's requests of one kind, so that short requests probe too.
     """
 
     plain_run: int = 0
     gap: int = 0
+    drafting: int = 0  # drafting rounds, which time the neighbour probes
+    waited: Counter[str] = field(default_factory=Counter)  # drafting rounds since each neighbour probe
 
 
 class DraftTemperature(Protocol):
@@ -485,6 +626,7 @@ class AdaptiveDraft:
         self._schedule = memory.probe_schedule(self.kind)
         self._probing = False  # the last decision was a probe
         self._rounds = 0
+        self._previous: tuple[DraftDecision, float] | None = None  # the last round and its seconds
 
     @property
     def description(self) -> str:
@@ -523,18 +665,19 @@ class AdaptiveDraft:
             for length in (self.length,) if self.length is not None else (1, max(2, self.start)):
                 if length not in lengths and (length <= room or not lengths):
                     return DraftDecision(min(length, room), method)
-        best, best_rate = self._best(longest)
+        if self.length is None:  # lengths beyond the longest timed one are reached by the longer probe
+            timed = max(max(costs.lengths(self.greedy, method), default=0) for method in self.methods)
+            longest = min(longest, timed + 1)
+        candidates = self._candidates(longest, only=None, drafting=False, optimistic=False)
+        best, best_rate = self._top(candidates)
         other = self._method_to_probe(best, best_rate, longest)
         if other is not None:
             return other
         if best.length > 0 or self.length is not None:
             schedule.plain_run = 0
             schedule.gap = 0
-            if self.length is None and best.length < longest and self._rounds % LONGER_PROBE_EVERY == 0:
-                longer = DraftDecision(best.length + 1, best.method)  # evidence about the next position
-                if self._untimed(longer) or self._might_beat(longer, best_rate, longest):
-                    return longer
-            return best
+            schedule.drafting += 1
+            return best if self.length is not None else self._neighbour(best, best_rate, candidates, longest)
         if schedule.plain_run == 0 and schedule.gap == 0:  # drafting just stopped paying
             schedule.gap = self._probe_wait(self._probe_method(longest))
         schedule.plain_run += 1
@@ -549,13 +692,13 @@ class AdaptiveDraft:
         (:data:`PROBE_BUDGET`): at least 1, at most :data:`LONGEST_PROBE_GAP`.
 
         The loss is judged optimistically (the runtime's evidence for this kind of request plus
-        ``OPTIMISM`` pseudo-acceptances, and the probe's fastest recent round), so a kind with little
+        ``OPTIMISM`` pseudo-acceptances), so a kind with little
         evidence probes soon, one with none at once, and one whose evidence is ample at what its
         acceptance says.
         """
         costs = self.memory.costs
         plain = costs.plain(self.greedy)
-        seconds = costs.estimates(self.greedy, method, 1, fastest=True)
+        seconds = costs.estimates(self.greedy, method, 1)
         evidence = self.memory.evidence(self.kind, method, self.factors[method])
         if plain is None or seconds is None or not evidence.evidence:
             return 1
@@ -583,11 +726,39 @@ class AdaptiveDraft:
                 return self._best(longest, only=method, drafting=True)[0]
         return None
 
+    def _neighbour(
+        self,
+        best: DraftDecision,
+        best_rate: float,
+        candidates: list[tuple[float, DraftDecision]],
+        longest: int,
+    ) -> DraftDecision:
+        """A drafting round's decision: ``best``, or every :data:`NEIGHBOUR_PROBE_EVERY` rounds a probe next to
+        it (``candidates`` are every decision's expected tokens per second)."""
+        schedule = self._schedule
+        schedule.waited.update(("plain", "shorter", "longer"))
+        if schedule.drafting % NEIGHBOUR_PROBE_EVERY:
+            return best
+        probes = {"plain": DraftDecision(0, best.method)}
+        if best.length > 1:
+            probes["shorter"] = DraftDecision(best.length - 1, best.method)
+        if best.length < longest:
+            probes["longer"] = longer = DraftDecision(best.length + 1, best.method)
+            if self._untimed(longer) or self._might_beat(longer, best_rate, longest):
+                schedule.waited["longer"] = 0
+                return longer
+        rates = {d.length: rate for rate, d in candidates if d.length == 0 or d.method == best.method}
+        for name, probe in probes.items():
+            if schedule.waited[name] * NEIGHBOUR_BUDGET >= 1.0 - rates.get(probe.length, 0.0) / best_rate:
+                schedule.waited[name] = 0
+                return probe
+        return best
+
     def _untimed(self, decision: DraftDecision) -> bool:
-        """Whether ``decision``'s draft length has too few timings to judge its cost by its own: a length
-        timed once, in a slow moment of the machine, would otherwise be ruled out for good by that one
-        round (or by the line through it), while a few more rounds of it cost next to nothing."""
-        return self.memory.costs.count(self.greedy, decision.method, decision.length) < TRUSTED_TIMINGS
+        """Whether ``decision``'s draft length was compared too few times with its neighbours to judge its
+        cost by its own: one unlucky comparison would otherwise rule it out for good (directly or by the
+        line through it), while a few more rounds of it cost next to nothing."""
+        return self.memory.costs.compared(self.greedy, decision.method, decision.length) < TRUSTED_TIMINGS
 
     def _might_beat(self, decision: DraftDecision, best_rate: float, longest: int) -> bool:
         """Whether ``decision``'s optimistic expected tokens per second exceeds ``best_rate``."""
@@ -607,7 +778,10 @@ class AdaptiveDraft:
         Of the decisions within ``LONGER_MARGIN`` of the best, the shortest: when the estimates are that
         close, the shorter draft (or no draft) risks less.
         """
-        candidates = self._candidates(longest, only=only, drafting=drafting, optimistic=optimistic)
+        return self._top(self._candidates(longest, only=only, drafting=drafting, optimistic=optimistic))
+
+    def _top(self, candidates: list[tuple[float, DraftDecision]]) -> tuple[DraftDecision, float]:
+        """The best of ``candidates`` (see :meth:`_best`)."""
         if not candidates:
             return DraftDecision(0, self.methods[0]), 0.0
         top = max(rate for rate, _ in candidates)
@@ -620,14 +794,14 @@ class AdaptiveDraft:
     ) -> list[tuple[float, DraftDecision]]:
         """Expected tokens per second of each decision, from this request's profile and the lengths' median
         round costs, or (``optimistic``) from the runtime's whole evidence with ``OPTIMISM``
-        pseudo-acceptances per draft position and the lengths' fastest recent rounds."""
+        pseudo-acceptances per draft position."""
         plain = self.memory.costs.plain(self.greedy)
         pinned = self.length is not None
         candidates: list[tuple[float, DraftDecision]] = []
         if not (drafting or pinned or plain is None):
             candidates.append((1.0 / plain, DraftDecision(0, self.methods[0])))
         for method in (only,) if only else self.methods:
-            seconds = self.memory.costs.estimates(self.greedy, method, longest, fastest=optimistic)
+            seconds = self.memory.costs.estimates(self.greedy, method, longest)
             if seconds is None:
                 continue
             prior = self.priors[method]
@@ -648,7 +822,8 @@ class AdaptiveDraft:
     def record(
         self, decision: DraftDecision, accepted: int, seconds: float, chances: Sequence[float] = ()
     ) -> None:
-        self.memory.costs.observe(self.greedy, decision.method, decision.length, seconds)
+        self.memory.costs.observe(self.greedy, decision.method, decision.length, seconds, self._previous)
+        self._previous = (decision, seconds)
         if decision.length:
             self.profiles[decision.method].add(decision.length, accepted, REQUEST_DECAY, chances)
             factor = self.factors[decision.method]

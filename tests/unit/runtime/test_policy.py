@@ -20,6 +20,7 @@ from gemma_mtp import SamplingParams
 from gemma_mtp.policy import (
     COST_WINDOW,
     LONGEST_PROBE_GAP,
+    NEIGHBOUR_BUDGET,
     PRIOR_RATE,
     AcceptanceProfile,
     AdaptiveDraft,
@@ -141,7 +142,7 @@ def kit_like_cost(k: int, method: DraftMethod = "argmax") -> float:
     return 0.0034 if k == 0 else 0.0055 + 0.0014 * (k - 1)
 
 
-def slow_stretches_run(seed: int, rates: Sequence[float], requests: int = 12) -> Counter:
+def slow_stretches_run(seed: int, rates: Sequence[float], requests: int = 40) -> Counter:
     """Draft lengths of a runtime's later requests on a machine with slow stretches (1.8x as slow, for 5
     to 20 rounds, starting in 3% of rounds), with kit-like round costs."""
     rng = random.Random(seed)
@@ -165,21 +166,60 @@ def slow_stretches_run(seed: int, rates: Sequence[float], requests: int = 12) ->
     return late
 
 
-def test_finds_the_best_length_on_a_machine_with_slow_stretches() -> None:
-    """A length timed only in a slow moment of a shared machine looks worse than it is. The policy times a
-    length until its cost is established, tries a longer one at its fastest recent round, and follows the
-    machine's speed through the rounds it keeps drafting, so that runtimes settle on the best length
-    rather than on the shorter one a few unlucky timings left them with."""
-    rates = [0.8, 0.82, 0.65, 0.8, 0.75, 0.7]
+@pytest.mark.parametrize(
+    ("rates", "best_k"),
+    [([0.8, 0.82, 0.65, 0.8, 0.75, 0.7], 2), ([0.45, 0.4], 0)],
+    ids=["drafting-pays", "plain-is-best"],
+)
+def test_every_runtime_finds_the_best_length_on_a_machine_with_slow_stretches(
+    rates: list[float], best_k: int
+) -> None:
+    """A comparison of two lengths made as the machine changed speed is off by up to 1.8x. Over a runtime's
+    life (40 requests, about 1100 rounds) such comparisons accumulate; none may leave a runtime drafting a
+    length far from the best, or drafting where plain decoding is faster: every one of 20 runtimes keeps
+    within a few percent of the best fixed length."""
     fixed = {k: expected_rate(rates, k, kit_like_cost) for k in range(0, 17)}
-    best_k = max(fixed, key=lambda k: fixed[k])
-    assert best_k == 2 and fixed[1] < 0.93 * fixed[2]
+    assert max(fixed, key=lambda k: fixed[k]) == best_k
     achieved = []
     for seed in range(20):
         late = slow_stretches_run(seed, rates)
         achieved.append(sum(n * fixed[k] for k, n in late.items()) / sum(late.values()) / fixed[best_k])
     assert sum(achieved) / len(achieved) >= 0.97, achieved
-    assert min(achieved) >= 0.92, achieved
+    assert min(achieved) >= 0.95, achieved
+
+
+def test_notices_when_drafting_stops_paying_because_its_rounds_got_dearer() -> None:
+    """Acceptance stays the same but drafting rounds become dearer relative to plain ones (the assistant
+    now shares its device with other work). Drafting rounds alone cannot show it; the plain rounds put in
+    now and then while drafting do, and the policy stops drafting."""
+    rates = [0.7]
+
+    def cost(k: int, method: DraftMethod = "argmax") -> float:
+        return 0.010 + (0.003 + 0.002 * k if k else 0.0)
+
+    def dearer(k: int, method: DraftMethod = "argmax") -> float:
+        return 0.010 + (0.012 + 0.006 * k if k else 0.0)
+
+    assert max(range(17), key=lambda k: expected_rate(rates, k, dearer)) == 0
+    policy = greedy_policy()
+    before = run(policy, {"argmax": rates}, 400, cost=cost)
+    assert Counter(d.length for d in before[200:])[0] < 20
+    after = run(policy, {"argmax": rates}, 600, seed=1, cost=dearer)
+    assert Counter(d.length for d in after[300:])[0] >= 0.9 * 300, Counter(d.length for d in after)
+
+
+def test_plain_and_shorter_rounds_while_drafting_pays_stay_within_their_budget() -> None:
+    """Each of the two comparison probes (one draft fewer, a plain round) costs about ``NEIGHBOUR_BUDGET``
+    of decoding time: frequent when the shorter decision is nearly as good, rare when it is far worse."""
+    rates = [0.9]
+    fixed = {k: expected_rate(rates, k, cpu_like_cost) for k in range(0, 17)}
+    best_k = max(fixed, key=lambda k: fixed[k])
+    late = Counter(d.length for d in run(greedy_policy(), {"argmax": rates}, 3000)[1000:])
+    plain_loss = 1.0 - fixed[0] / fixed[best_k]
+    budgeted = 2000 * NEIGHBOUR_BUDGET / plain_loss  # plain rounds that cost the budget
+    assert 0.5 * budgeted <= late[0] <= 1.5 * budgeted, (late, budgeted)
+    achieved = sum(n * fixed[k] for k, n in late.items()) / sum(late.values())
+    assert achieved >= 0.95 * fixed[best_k], (late, achieved / fixed[best_k])
 
 
 def test_stays_with_plain_decoding_when_drafts_barely_pay_less_than_they_cost() -> None:
@@ -278,32 +318,79 @@ def test_round_costs_are_robust_to_an_outlier() -> None:
     assert costs.plain(True) == pytest.approx(0.011)
 
 
+def alternate(
+    costs: RoundCosts, greedy: bool, method: DraftMethod, seconds: dict[int, float], times: int
+) -> None:
+    """One request's rounds, cycling through the lengths in ``seconds`` (consecutive rounds compared)."""
+    previous: tuple[DraftDecision, float] | None = None
+    for _ in range(times):
+        for length, duration in seconds.items():
+            costs.observe(greedy, method, length, duration, previous)
+            previous = (DraftDecision(length, method), duration)
+
+
 def test_round_costs_follow_the_machine_speed_through_plain_rounds() -> None:
     """A draft length timed while the machine was slow is estimated at the speed plain rounds show now."""
     costs = RoundCosts()
-    for _ in range(3):
-        costs.observe(False, "sampled", 0, 0.020)
-        costs.observe(False, "sampled", 1, 0.032)
+    alternate(costs, False, "sampled", {0: 0.020, 1: 0.032}, 3)
     for _ in range(COST_WINDOW):  # the machine warms up: plain rounds now take half the time
         costs.observe(False, "sampled", 0, 0.010)
     estimate = costs.estimates(False, "sampled", 1)
-    assert estimate is not None and estimate[0] == pytest.approx(0.016)
+    assert estimate is not None and estimate[0] == pytest.approx(0.016, rel=1e-3)
 
 
 def test_round_costs_follow_the_machine_speed_through_the_rounds_it_keeps_drafting() -> None:
     """While one draft length is drafted, its rounds tell the machine's speed: plain decoding and the other
     lengths, timed before the machine slowed down, are estimated at today's speed, not at their old one."""
     costs = RoundCosts()
-    for _ in range(3):
-        costs.observe(True, "argmax", 0, 0.010)
-        costs.observe(True, "argmax", 1, 0.015)
-        costs.observe(True, "argmax", 2, 0.020)
+    alternate(costs, True, "argmax", {0: 0.010, 1: 0.015, 2: 0.020}, 3)
     for _ in range(COST_WINDOW):  # the machine slows to half its speed; only two drafts are timed
         costs.observe(True, "argmax", 2, 0.040)
     estimate = costs.estimates(True, "argmax", 2)
     assert estimate is not None
-    assert estimate == pytest.approx([0.030, 0.040])
-    assert costs.plain(True) == pytest.approx(0.020)
+    assert estimate == pytest.approx([0.030, 0.040], rel=1e-3)
+    assert costs.plain(True) == pytest.approx(0.020, rel=1e-3)
+
+
+def test_round_costs_compare_lengths_by_consecutive_rounds_whatever_the_machine_speed() -> None:
+    """Over a long run on a machine whose speed wanders and drops in slow stretches, the relative cost of
+    lengths drafted rarely stays anchored to the lengths around them: each comparison is made between
+    rounds milliseconds apart, so no unit drifts however the speed moves between them."""
+    rng = random.Random(0)
+    truth = {0: 1.0, 1: 1.6, 2: 2.0, 3: 2.4, 4: 2.8}
+    costs = RoundCosts()
+    speed, slow = 0.005, 0
+    previous: tuple[DraftDecision, float] | None = None
+    for index in range(3000):
+        speed = min(max(speed * rng.choice([0.99, 1.01]), 0.001), 0.05)  # a random walk
+        if not slow and rng.random() < 0.03:
+            slow = rng.randint(5, 20)
+        factor = 1.8 if slow else 1.0
+        slow = max(slow - 1, 0)
+        length = {0: 0, 10: 1, 20: 3, 30: 4}.get(index % 40, 2)  # mostly 2 drafts, the others now and then
+        seconds = truth[length] * speed * factor * rng.uniform(0.95, 1.1)
+        costs.observe(True, "argmax", length, seconds, previous)
+        previous = (DraftDecision(length, "argmax"), seconds)
+    plain = costs.plain(True)
+    estimate = costs.estimates(True, "argmax", 4)
+    assert plain is not None and estimate is not None
+    assert [e / plain for e in estimate] == pytest.approx([truth[k] for k in (1, 2, 3, 4)], rel=0.06)
+    assert plain == pytest.approx(speed * factor, rel=0.1)  # seconds at the machine's speed now
+
+
+def test_round_costs_outvote_a_comparison_made_as_the_machine_changed_speed() -> None:
+    """Two lengths compared once, across the edge of a slow stretch, look 1.8x apart from what they are;
+    the comparisons through the lengths between them outvote it."""
+    costs = RoundCosts()
+    alternate(costs, True, "argmax", {0: 0.010, 1: 0.016}, 4)
+    alternate(costs, True, "argmax", {1: 0.016, 2: 0.020}, 4)
+    alternate(costs, True, "argmax", {2: 0.020, 3: 0.024}, 4)
+    costs.observe(True, "argmax", 1, 0.016)
+    costs.observe(True, "argmax", 3, 0.024 * 1.8, (DraftDecision(1, "argmax"), 0.016))  # the machine slowed
+    costs.observe(True, "argmax", 3, 0.024)  # and recovered
+    estimate = costs.estimates(True, "argmax", 3)
+    assert estimate is not None
+    assert estimate == pytest.approx([0.016, 0.020, 0.024], rel=0.03)
 
 
 def test_round_costs_without_plain_rounds_keep_seconds() -> None:
