@@ -56,17 +56,19 @@ __all__ = [
 DraftMethod = Literal["argmax", "sampled"]
 
 COST_WINDOW = 16
-"""Recent round durations kept per (mode, draft length); their median is the cost estimate."""
+"""Recent round durations kept per (mode, draft length), and recent comparisons per pair of them; the medians
+are what :class:`RoundCosts` fits."""
 TRUSTED_TIMINGS = 3
 """Comparisons with rounds of other lengths after which a draft length's own cost is used, rather than the
 fitted line."""
 SPEED_WINDOW = 8
 """Recent rounds whose median ratio to their length's relative cost is the machine's current speed."""
 ROBUST_PASSES = 2
+"""Passes of the relative cost fit (see ``RATIO_SPREAD``)."""
 RATIO_SPREAD = 0.1
-"""Passes of the relative cost fit, each trusting a pair of lengths less the further its median log ratio lies
-from the last pass's fit (a pair compared once, at the edge of a slow stretch of the machine, can be off by
-far more than ``RATIO_SPREAD``, the spread of ordinary comparisons)."""
+"""The spread of ordinary comparisons (log ratio). Each pass of the fit after the first trusts a pair of lengths
+less the further its median log ratio lies from the last pass's fit, in units of this spread: a pair compared
+once, at the edge of a slow stretch of the machine, can be off by far more."""
 FAINT_LINK = 1e-3
 """Weight of the link, at the ratio of their median raw seconds, between a length and the most timed one:
 it places a length never compared with another, and decides nothing where comparisons exist."""
@@ -660,14 +662,13 @@ class AdaptiveDraft:
         if self.length is None and costs.count(self.greedy, primary, 0) < PLAIN_STEPS_TO_MEASURE:
             return DraftDecision(0, primary)  # measure plain decoding first
         longest = min(self.longest if self.length is None else self.length, room)
-        for method in self.methods:  # time each method at two draft lengths before comparing
-            lengths = costs.lengths(self.greedy, method)
+        timed = {method: costs.lengths(self.greedy, method) for method in self.methods}
+        for method, lengths in timed.items():  # time each method at two draft lengths before comparing
             for length in (self.length,) if self.length is not None else (1, max(2, self.start)):
                 if length not in lengths and (length <= room or not lengths):
                     return DraftDecision(min(length, room), method)
         if self.length is None:  # lengths beyond the longest timed one are reached by the longer probe
-            timed = max(max(costs.lengths(self.greedy, method), default=0) for method in self.methods)
-            longest = min(longest, timed + 1)
+            longest = min(longest, max(max(lengths, default=0) for lengths in timed.values()) + 1)
         candidates = self._candidates(longest, only=None, drafting=False, optimistic=False)
         best, best_rate = self._top(candidates)
         other = self._method_to_probe(best, best_rate, longest)
@@ -692,9 +693,8 @@ class AdaptiveDraft:
         (:data:`PROBE_BUDGET`): at least 1, at most :data:`LONGEST_PROBE_GAP`.
 
         The loss is judged optimistically (the runtime's evidence for this kind of request plus
-        ``OPTIMISM`` pseudo-acceptances), so a kind with little
-        evidence probes soon, one with none at once, and one whose evidence is ample at what its
-        acceptance says.
+        ``OPTIMISM`` pseudo-acceptances), so a kind with little evidence probes soon, one with none at
+        once, and one whose evidence is ample at what its acceptance says.
         """
         costs = self.memory.costs
         plain = costs.plain(self.greedy)
@@ -792,7 +792,7 @@ class AdaptiveDraft:
     def _candidates(
         self, longest: int, *, only: DraftMethod | None, drafting: bool, optimistic: bool
     ) -> list[tuple[float, DraftDecision]]:
-        """Expected tokens per second of each decision, from this request's profile and the lengths' median
+        """Expected tokens per second of each decision, from this request's profile and the lengths' estimated
         round costs, or (``optimistic``) from the runtime's whole evidence with ``OPTIMISM``
         pseudo-acceptances per draft position."""
         plain = self.memory.costs.plain(self.greedy)
