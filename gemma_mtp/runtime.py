@@ -20,7 +20,8 @@ from typing import Any, ClassVar, TypeVar
 from gemma_mtp.backends import Backend, DecodeRequest, Round, load_backend
 from gemma_mtp.chat import StreamingResponseParser, render_chat, tool_call_prefill, validate_messages
 from gemma_mtp.chat.grammar import answer_grammar
-from gemma_mtp.chat.syntax import THINKING_SWITCH
+from gemma_mtp.chat.parsing import answer_opening
+from gemma_mtp.chat.syntax import THINKING_SWITCH, THOUGHT_OPEN
 from gemma_mtp.detokenize import IncrementalDetokenizer, StopMatcher
 from gemma_mtp.lifecycle import Request, SummaryListener
 from gemma_mtp.loading import resolve_device, resolve_dtype, resolve_names
@@ -563,18 +564,23 @@ class Runtime:
         prompt_ids = self.encode(
             list(messages), tools=shown_tools, chat_template_kwargs=chat_template_kwargs, prefill=prefill
         )
+        # The parser needs Gemma 4's markers (thinking channel, tool calls) in the text, and the state the prompt
+        # leaves the answer in (some generation prompts open the thinking channel); nothing the prompt itself
+        # writes is ever part of the answer.
+        prompt_tail = self.tokenizer.decode(prompt_ids[-_PROMPT_TAIL_TOKENS:], skip_special_tokens=False)
         grammar = base.grammar
         if grammar is None and constrained:
             switch = self.tokenizer.convert_tokens_to_ids(THINKING_SWITCH)
             thinking = switch != self.tokenizer.unk_token_id and switch in prompt_ids
             grammar = answer_grammar(
-                tools, tool_choice, json_schema=base.json_schema, regex=base.regex, thinking=thinking
+                tools,
+                tool_choice,
+                json_schema=base.json_schema,
+                regex=base.regex,
+                thinking=thinking,
+                in_thought=answer_opening(prompt_tail) == THOUGHT_OPEN,
             )
-        # The parser needs Gemma 4's markers (thinking channel, tool calls) in the text, and the end of the
-        # prompt: some templates open the thinking channel in the generation prompt. The parser reads only
-        # what follows the prompt's last model-turn anchor.
         chat_params = replace(base, json_schema=None, regex=None, grammar=grammar, skip_special_tokens=False)
-        prompt_tail = self.tokenizer.decode(prompt_ids[-_PROMPT_TAIL_TOKENS:], skip_special_tokens=False)
         return prompt_ids, chat_params, _ChatPrefix(prompt_tail, prefill)
 
     def _open_chat(
@@ -711,7 +717,7 @@ class Runtime:
 
 @dataclass(frozen=True)
 class _ChatPrefix:
-    prompt_tail: str  # the end of the rendered prompt, prefill included, as text with special tokens
+    prompt_tail: str  # the end of the rendered prompt (prefill included): its state counts, never its text
     prefill: str  # text forced into the answer (a tool-call opener, on backends without constraints)
 
 

@@ -3,7 +3,8 @@
 :func:`answer_grammar` writes, in llguidance's Lark dialect, what the model may answer:
 
 * an optional thinking block first (``<|channel>thought\\n ... <channel|>``), unconstrained inside when the
-  prompt switched thinking on (``<|think|>``), empty otherwise;
+  prompt switched thinking on (``<|think|>``), empty otherwise; when the prompt itself opened the channel, the
+  answer starts inside it;
 * then, with tools: calls ``<|tool_call>call:NAME{...}<tool_call|>`` whose names come from the tools and whose
   arguments follow each tool's JSON schema in the argument syntax of :mod:`gemma_mtp.chat.arguments` (bare keys in
   the template's order, strings between ``<|"|>``); ``tool_choice="auto"`` also allows plain text, followed or not
@@ -76,6 +77,7 @@ def answer_grammar(
     json_schema: Mapping[str, Any] | None = None,
     regex: str | None = None,
     thinking: bool = False,
+    in_thought: bool = False,
 ) -> str | None:
     """The Lark grammar of a whole chat answer, or ``None`` when nothing constrains it.
 
@@ -83,7 +85,9 @@ def answer_grammar(
     more calls; a tool's name (or ``{"type": "function", "function": {"name": ...}}``) forces one call to it;
     ``"none"`` ignores the tools. ``json_schema`` or ``regex`` constrain a text answer; with tools and
     ``"auto"``, the model either calls tools or answers in that shape. ``thinking`` (the prompt switched
-    thinking on) allows a free thinking block first; otherwise only an empty one.
+    thinking on) allows a free thinking block first; otherwise only an empty one. ``in_thought`` (the prompt
+    ends inside a thinking channel it opened, as a generation prompt after a tool result may) starts the answer
+    there: free thinking, the channel's close, then the answer.
     """
     checked = validate_tools(tools)
     forced = _forced_name(tool_choice, [tool["function"]["name"] for tool in checked])
@@ -94,7 +98,10 @@ def answer_grammar(
         response = json_schema_lark(json_schema)
     elif regex is not None:
         response = regex_lark(regex)
-    start = f"start: {'thought' if thinking else 'empty_thought'}? answer\n"
+    if in_thought:
+        start = f"start: THOUGHT_TEXT? {THOUGHT_CLOSE} answer\n"
+    else:
+        start = f"start: {'thought' if thinking else 'empty_thought'}? answer\n"
     if not checked:
         return None if response is None else f"{start}answer: {response}\n{_COMMON_RULES}"
     if forced is not None:

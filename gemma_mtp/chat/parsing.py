@@ -36,6 +36,7 @@ __all__ = [
     "ResponseEvents",
     "StreamingResponseParser",
     "ToolCall",
+    "answer_opening",
     "parse_response",
 ]
 
@@ -147,10 +148,23 @@ _Piece = tuple[str, "str | _RawCall"]
 """``("content", text)``, ``("reasoning", text)`` or ``("call", raw call)``."""
 
 
-def _after_last_anchor(prefix: str) -> str:
-    """The part of ``prefix`` after the last generation-prompt anchor, or all of it when there is none."""
-    ends = [prefix.rfind(anchor) + len(anchor) for anchor in START_ANCHORS if anchor in prefix]
-    return prefix[max(ends) :] if ends else prefix
+_ANSWER_STARTS = (*START_ANCHORS, "<turn|>", "<eos>")
+"""Where an answer can start: after a generation prompt, a tool's result, or the end of a turn or sequence."""
+
+
+def answer_opening(prefix: str) -> str:
+    """What the text before an answer leaves open in it, as the text that opens it, and nothing else.
+
+    ``prefix`` is a rendered prompt (whole or its end), a prefill included. Of what follows its last possible
+    answer start (a generation prompt, a tool result, an end of turn), only what is still open at its end
+    belongs to the answer: a thinking channel (``<|channel>thought\n``, opened by some generation prompts) or a
+    tool call (a forced call's ``<|tool_call>call:NAME{``, and what is written of it). Text, closed channels and
+    closed calls in the prefix are the prompt's, never the answer's.
+    """
+    starts = [prefix.rfind(mark) + len(mark) for mark in _ANSWER_STARTS if mark in prefix]
+    scanner = _FallbackBackend("")
+    scanner.feed(prefix[max(starts) :] if starts else prefix)
+    return scanner.opening()
 
 
 class _TransformersBackend:
@@ -209,7 +223,15 @@ class _FallbackBackend:
         self._buffer = ""
         self._mode = "content"  # or "reasoning", "call", "ended"
         self._call = ""
-        self._initial = self._run(_after_last_anchor(prefix), final=False) if prefix else []
+        self._initial = self._run(prefix, final=False) if prefix else []
+
+    def opening(self) -> str:
+        """The region the text so far leaves open, as the text that opens it (empty for content)."""
+        if self._mode == "reasoning":
+            return THOUGHT_OPEN
+        if self._mode == "call":
+            return TOOL_CALL_OPEN + self._call + self._buffer
+        return ""
 
     def feed(self, text: str) -> list[_Piece]:
         pieces, self._initial = self._initial, []
@@ -328,9 +350,12 @@ class StreamingResponseParser:
     trailing whitespace, and a tool call that cannot be read stays in the content (and in
     ``malformed_tool_calls``; with ``strict=True`` it raises :class:`MalformedToolCallError` instead).
 
-    ``prefix`` is text prefilled after the generation prompt (e.g. ``<|tool_call>call:get_weather{``), parsed
-    as if the model had written it; a whole prompt works too, as only what follows its last ``<|turn>model\\n``
-    or ``<tool_response|>`` counts. ``tokenizer`` supplies its ``response_template`` when it ships one.
+    ``prefix`` is the text before the answer: the rendered prompt (whole or its end) with any prefill after the
+    generation prompt. Only the state it leaves the answer in counts (:func:`answer_opening`): a thinking channel
+    that the generation prompt opened, or a tool call that a prefill opened (``<|tool_call>call:get_weather{``,
+    completed by what the model writes). Nothing written in it is reported, so the answer holds the generated
+    text only, whatever the prompt ends with. ``tokenizer`` supplies its ``response_template`` when it ships
+    one.
     ``backend`` picks transformers' parser (``"transformers"``), the built-in one (``"fallback"``, which reads
     the Gemma 4 format whatever the tokenizer ships) or the first available (``"auto"``). ``id_factory`` makes
     tool-call ids (default: ``call_`` and a random UUID).
@@ -356,10 +381,11 @@ class StreamingResponseParser:
         self._use_transformers = backend == "transformers" or (
             backend == "auto" and _ResponseParser is not None
         )
+        opening = answer_opening(prefix)
         self._backend: _TransformersBackend | _FallbackBackend = (
-            _TransformersBackend(_response_template_for(tokenizer), prefix)
+            _TransformersBackend(_response_template_for(tokenizer), opening)
             if self._use_transformers
-            else _FallbackBackend(prefix)
+            else _FallbackBackend(opening)
         )
         self._strict = strict
         self._new_id = id_factory or _new_call_id

@@ -1,7 +1,20 @@
-"""Render chat messages through the tokenizer's own chat template, and the prefill that opens a forced tool call."""
+"""Render chat messages through the tokenizer's own chat template, and the prefill that opens a forced tool call.
+
+An assistant message that holds text and tool calls (the model wrote the text, then called) reaches the template
+as two assistant messages, the text and then the calls. Gemma 4's template writes a message's text after its tool
+calls' results, where it reads as what the model said once the results were in; when the results end the
+conversation, that text also closes the model's turn, so the model would have to go on outside any turn. Since
+its revision of 2026-07-15 the template writes consecutive assistant messages as one model turn, so the split
+renders the turn in the order the model wrote it, ``TEXT<|tool_call>...<tool_call|><|tool_response>...
+<tool_response|>``, and the model continues after the results, inside its turn, as the template intends after a
+tool result. A template that does not join consecutive assistant messages (found by rendering a probe once per
+template) gets the messages as they are.
+"""
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -9,6 +22,8 @@ from gemma_mtp.chat.syntax import TOOL_CALL_OPEN
 from gemma_mtp.chat.validation import validate_messages, validate_tools
 
 __all__ = ["render_chat", "render_chat_text", "tool_call_prefill"]
+
+logger = logging.getLogger("gemma_mtp")
 
 
 def render_chat_text(
@@ -75,13 +90,87 @@ def _apply_chat_template(
             "Gemma 4 checkpoint (the -it models ship one) or set tokenizer.chat_template"
         )
     checked_tools = validate_tools(tools)
+    checked = validate_messages(messages)
+    if _joins_assistant_messages(tokenizer, template_kwargs):
+        checked = _text_before_calls(checked)
+    elif _ends_after_results_of_text(checked):
+        _warn_turn_closed_once(template_kwargs.get("chat_template") or tokenizer.chat_template)
     return tokenizer.apply_chat_template(
-        validate_messages(messages),
+        checked,
         tools=checked_tools or None,
         add_generation_prompt=add_generation_prompt,
         tokenize=tokenize,
         return_dict=False,
         **template_kwargs,
+    )
+
+
+def _text_before_calls(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each assistant message with text and tool calls as two: the text (with the message's reasoning), then the
+    calls. A message carrying Gemma's legacy ``tool_responses`` keeps its form: there the text is the answer
+    that follows the results."""
+    split: list[dict[str, Any]] = []
+    for message in messages:
+        calling = message["role"] == "assistant" and message.get("tool_calls")
+        if calling and _has_text(message) and not message.get("tool_responses"):
+            text = {key: value for key, value in message.items() if key != "tool_calls"}
+            split += [text, {"role": "assistant", "content": "", "tool_calls": message["tool_calls"]}]
+        else:
+            split.append(message)
+    return split
+
+
+def _has_text(message: Mapping[str, Any]) -> bool:
+    content = message.get("content")
+    return bool(content.strip()) if isinstance(content, str) else bool(content)
+
+
+def _ends_after_results_of_text(messages: Sequence[Mapping[str, Any]]) -> bool:
+    """The conversation ends with tool results whose calling message also holds text."""
+    last = len(messages) - 1
+    while last >= 0 and messages[last]["role"] == "tool":
+        last -= 1
+    return 0 <= last < len(messages) - 1 and _has_text(messages[last])
+
+
+_FIRST, _SECOND = "\u2460first", "\u2461second"
+_joins: dict[str, bool] = {}
+_warned: set[str] = set()
+_probe_lock = threading.Lock()
+
+
+def _joins_assistant_messages(tokenizer: Any, template_kwargs: Mapping[str, Any]) -> bool:
+    """Whether the template writes two consecutive assistant messages as one model turn, text against text.
+
+    Rendered once per template source: a user message and two assistant messages, with no generation prompt."""
+    source = str(template_kwargs.get("chat_template") or tokenizer.chat_template)
+    with _probe_lock:
+        if source not in _joins:
+            probe = [
+                {"role": "user", "content": "probe"},
+                {"role": "assistant", "content": _FIRST},
+                {"role": "assistant", "content": _SECOND},
+            ]
+            options = {key: value for key, value in template_kwargs.items() if key != "add_generation_prompt"}
+            rendered = tokenizer.apply_chat_template(
+                probe, add_generation_prompt=False, tokenize=False, return_dict=False, **options
+            )
+            _joins[source] = _FIRST + _SECOND in str(rendered)
+        return _joins[source]
+
+
+def _warn_turn_closed_once(template: Any) -> None:
+    source = str(template)
+    with _probe_lock:
+        if source in _warned:
+            return
+        _warned.add(source)
+    logger.warning(
+        "The conversation ends with tool results of an assistant message that also holds text, and this chat "
+        "template writes that text after the results and closes the model's turn there (it does not join "
+        "consecutive assistant messages into one turn, as Gemma 4's templates do since their revision of "
+        "2026-07-15), so the model answers outside its turn. Update the checkpoint's chat template, or leave "
+        "the text out of assistant messages that call tools."
     )
 
 

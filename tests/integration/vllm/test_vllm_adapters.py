@@ -129,3 +129,93 @@ def test_llama_index_tool_calls_parse_the_same_as_in_process(runtimes: tuple[Run
             )
         )
     assert results[0] == results[1]
+
+
+PREAMBLE = "Let me check the weather."
+
+
+@pytest.mark.parametrize("thinking", [False, True])
+def test_answers_after_tool_results_that_followed_text_equal_in_process(
+    runtimes: tuple[Runtime, Runtime], chat_models: tuple[ChatGemmaMTP, ChatGemmaMTP], thinking: bool
+) -> None:
+    """The answer is parsed from the generated tokens only, on both backends and through both adapters."""
+    from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+    from llama_index.core.base.llms.types import TextBlock, ToolCallBlock
+    from llama_index.core.tools import FunctionTool
+
+    from gemma_mtp import SamplingParams
+    from gemma_mtp.chat import parse_response
+
+    template = {"enable_thinking": thinking}
+    messages = [
+        {"role": "user", "content": QUESTION},
+        {
+            "role": "assistant",
+            "content": PREAMBLE,
+            "tool_calls": [
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": {"city": "Paris"}},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "Sunny in Paris"},
+    ]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather in a city.",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"city": {"type": "string"}},
+                    "required": ["city"],
+                },
+            },
+        }
+    ]
+    answers = []
+    for rt in runtimes:
+        result = rt.chat(
+            messages, SamplingParams(max_new_tokens=40), tools=tools, chat_template_kwargs=template
+        )
+        again = parse_response(result.raw_text, prefix="<|channel>thought\n" if thinking else "")
+        assert (result.content, result.reasoning) == (again.content, again.reasoning)
+        assert not result.content.startswith(PREAMBLE)
+        answers.append((result.content, result.reasoning, result.token_ids))
+    assert answers[0] == answers[1]
+
+    lc_messages = [
+        HumanMessage(QUESTION),
+        AIMessage(
+            content=PREAMBLE, tool_calls=[{"name": "get_weather", "args": {"city": "Paris"}, "id": "c1"}]
+        ),
+        ToolMessage("Sunny in Paris", tool_call_id="c1"),
+    ]
+    lc = [
+        m.bind_tools([get_weather]).bind(chat_template_kwargs=template).invoke(lc_messages)
+        for m in chat_models
+    ]
+    assert lc[0].content == lc[1].content and not str(lc[0].content).startswith(PREAMBLE)
+
+    weather = FunctionTool.from_defaults(fn=lambda city: f"Sunny in {city}", name="get_weather")
+    history = [
+        ChatMessage(role="user", content=QUESTION),
+        ChatMessage(
+            role="assistant",
+            blocks=[
+                TextBlock(text=PREAMBLE),
+                ToolCallBlock(tool_call_id="c1", tool_name="get_weather", tool_kwargs={"city": "Paris"}),
+            ],
+        ),
+        ChatMessage(role="tool", content="Sunny in Paris", additional_kwargs={"tool_call_id": "c1"}),
+    ]
+    li = [
+        GemmaMTP(runtime=rt, max_new_tokens=40, chat_template_kwargs=template)
+        .chat_with_tools([weather], chat_history=history)
+        .message.content
+        for rt in runtimes
+    ]
+    assert li[0] == li[1] and not str(li[0]).startswith(PREAMBLE)

@@ -307,3 +307,27 @@ def test_structured_output_records_its_format_for_tracing(
     recorded = options[0]["ls_structured_output_format"]
     assert recorded["kwargs"] == {"method": "function_calling"}
     assert recorded["schema"] == convert_to_json_schema(Person)
+
+
+@pytest.mark.parametrize("thinking", [False, True])
+def test_after_tool_results_that_followed_text_the_answer_is_the_new_text(
+    llm: ChatGemmaMTP, scripted: ScriptedAnswers, thinking: bool
+) -> None:
+    answer = "I looked it up.<channel|>It is sunny." if thinking else "It is sunny."
+    scripted.add(answer, answer)
+    call = {"name": "get_weather", "args": {"city": "Paris", "days": 1}, "id": "c1", "type": "tool_call"}
+    messages = [
+        HumanMessage("Weather in Paris?"),
+        AIMessage(content="Let me check the weather.", tool_calls=[call]),
+        ToolMessage("sunny", tool_call_id="c1"),
+    ]
+    bound = llm.bind_tools([get_weather]).bind(chat_template_kwargs={"enable_thinking": thinking})
+    for message in (bound.invoke(messages), _concat(list(bound.stream(messages)))):
+        assert message.content == "It is sunny."
+        assert message.additional_kwargs.get("reasoning_content") == ("I looked it up." if thinking else None)
+    prompt = scripted.requests[0]["prompt"]
+    assert prompt.endswith(
+        "<|turn>model\nLet me check the weather.<|tool_call>call:get_weather"
+        '{city:<|"|>Paris<|"|>,days:1}<tool_call|><|tool_response>response:get_weather'
+        '{value:<|"|>sunny<|"|>}<tool_response|>' + ("<|channel>thought\n" if thinking else "")
+    )

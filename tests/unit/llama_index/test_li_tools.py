@@ -9,11 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from llama_index.core.base.llms.types import ToolCallBlock
+from llama_index.core.base.llms.types import TextBlock, ThinkingBlock, ToolCallBlock
 from llama_index.core.llms import ChatMessage
 from llama_index.core.tools import FunctionTool
 
 from gemma_mtp import Runtime
+from gemma_mtp.chat import parse_response
+from gemma_mtp.testing import tool_use_dir
 from llama_index_gemma_mtp import GemmaMTP
 
 Q = '<|"|>'
@@ -178,3 +180,50 @@ def test_a_forced_call_on_the_real_model_is_a_valid_call(llm: GemmaMTP, tools: l
     (call,) = llm.get_tool_calls_from_response(response)
     assert call.tool_name == "add" and set(call.tool_kwargs) == {"a", "b"}
     assert all(isinstance(value, int) for value in call.tool_kwargs.values())
+
+
+@pytest.mark.parametrize("thinking", [False, True])
+def test_after_tool_results_that_followed_text_the_answer_is_the_new_text(
+    llm: GemmaMTP, scripted: Any, tools: list, thinking: bool
+) -> None:
+    answer = "I added them.<channel|>2 + 3 = 5." if thinking else "2 + 3 = 5."
+    scripted.add(f"Let me add.{ADD_CALL}", answer, answer)
+    if thinking:
+        llm.chat_template_kwargs = {"enable_thinking": True}
+    first = llm.chat_with_tools(tools, user_msg="What is 2 + 3?")
+    (call,) = llm.get_tool_calls_from_response(first)
+    assert first.message.content == "Let me add."
+    history = [
+        ChatMessage(role="user", content="What is 2 + 3?"),
+        first.message,
+        ChatMessage(role="tool", content="5", additional_kwargs={"tool_call_id": call.tool_id}),
+    ]
+    streamed = list(llm.stream_chat_with_tools(tools, chat_history=history))[-1]
+    for final in (llm.chat_with_tools(tools, chat_history=history), streamed):
+        assert final.message.content == "2 + 3 = 5."
+        thoughts = [b.content for b in final.message.blocks if isinstance(b, ThinkingBlock)]
+        assert thoughts == (["I added them."] if thinking else [])
+    assert scripted.requests[1]["prompt"].endswith(
+        f"<|turn>model\nLet me add.{ADD_CALL}<|tool_response>response:add{{value:{Q}5{Q}}}<tool_response|>"
+        + ("<|channel>thought\n" if thinking else "")
+    )
+
+
+def test_after_a_tool_result_that_followed_text_the_tool_use_pair_answers_anew(tools: list) -> None:
+    folder = tool_use_dir()
+    runtime = Runtime.load(str(folder / "target"), str(folder / "assistant"), device="cpu", dtype="float32")
+    llm = GemmaMTP(runtime=runtime, temperature=0.0, max_new_tokens=64)
+    history = [
+        ChatMessage(role="user", content="Weather in Paris?"),
+        ChatMessage(
+            role="assistant",
+            blocks=[
+                TextBlock(text="Let me check the weather."),
+                ToolCallBlock(tool_call_id="c1", tool_name="weather", tool_kwargs={"city": "Paris"}),
+            ],
+        ),
+        ChatMessage(role="tool", content="sunny", additional_kwargs={"tool_call_id": "c1"}),
+    ]
+    answer = llm.chat_with_tools(tools, chat_history=history)
+    assert answer.message.content and "Let me check" not in answer.message.content
+    assert answer.message.content == parse_response(answer.raw["raw_text"]).content

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -185,6 +187,40 @@ def test_reasoning_is_kept_only_for_the_current_tool_steps(tokenizer: Any) -> No
     )
     earlier = [*current, {"role": "assistant", "content": "Sunny."}, {"role": "user", "content": "Thanks"}]
     assert "<|channel>" not in _text(tokenizer, earlier)
+
+
+def test_reasoning_after_the_last_user_message_is_kept_and_preserve_thinking_keeps_tool_steps(
+    tokenizer: Any,
+) -> None:
+    answer = {"role": "assistant", "content": "Hello.", "reasoning_content": "Greet back."}
+    assert _text(tokenizer, [{"role": "user", "content": "Hi"}, answer]).endswith(
+        "<|turn>model\n<|channel>thought\nGreet back.\n<channel|>Hello.<turn|>\n"
+    )
+    earlier = _tool_round({"city": "Paris"})
+    earlier[1]["reasoning_content"] = "I need the weather."
+    earlier += [{"role": "assistant", "content": "Sunny."}, {"role": "user", "content": "Thanks"}]
+    assert "I need the weather." in _text(tokenizer, earlier, preserve_thinking=True)
+    assert "I need the weather." not in _text(tokenizer, earlier)
+
+
+def test_arguments_given_as_a_json_string_or_none(tokenizer: Any) -> None:
+    as_string = _tool_round('{city:<|"|>Paris<|"|>}')[:2]
+    assert _text(tokenizer, as_string).endswith(
+        f"call:get_weather{{city:{D}Paris{D}}}<tool_call|><|tool_response>"
+    )
+    as_none = _tool_round({})[:2]
+    as_none[1]["tool_calls"][0]["function"]["arguments"] = None
+    assert _text(tokenizer, as_none).endswith("call:get_weather{}<tool_call|><|tool_response>")
+
+
+def test_the_committed_pairs_ship_the_kits_template() -> None:
+    from gemma_mtp.testing import tool_use_dir
+    from gemma_mtp.testing.tokenizer import kit_chat_template
+
+    mini = Path(str(resources.files("gemma_mtp").joinpath("models/mini")))
+    for folder in (mini, tool_use_dir()):
+        for part in ("target", "assistant"):
+            assert (folder / part / "chat_template.jinja").read_text(encoding="utf-8") == kit_chat_template()
 
 
 def test_list_of_text_blocks(tokenizer: Any) -> None:

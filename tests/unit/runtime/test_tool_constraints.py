@@ -155,6 +155,12 @@ def test_grammar_accepts_the_templates_own_argument_format(rt: Runtime) -> None:
     thinking = answer_grammar(TOOLS, "required", thinking=True)
     assert thinking is not None
     assert accepts(rt, thinking, thought + call("add", {"a": 1, "b": 2}))
+    opened = answer_grammar(TOOLS, "required", thinking=True, in_thought=True)
+    assert opened is not None  # the prompt ends inside the channel it opened: thinking, its close, the answer
+    assert accepts(rt, opened, "Let me think: {x} <3<channel|>" + call("add", {"a": 1, "b": 2}))
+    assert accepts(rt, opened, "<channel|>" + call("add", {"a": 1, "b": 2}))
+    assert not accepts(rt, opened, thought + call("add", {"a": 1, "b": 2}))
+    assert not accepts(rt, opened, call("add", {"a": 1, "b": 2}))
 
 
 @pytest.mark.parametrize(
