@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,8 @@ class LoadedPair:
     tokenizer: Any
     target_name: str
     assistant_name: str
+    hub_options: dict[str, Any] = field(default_factory=dict)
+    """Where the checkpoints came from (``revision``, ``cache_dir``, ...), for files read later (the processor's)."""
 
 
 def _packaged_dir(name: str) -> Path:
@@ -229,7 +231,7 @@ def load_pair(
         target_model.to(resolved_device)
         assistant_model.to(resolved_device)
     tokenizer = AutoTokenizer.from_pretrained(_local_or_id(target_name), **hub_options)
-    return LoadedPair(target_model, assistant_model, tokenizer, target_name, assistant_name)
+    return LoadedPair(target_model, assistant_model, tokenizer, target_name, assistant_name, hub_options)
 
 
 @dataclass

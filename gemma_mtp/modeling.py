@@ -9,6 +9,7 @@ per-step ``.item()`` (a host-device synchronisation) with a gather over the sele
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
@@ -87,7 +88,15 @@ class TargetOutput:
 
 
 class TargetStep:
-    """Runs the target over new tokens with a KV cache and returns what speculation reads."""
+    """Runs the target over new tokens with a KV cache and returns what speculation reads.
+
+    For a multimodal target (``Gemma4ForConditionalGeneration`` and its unified twin) the prefill of a prompt with
+    media runs through the multimodal model (:meth:`prefill`), which merges the image and audio features into the
+    placeholders' positions and returns the same keys/values; every other pass runs the text decoder alone. The
+    multimodal model embeds the placeholder ids (image, video, audio soft tokens) as padding wherever they occur,
+    so the text decoder's passes do the same (:meth:`embeddable`): a generated placeholder id is then processed
+    exactly as the multimodal model would process it.
+    """
 
     def __init__(self, model: PreTrainedModel):
         self.decoder = model.get_decoder()
@@ -99,12 +108,34 @@ class TargetStep:
         # transformers renamed the decoder's cache argument (``past_key_values`` in 5.19 and before, ``cache`` in later releases).
         parameters = inspect.signature(self.decoder.forward).parameters
         self.cache_argument = "cache" if "cache" in parameters else "past_key_values"
+        inner = getattr(model, "model", None)
+        self.multimodal = inner if hasattr(inner, "get_placeholder_mask") else None
+        placeholders = [
+            getattr(model.config, name, None)
+            for name in ("image_token_id", "video_token_id", "audio_token_id")
+        ]
+        known = [int(i) for i in placeholders if i is not None]
+        self.placeholder_ids = (
+            torch.tensor(known, device=self.device) if self.multimodal is not None and known else None
+        )
+        self.pad_id = int(self.text_config.pad_token_id or 0)
 
     def new_cache(self) -> DynamicCache:
         cache = DynamicCache(config=self.text_config)
         # Sliding layers must keep the states of a verified draft until we know how much to crop.
         cache.activate_past_recording()
         return cache
+
+    def embeddable(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``input_ids`` with media placeholder ids replaced by the padding id, as the multimodal model embeds them."""
+        if self.placeholder_ids is None:
+            return input_ids
+        placeholder = torch.isin(input_ids, self.placeholder_ids.to(input_ids.device))
+        return input_ids.masked_fill(placeholder, self.pad_id)
+
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The target's input embeddings of ``input_ids``, placeholders embedded as the multimodal model does."""
+        return self.embed(self.embeddable(input_ids))
 
     def __call__(
         self, input_ids: torch.Tensor, cache: DynamicCache, start: int, keep_last: int
@@ -115,17 +146,52 @@ class TargetStep:
             n = input_ids.shape[1]
             positions = torch.arange(start, start + n, device=input_ids.device).unsqueeze(0)
             out = self.decoder(
-                input_ids=input_ids,
+                input_ids=self.embeddable(input_ids),
                 position_ids=positions,
                 use_cache=True,
                 **{self.cache_argument: cache},
                 return_shared_kv_states=True,
             )
-            hidden = out.last_hidden_state[:, -keep_last:]
-            logits = self.lm_head(hidden)[0].float()
-            if self.softcap is not None:
-                logits = torch.tanh(logits / self.softcap) * self.softcap
-            return TargetOutput(logits=logits, hidden=hidden, shared_kv=dict(out.shared_kv_states))
+            return self._output(out, keep_last)
+
+    def prefill(
+        self, input_ids: torch.Tensor, cache: DynamicCache, media: Mapping[str, torch.Tensor], keep_last: int
+    ) -> TargetOutput:
+        """Process a whole prompt with media (``input_ids`` [1, n] from position 0) through the multimodal model.
+
+        ``media`` holds the processor's tensors (``pixel_values``, ``image_position_ids``, ``input_features``,
+        ``input_features_mask``, ``mm_token_type_ids``, which the bidirectional vision mask reads).
+        """
+        if self.multimodal is None:
+            raise ValueError("this target is a text-only model; it cannot take media in its prompt")
+        with torch.inference_mode():
+            n = input_ids.shape[1]
+            dtype = self.lm_head.weight.dtype
+            inputs = {
+                name: tensor.to(self.device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
+                for name, tensor in media.items()
+            }
+            out = self.multimodal(
+                input_ids=input_ids,
+                position_ids=torch.arange(n, device=input_ids.device).unsqueeze(0),
+                use_cache=True,
+                **{_cache_argument(self.multimodal): cache},
+                return_shared_kv_states=True,
+                **inputs,
+            )
+            return self._output(out, keep_last)
+
+    def _output(self, out: Any, keep_last: int) -> TargetOutput:
+        hidden = out.last_hidden_state[:, -keep_last:]
+        logits = self.lm_head(hidden)[0].float()
+        if self.softcap is not None:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return TargetOutput(logits=logits, hidden=hidden, shared_kv=dict(out.shared_kv_states))
+
+
+def _cache_argument(module: torch.nn.Module) -> str:
+    """The name ``module.forward`` takes the KV cache by (``cache``, or ``past_key_values`` before 5.20)."""
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
 
 
 def crop_cache(cache: DynamicCache, tokens_to_remove: int) -> None:
@@ -162,7 +228,7 @@ class Drafter:
     def __init__(
         self,
         assistant: PreTrainedModel,
-        target_embeddings: torch.nn.Module,
+        target_embeddings: Callable[[torch.Tensor], torch.Tensor],
         draft_position: DraftPosition = DEFAULT_DRAFT_POSITION,
     ):
         self.assistant = assistant

@@ -25,6 +25,7 @@ from gemma_mtp.chat.syntax import THINKING_SWITCH, THOUGHT_OPEN
 from gemma_mtp.detokenize import IncrementalDetokenizer, StopMatcher
 from gemma_mtp.lifecycle import Request, SummaryListener
 from gemma_mtp.loading import resolve_device, resolve_dtype, resolve_names
+from gemma_mtp.media import MediaSettings, PromptMedia, media_sources, prepare_media
 from gemma_mtp.modeling import DraftPosition, validate_draft_position
 from gemma_mtp.params import SamplingParams
 from gemma_mtp.results import (
@@ -62,6 +63,8 @@ class Runtime:
         self.vocab_size: int = backend.vocab_size
         self.eos_token_ids: frozenset[int] = backend.eos_token_ids
         self.default_draft_length: int = backend.default_draft_length
+        self.media_settings: MediaSettings = MediaSettings()
+        """What media in chat messages may do (:meth:`with_media_settings` for others)."""
 
     # -- loading ---------------------------------------------------------------------------------
 
@@ -77,6 +80,7 @@ class Runtime:
         base_url: str | None = None,
         api_key: str | None = None,
         draft_position: DraftPosition | None = None,
+        media: MediaSettings | None = None,
         **options: Any,
     ) -> Runtime:
         """Load a pair (or return the one this process already loaded with the same arguments).
@@ -100,7 +104,26 @@ class Runtime:
         config records: ``"last_accepted"`` (n - 1, as Google's runtime and vLLM draft; the default for
         checkpoints that record none) or ``"pending"`` (n, as transformers' ``generate(assistant_model=...)``
         does). Runtimes that differ only in it share the loaded weights.
+
+        ``media`` sets what images and audio in chat messages may do (read local files, fetch URLs, how large
+        they may be; see :class:`~gemma_mtp.media.MediaSettings` and ``docs/multimodal.md``); the defaults read
+        no local file and fetch only public URLs. Runtimes that differ only in it share the loaded weights.
         """
+        if media is not None:
+            if not isinstance(media, MediaSettings):
+                raise TypeError(f"media must be a gemma_mtp.media.MediaSettings, got {type(media).__name__}")
+            base = cls.load(
+                target,
+                assistant,
+                backend=backend,
+                device=device,
+                dtype=dtype,
+                base_url=base_url,
+                api_key=api_key,
+                draft_position=draft_position,
+                **options,
+            )
+            return base.with_media_settings(media)
         if draft_position is not None:
             validate_draft_position(draft_position, "draft_position")
             if backend != "transformers" and draft_position != "last_accepted":
@@ -183,6 +206,28 @@ class Runtime:
                 "draft_position='pending' needs backend='transformers'."
             )
         return type(self)(derive(draft_position))
+
+    def with_media_settings(self, media: MediaSettings) -> Runtime:
+        """A runtime on the same loaded engine whose chat requests read media under ``media``'s rules."""
+        if not isinstance(media, MediaSettings):
+            raise TypeError(f"media must be a gemma_mtp.media.MediaSettings, got {type(media).__name__}")
+        if media == self.media_settings:
+            return self
+        derived = type(self)(self._backend, name=self._name)
+        derived.media_settings = media
+        if self._load_arguments is not None:
+            derived._load_arguments = replace(self._load_arguments, media=media)
+        return derived
+
+    @property
+    def media_modalities(self) -> frozenset[str]:
+        """What chat messages may carry besides text: ``{"image", "audio"}``, ``{"image"}`` or nothing.
+
+        Read from the target's config (``vision_config``, ``audio_config``) and its processor files, and from
+        what the backend can take.
+        """
+        support = getattr(self._backend, "media", None)
+        return frozenset() if support is None else support.modalities
 
     @property
     def draft_position(self) -> DraftPosition:
@@ -293,7 +338,20 @@ class Runtime:
         chat_template_kwargs: dict[str, Any] | None = None,
         prefill: str = "",
     ) -> list[int]:
-        """Token ids for a string, a list of ids, or chat messages (rendered with the chat template)."""
+        """Token ids for a string, a list of ids, or chat messages (rendered with the chat template).
+
+        Images and audio in chat messages count with their soft tokens: the ids are those the model reads.
+        """
+        return self._encode(prompt, tools, chat_template_kwargs, prefill)[0]
+
+    def _encode(
+        self,
+        prompt: Prompt,
+        tools: Sequence[dict[str, Any]] | None,
+        chat_template_kwargs: dict[str, Any] | None,
+        prefill: str,
+    ) -> tuple[list[int], PromptMedia | None]:
+        media = None
         if isinstance(prompt, str):
             if not prompt:
                 raise ValueError("The prompt is empty; pass some text, token ids or chat messages.")
@@ -301,13 +359,17 @@ class Runtime:
             add_special = not (bos and prompt.startswith(bos))
             ids = self.tokenizer(prompt, add_special_tokens=add_special)["input_ids"]
         elif isinstance(prompt, Sequence) and prompt and all(isinstance(m, dict) for m in prompt):
+            messages = validate_messages([dict(m) for m in prompt if isinstance(m, dict)])
+            sources = media_sources(messages)
+            if sources:
+                self._media_support().check(
+                    sources
+                )  # a checkpoint that cannot read them fails before rendering
             ids = render_chat(
-                self.tokenizer,
-                [dict(m) for m in prompt if isinstance(m, dict)],
-                tools,
-                prefill=prefill,
-                **(chat_template_kwargs or {}),
+                self.tokenizer, messages, tools, prefill=prefill, **(chat_template_kwargs or {})
             )
+            if sources:
+                ids, media = prepare_media(ids, sources, self._media_support(), self.media_settings)
         elif isinstance(prompt, Sequence) and not isinstance(prompt, (bytes, bytearray)):
             ids = list(prompt)
             if not ids:
@@ -327,11 +389,25 @@ class Runtime:
                 f"prompt must be a string, a list of token ids or a list of chat messages, got {type(prompt).__name__}"
             )
         if len(ids) >= self.context_window:
+            media_note = (
+                f" ({media.soft_tokens} of them for {_count_media(media)}; a smaller "
+                "MediaSettings.image_soft_tokens or shorter clips take fewer)"
+                if media is not None
+                else ""
+            )
             raise ValueError(
-                f"The prompt has {len(ids)} tokens; {self.model_name!r} has a context window of "
+                f"The prompt has {len(ids)} tokens{media_note}; {self.model_name!r} has a context window of "
                 f"{self.context_window} tokens. Shorten the prompt."
             )
-        return list(ids)
+        return list(ids), media
+
+    def _media_support(self) -> Any:
+        support = getattr(self._backend, "media", None)
+        if support is None:
+            raise ValueError(
+                f"The {self.backend!r} backend does not take images or audio; use backend='transformers' for them."
+            )
+        return support
 
     def count_prompt_tokens(self, prompt: Prompt, tools: Sequence[dict[str, Any]] | None = None) -> int:
         return len(self.encode(prompt, tools=tools))
@@ -455,6 +531,7 @@ class Runtime:
         params: SamplingParams,
         use_assistant: bool,
         request: Request,
+        media: PromptMedia | None = None,
     ) -> Generator[StreamDelta, None, None]:
         stats = request.stats
         request.prompt_token_ids = prompt_ids
@@ -476,7 +553,7 @@ class Runtime:
                 stats.assistant_forward_passes += 1
 
         rounds = self._rounds(
-            DecodeRequest(stats.request_id, prompt_ids, params, budget, use_assistant, count)
+            DecodeRequest(stats.request_id, prompt_ids, params, budget, use_assistant, count, media)
         )
         produced = 0
         round_started = time.perf_counter()
@@ -548,7 +625,7 @@ class Runtime:
         tools: Sequence[dict[str, Any]] | None,
         tool_choice: str | None,
         chat_template_kwargs: dict[str, Any] | None,
-    ) -> tuple[list[int], SamplingParams, _ChatPrefix]:
+    ) -> tuple[list[int], SamplingParams, _ChatPrefix, PromptMedia | None]:
         """Render and validate eagerly, so bad input raises in the caller before any decoding starts."""
         if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
             raise TypeError(f"messages must be a list of role/content dicts, got {type(messages).__name__}")
@@ -561,9 +638,7 @@ class Runtime:
         constrained = self._backend.constrained_decoding
         prefill = tool_call_prefill(tool_choice, tools)  # also checks tool_choice against the tools
         prefill = "" if constrained else prefill
-        prompt_ids = self.encode(
-            list(messages), tools=shown_tools, chat_template_kwargs=chat_template_kwargs, prefill=prefill
-        )
+        prompt_ids, media = self._encode(list(messages), shown_tools, chat_template_kwargs, prefill)
         # The parser needs Gemma 4's markers (thinking channel, tool calls) in the text, and the state the prompt
         # leaves the answer in (some generation prompts open the thinking channel); nothing the prompt itself
         # writes is ever part of the answer.
@@ -581,7 +656,7 @@ class Runtime:
                 in_thought=answer_opening(prompt_tail) == THOUGHT_OPEN,
             )
         chat_params = replace(base, json_schema=None, regex=None, grammar=grammar, skip_special_tokens=False)
-        return prompt_ids, chat_params, _ChatPrefix(prompt_tail, prefill)
+        return prompt_ids, chat_params, _ChatPrefix(prompt_tail, prefill), media
 
     def _open_chat(
         self,
@@ -595,10 +670,10 @@ class Runtime:
     ) -> RequestStream[ChatDelta]:
         with request.checking_input():
             checked = self._check_request(params, use_assistant)
-            prompt_ids, chat_params, prefix = self._prepare_chat(
+            prompt_ids, chat_params, prefix, media = self._prepare_chat(
                 messages, checked, tools, tool_choice, chat_template_kwargs
             )
-        deltas = self._stream_ids(prompt_ids, chat_params, use_assistant, request)
+        deltas = self._stream_ids(prompt_ids, chat_params, use_assistant, request, media)
         return RequestStream(request, _parse_stream(deltas, prefix, len(prompt_ids)))
 
     def stream_chat(
@@ -810,6 +885,7 @@ class _LoadArguments:
     base_url: str | None
     api_key: str | None
     options: dict[str, Any]
+    media: MediaSettings | None = None
 
 
 def _load_runtime(arguments: _LoadArguments) -> Runtime:
@@ -821,8 +897,19 @@ def _load_runtime(arguments: _LoadArguments) -> Runtime:
         dtype=arguments.dtype,
         base_url=arguments.base_url,
         api_key=arguments.api_key,
+        media=arguments.media,
         **arguments.options,
     )
+
+
+def _count_media(media: PromptMedia) -> str:
+    """``"2 images and 1 audio clip"``."""
+    parts = []
+    for kind, noun in (("image", "image"), ("audio", "audio clip")):
+        n = sum(1 for item in media.items if item.kind == kind)
+        if n:
+            parts.append(f"{n} {noun}{'s' if n != 1 else ''}")
+    return " and ".join(parts)
 
 
 def _remembered(error: BaseException) -> BaseException:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
 
 import torch
 
@@ -114,6 +114,7 @@ class SpeculativeDecoder:
         generator: torch.Generator | None,
         count_forward: Callable[[str], None],
         guide: ConstraintGuide | None = None,
+        media: Mapping[str, torch.Tensor] | None = None,
     ) -> Generator[Round, None, None]:
         """Yield one :class:`Round` per target forward until ``budget`` tokens were produced.
 
@@ -121,7 +122,9 @@ class SpeculativeDecoder:
         ``count_forward`` is told ``"target"`` or ``"assistant"`` for every forward pass made.
         ``policy`` chooses each round's draft (``None``: no drafts, as without an assistant). A ``guide``
         constrains the output: the assistant drafts only allowed tokens, every verify row is masked with the
-        state after the drafts before it, and only the verified tokens advance it.
+        state after the drafts before it, and only the verified tokens advance it. ``media`` (the processor's
+        tensors for the prompt's images and audio) sends the prefill through the multimodal model; every pass
+        after it, and the assistant, read the keys/values it left, as for text.
         """
         if policy is None or self.drafter is None:
             policy = FixedDraft(0, "argmax")
@@ -134,8 +137,12 @@ class SpeculativeDecoder:
         kind = request_kind(params.temperature, params.constrained)
         device = self.target.device
         cache = self.target.new_cache()
+        prompt = torch.tensor([prompt_ids], device=device)
         with self.lock:
-            out = self.target(torch.tensor([prompt_ids], device=device), cache, start=0, keep_last=1)
+            if media:
+                out = self.target.prefill(prompt, cache, media, keep_last=1)
+            else:
+                out = self.target(prompt, cache, start=0, keep_last=1)
         count_forward("target")
         no_drafts = torch.empty(0, dtype=torch.long, device=device)
         logits = out.logits if guide is None else _masked(out.logits, guide.rows([])[1])

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Protocol, runtime_checkable
 
 from gemma_mtp.constraints import constraint_lark, ending_on_tokens
+from gemma_mtp.media.prompt import PromptMedia
 from gemma_mtp.params import SamplingParams
 
 __all__ = [
@@ -62,6 +63,9 @@ class DecodeRequest:
     budget: int
     use_assistant: bool
     count_forward: ForwardCounter
+    media: PromptMedia | None = None
+    """The prompt's images and audio (their spans in ``prompt_ids``, content digests and the processor's tensors);
+    ``None`` for a text prompt. ``prompt_ids`` already hold each item's expanded placeholder tokens."""
 
 
 @runtime_checkable

@@ -7,6 +7,7 @@ ran alone. Throughput does not grow with concurrency here: that is what the vLLM
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Generator
 from typing import Any
@@ -17,6 +18,7 @@ from gemma_mtp.backends.base import DecodeRequest, Round
 from gemma_mtp.calibration import DraftCalibration
 from gemma_mtp.constraints import ConstraintCompiler, ConstraintGuide, constraint_lark
 from gemma_mtp.loading import LoadedPair, default_draft_length, end_of_generation_ids, load_pair
+from gemma_mtp.media.processor import MediaSupport, media_support
 from gemma_mtp.modeling import (
     Drafter,
     DraftPosition,
@@ -53,7 +55,7 @@ class TransformersBackend:
             if draft_position is None
             else validate_draft_position(draft_position, "draft_position")
         )
-        self.drafter = Drafter(pair.assistant, self.target_step.embed, self.draft_position)
+        self.drafter = Drafter(pair.assistant, self.target_step.embed_tokens, self.draft_position)
         self.model_name = pair.target_name
         self.assistant_name = pair.assistant_name
         self.tokenizer = pair.tokenizer
@@ -82,6 +84,11 @@ class TransformersBackend:
     def with_draft_position(self, draft_position: DraftPosition) -> TransformersBackend:
         """The same weights (and forward-pass lock) drafting under ``draft_position``."""
         return type(self)(self.pair, draft_position, self.lock)
+
+    @functools.cached_property
+    def media(self) -> MediaSupport:
+        """What the target reads besides text (its config and processor files; read on first use)."""
+        return media_support(self.model_name, self.pair.target.config, self.tokenizer, self.pair.hub_options)
 
     @property
     def device(self) -> torch.device:
@@ -127,6 +134,7 @@ class TransformersBackend:
             generator,
             request.count_forward,
             self._guide(params),
+            request.media.tensors if request.media is not None else None,
         )
 
     def _guide(self, params: SamplingParams) -> ConstraintGuide | None:

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from gemma_mtp.chat.syntax import TOOL_NAME
+from gemma_mtp.media.blocks import MEDIA_BLOCK_TYPES, VIDEO_BLOCK_TYPES, MediaSource, media_source
 
 __all__ = ["check_tool_name", "validate_messages", "validate_tools"]
 
@@ -15,9 +16,11 @@ __all__ = ["check_tool_name", "validate_messages", "validate_tools"]
 def validate_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Check chat messages and return normalised copies that the Gemma 4 template renders faithfully.
 
-    Roles are ``system``, ``user``, ``assistant`` and ``tool``. Content is a string or a list of text blocks
-    (``{"type": "text", "text": ...}`` or plain strings), joined with newlines; a tool result may also be a dict,
-    which renders as the response's fields. Assistant ``tool_calls`` follow the OpenAI shape; JSON-string
+    Roles are ``system``, ``user``, ``assistant`` and ``tool``. Content is a string or a list of blocks: text
+    (``{"type": "text", "text": ...}`` or plain strings; consecutive ones are joined with newlines) and, outside
+    system messages, images and audio in the formats :mod:`gemma_mtp.media.blocks` reads, which become
+    ``{"type": "image" | "audio", "source": MediaSource}`` (the template writes one placeholder for each). Content
+    without media stays a string. A tool result may also be a dict, which renders as the response's fields. Assistant ``tool_calls`` follow the OpenAI shape; JSON-string
     arguments are parsed to dicts and calls without an id get one. A tool message must follow the assistant
     message that called the tool (or another tool message), and its tool name is resolved from ``tool_call_id``
     or ``name`` here, because the template would otherwise drop it or call it "unknown".
@@ -67,7 +70,7 @@ def validate_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, A
     return normalised
 
 
-def _normalise_content(index: int, role: str, content: Any) -> str | dict[str, Any]:
+def _normalise_content(index: int, role: str, content: Any) -> str | dict[str, Any] | list[dict[str, Any]]:
     if content is None:
         if role == "assistant":
             return ""
@@ -77,27 +80,51 @@ def _normalise_content(index: int, role: str, content: Any) -> str | dict[str, A
     if isinstance(content, Mapping) and role == "tool":
         return dict(content)
     if isinstance(content, (list, tuple)):
-        texts = []
+        blocks: list[dict[str, Any]] = []
         for position, block in enumerate(content):
+            where = f"message {index}, content block {position}"
             if isinstance(block, str):
-                texts.append(block)
+                _append_text(blocks, block)
                 continue
             block_type = block.get("type") if isinstance(block, Mapping) else type(block).__name__
-            if block_type != "text":
+            if block_type == "text":
+                text = block.get("text")
+                if not isinstance(text, str):
+                    raise ValueError(f"{where}: a text block needs a string 'text'")
+                _append_text(blocks, text)
+            elif block_type in MEDIA_BLOCK_TYPES:
+                if role == "system":
+                    raise ValueError(
+                        f"{where} is a media block in a system message, which the Gemma 4 chat template renders as "
+                        "text only; put images and audio in a user message"
+                    )
+                source = block.get("source")
+                if not isinstance(source, MediaSource):
+                    source = media_source(block, where)
+                blocks.append({"type": source.kind, "source": source})
+            elif block_type in VIDEO_BLOCK_TYPES:
                 raise ValueError(
-                    f"message {index}, content block {position} has type {block_type!r}: only text blocks are "
-                    "supported (images, audio and video are not supported yet)"
+                    f"{where} is a {block_type!r} block: video is not supported; send a few frames as image blocks"
                 )
-            text = block.get("text")
-            if not isinstance(text, str):
+            else:
                 raise ValueError(
-                    f"message {index}, content block {position}: a text block needs a string 'text'"
+                    f"{where} has type {block_type!r}: only text, image and audio blocks are supported "
+                    "(see gemma_mtp.media for the image and audio formats)"
                 )
-            texts.append(text)
-        return "\n".join(texts)
+        if all(block["type"] == "text" for block in blocks):
+            return "\n".join(block["text"] for block in blocks)
+        return blocks
     raise TypeError(
-        f"message {index} ({role}): content must be a string or a list of text blocks, got {type(content).__name__}"
+        f"message {index} ({role}): content must be a string or a list of content blocks, got {type(content).__name__}"
     )
+
+
+def _append_text(blocks: list[dict[str, Any]], text: str) -> None:
+    """Consecutive text blocks become one, joined with newlines (as a list of text blocks alone is)."""
+    if blocks and blocks[-1]["type"] == "text":
+        blocks[-1] = {"type": "text", "text": blocks[-1]["text"] + "\n" + text}
+    else:
+        blocks.append({"type": "text", "text": text})
 
 
 def _normalise_tool_calls(index: int, calls: Any) -> list[dict[str, Any]]:

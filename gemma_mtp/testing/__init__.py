@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gemma_mtp.testing.models import VARIANTS, TinyPair, build_tiny_pair
+from gemma_mtp.testing.models import VARIANTS, KitMedia, TinyPair, build_tiny_pair
 from gemma_mtp.testing.tokenizer import GEMMA4_SPECIAL_TOKENS, build_tokenizer
 
 if TYPE_CHECKING:
@@ -25,6 +25,7 @@ __all__ = [
     "GEMMA4_SPECIAL_TOKENS",
     "KINDS",
     "VARIANTS",
+    "KitMedia",
     "TinyPair",
     "build_tiny_pair",
     "build_tokenizer",
@@ -33,7 +34,7 @@ __all__ = [
     "tool_use_dir",
 ]
 
-_built: dict[tuple[str, bool, bool, int | None, int], TinyPair] = {}
+_built: dict[tuple[str, bool, bool, int | None, int, KitMedia | None], TinyPair] = {}
 _lock = threading.Lock()
 _root = Path(tempfile.mkdtemp(prefix="gemma-mtp-kit-"))
 
@@ -45,22 +46,26 @@ def tiny_pair(
     contextual: bool = False,
     num_assistant_tokens: int | None = 3,
     head_dim: int = 16,
+    media: KitMedia | None = None,
 ) -> TinyPair:
     """A kit pair built once per process (into a temporary folder) and reused.
 
     ``head_dim=32`` builds a pair that vLLM's CPU attention accepts (it needs head sizes of 32 or more).
+    ``media`` builds a multimodal target (:class:`KitMedia`: images, audio, bidirectional vision attention).
     """
-    key = (variant, agreeing, contextual, num_assistant_tokens, head_dim)
+    key = (variant, agreeing, contextual, num_assistant_tokens, head_dim, media)
     with _lock:
         if key not in _built:
             kind = "contextual" if contextual else "agreeing" if agreeing else "random"
+            extra = "" if media is None else f"-media{len([k for k in _built if k[-1] is not None])}"
             _built[key] = build_tiny_pair(
-                _root / f"{variant}-{kind}-{num_assistant_tokens}-h{head_dim}",
+                _root / f"{variant}-{kind}-{num_assistant_tokens}-h{head_dim}{extra}",
                 variant,
                 agreeing=agreeing,
                 contextual=contextual,
                 num_assistant_tokens=num_assistant_tokens,
                 head_dim=head_dim,
+                media=media,
             )
         return _built[key]
 
@@ -69,12 +74,18 @@ KINDS = ("agreeing", "contextual", "random")
 
 
 def tiny_runtime(
-    kind: str = "agreeing", variant: str = "dense", *, num_assistant_tokens: int | None = 3
+    kind: str = "agreeing",
+    variant: str = "dense",
+    *,
+    num_assistant_tokens: int | None = 3,
+    media: KitMedia | None = None,
 ) -> Runtime:
     """A Runtime on a kit pair.
 
     ``kind``: ``"agreeing"`` (assistant mostly right, drafting from the token alone), ``"contextual"``
     (mostly right, and its drafts depend on the target's hidden state and keys/values) or ``"random"``.
+    ``media``: a multimodal target (``variant`` ``"dense"``, ``"e2b"`` or ``"unified"``) reading images and,
+    with ``KitMedia(audio=True)`` (the default), audio.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(repr(k) for k in KINDS)}, got {kind!r}")
@@ -85,6 +96,7 @@ def tiny_runtime(
         agreeing=kind != "random",
         contextual=kind == "contextual",
         num_assistant_tokens=num_assistant_tokens,
+        media=media,
     )
     return Runtime.load(str(pair.target_dir), str(pair.assistant_dir), device="cpu", dtype="float32")
 

@@ -14,6 +14,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 __all__ = [
+    "GEMMA4_MEDIA_TOKENS",
     "GEMMA4_SPECIAL_TOKENS",
     "KIT_VOCAB_SIZE",
     "build_tokenizer",
@@ -44,6 +45,27 @@ GEMMA4_SPECIAL_TOKENS: tuple[str, ...] = (
     "<|think|>",
 )
 
+# Media placeholders, as the real tokenizers spell them (begin, soft token, end of an image or audio clip; video's
+# soft token). Only multimodal kit pairs carry them (ids 17..23), so text pairs keep their vocabulary.
+GEMMA4_MEDIA_TOKENS: tuple[str, ...] = (
+    "<|image>",
+    "<|image|>",
+    "<image|>",
+    "<|audio>",
+    "<|audio|>",
+    "<audio|>",
+    "<|video|>",
+)
+# The names transformers' Gemma 4 processors read from the tokenizer (``tokenizer.image_token`` and so on).
+_MEDIA_TOKEN_NAMES = {
+    "boi_token": "<|image>",
+    "image_token": "<|image|>",
+    "eoi_token": "<image|>",
+    "boa_token": "<|audio>",
+    "audio_token": "<|audio|>",
+    "eoa_token": "<audio|>",
+}
+
 # Training text for the merges: English prose plus the pieces of the chat and tool-call syntax.
 _TRAINING_TEXT = """
 The quick brown fox jumps over the lazy dog. Speculative decoding drafts several tokens with a small
@@ -62,22 +84,29 @@ def kit_chat_template() -> str:
     return resources.files("gemma_mtp.testing").joinpath("chat_template.jinja").read_text(encoding="utf-8")
 
 
-def train_gemma4_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+def train_gemma4_tokenizer(
+    texts: Iterable[str], vocab_size: int, *, media: bool = False
+) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer (deterministic) with Gemma 4's special tokens at ids 0..16 and the
-    kit's chat template, wrapped for transformers. The kit and the mini pair are both built with it."""
+    kit's chat template, wrapped for transformers. The kit and the mini pair are both built with it.
+
+    ``media=True`` adds the media placeholders (:data:`GEMMA4_MEDIA_TOKENS`, ids 17..23) under the names
+    transformers' Gemma 4 processors read (``image_token``, ``boi_token``, ...).
+    """
+    specials = list(GEMMA4_SPECIAL_TOKENS) + (list(GEMMA4_MEDIA_TOKENS) if media else [])
     tok = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=list(GEMMA4_SPECIAL_TOKENS),
+        special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
     if tok.get_vocab_size() != vocab_size:
         raise RuntimeError(f"tokenizer has {tok.get_vocab_size()} tokens, expected {vocab_size}")
-    for token_id, token in enumerate(GEMMA4_SPECIAL_TOKENS):
+    for token_id, token in enumerate(specials):
         if tok.token_to_id(token) != token_id:
             raise RuntimeError(
                 f"special token {token!r} got id {tok.token_to_id(token)}, expected {token_id}"
@@ -89,13 +118,14 @@ def train_gemma4_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedT
         unk_token="<unk>",
         pad_token="<pad>",
         mask_token="<mask>",
-        additional_special_tokens=list(GEMMA4_SPECIAL_TOKENS[5:]),
+        additional_special_tokens=specials[5:],
+        **({"model_specific_special_tokens": dict(_MEDIA_TOKEN_NAMES)} if media else {}),
         chat_template=kit_chat_template(),
         clean_up_tokenization_spaces=False,
         model_max_length=4096,
     )
 
 
-def build_tokenizer(vocab_size: int = KIT_VOCAB_SIZE) -> PreTrainedTokenizerFast:
-    """The kit's tokenizer, trained on a short built-in text."""
-    return train_gemma4_tokenizer([_TRAINING_TEXT] * 4, vocab_size)
+def build_tokenizer(vocab_size: int = KIT_VOCAB_SIZE, *, media: bool = False) -> PreTrainedTokenizerFast:
+    """The kit's tokenizer, trained on a short built-in text (``media=True``: with the media placeholders)."""
+    return train_gemma4_tokenizer([_TRAINING_TEXT] * 4, vocab_size, media=media)

@@ -232,9 +232,31 @@ def test_list_of_text_blocks(tokenizer: Any) -> None:
         _text(tokenizer, messages)
         == "<bos><|turn>system\nBe brief. <turn|>\n<|turn>user\nHellothere<turn|>\n"
     )
-    image = [{"role": "user", "content": [{"type": "image", "url": "x.png"}]}]
-    with pytest.raises(jinja2.TemplateError, match="text only"):
-        _text(tokenizer, image)
+    image = [{"role": "system", "content": [{"type": "image", "url": "x.png"}]}]
+    with pytest.raises(jinja2.TemplateError, match="text only in a system turn"):
+        tokenizer.apply_chat_template(image, tokenize=False)
+
+
+def test_media_blocks_become_one_placeholder_each(tokenizer: Any) -> None:
+    """As in the real template: user and model turns write a placeholder where the block stands; a tool result's
+    media follow its response block."""
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": "Look "}, {"type": "image", "url": "a.png"}]},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "shot", "arguments": {}}}],
+        },
+        {
+            "role": "tool",
+            "tool_call_id": "c1",
+            "content": [{"type": "text", "text": "done"}, {"type": "image", "url": "s.png"}, {"type": "audio", "url": "x"}],
+        },
+    ]
+    assert _text(tokenizer, messages) == (
+        "<bos><|turn>user\nLook<|image|><turn|>\n<|turn>model\n<|tool_call>call:shot{}<tool_call|>"
+        "<|tool_response>response:shot{value:<|\"|>done<|\"|>}<tool_response|><|image|><|audio|>"
+    )
 
 
 def test_rendered_calls_parse_back(tokenizer: Any) -> None:
@@ -344,7 +366,37 @@ def test_validate_messages_normalises_copies() -> None:
                 {"role": "user", "content": [{"type": "image_url", "url": "x"}]},
             ],
             ValueError,
-            r"message 1, content block 0 has type 'image_url'.*images.*not supported yet",
+            r"message 1, content block 0: an 'image_url' block needs a URL string",
+        ),
+        (
+            [{"role": "user", "content": [{"type": "document", "url": "x"}]}],
+            ValueError,
+            r"message 0, content block 0 has type 'document': only text, image and audio blocks",
+        ),
+        (
+            [{"role": "user", "content": [{"type": "video", "video": "clip.mp4"}]}],
+            ValueError,
+            r"message 0, content block 0 is a 'video' block: video is not supported; send a few frames",
+        ),
+        (
+            [{"role": "system", "content": [{"type": "image", "url": "https://example.com/a.png"}]}],
+            ValueError,
+            r"message 0, content block 0 is a media block in a system message",
+        ),
+        (
+            [{"role": "user", "content": [{"type": "image", "url": "a.png", "path": "b.png"}]}],
+            ValueError,
+            r"an 'image' block needs exactly one of .* got \['path', 'url'\]",
+        ),
+        (
+            [{"role": "user", "content": [{"type": "audio", "audio": b"x", "sampling_rate": 0}]}],
+            ValueError,
+            r"'sampling_rate' must be a positive integer",
+        ),
+        (
+            [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"format": "wav"}}]}],
+            ValueError,
+            r"an 'input_audio' block needs base64 data",
         ),
         ([{"role": "user", "content": [{"type": "text"}]}], ValueError, "string 'text'"),
         (
