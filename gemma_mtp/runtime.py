@@ -362,14 +362,15 @@ class Runtime:
             messages = validate_messages([dict(m) for m in prompt if isinstance(m, dict)])
             sources = media_sources(messages)
             if sources:
-                self._media_support().check(
-                    sources
-                )  # a checkpoint that cannot read them fails before rendering
+                # A checkpoint that cannot read them fails before rendering.
+                self._media_support().check(sources, self.model_name)
             ids = render_chat(
                 self.tokenizer, messages, tools, prefill=prefill, **(chat_template_kwargs or {})
             )
             if sources:
-                ids, media = prepare_media(ids, sources, self._media_support(), self.media_settings)
+                ids, media = prepare_media(
+                    ids, sources, self._media_support(), self.media_settings, self.model_name
+                )
         elif isinstance(prompt, Sequence) and not isinstance(prompt, (bytes, bytearray)):
             ids = list(prompt)
             if not ids:

@@ -47,18 +47,19 @@ def prepare_media(
     sources: Sequence[MediaSource],
     support: Any,
     settings: MediaSettings,
+    model_name: str,
     *,
     transport: Any = None,
 ) -> tuple[list[int], PromptMedia]:
     """Read, decode and expand ``sources`` into ``prompt_ids`` (one placeholder per item, in prompt order).
 
-    ``support`` is the checkpoint's :class:`~gemma_mtp.media.processor.MediaSupport`; every error names the
-    message and block it is about.
+    ``support`` is the checkpoint's :class:`~gemma_mtp.media.processor.MediaSupport` (``model_name`` is how its
+    errors name the model); every error names the message and block it is about.
     """
     from gemma_mtp.media.decoding import decode_audio, decode_image, digest_of, require_media_extra
     from gemma_mtp.media.sources import read_source
 
-    processor = support.check(sources)
+    processor = support.check(sources, model_name)
     require_media_extra()
     counts = processor.placeholder_counts(prompt_ids)
     for kind in ("image", "audio"):

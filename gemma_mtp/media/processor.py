@@ -37,10 +37,10 @@ class MediaSupport:
     """What a checkpoint reads besides text, and why not where it does not.
 
     ``processor`` is ``None`` for a text-only checkpoint; ``refusals`` maps ``"image"`` / ``"audio"`` to the
-    reason a request with that kind is refused (no encoder in the checkpoint, no processor, torchvision missing).
+    reason a request with that kind is refused (no encoder in the checkpoint, no processor, torchvision missing),
+    with ``{model}`` where the model's name goes.
     """
 
-    model_name: str
     processor: MediaProcessor | None
     refusals: dict[str, str]
 
@@ -49,11 +49,12 @@ class MediaSupport:
         """The media kinds requests may carry: ``{"image", "audio"}``, ``{"image"}`` or none."""
         return frozenset(kind for kind in ("image", "audio") if kind not in self.refusals)
 
-    def check(self, sources: Sequence[MediaSource]) -> MediaProcessor:
+    def check(self, sources: Sequence[MediaSource], model_name: str) -> MediaProcessor:
         """The processor, or the error for the first item this checkpoint cannot read."""
         for source in sources:
             reason = self.refusals.get(source.kind)
             if reason is not None:
+                reason = reason.format(model=repr(model_name))
                 raise ValueError(f"{source.where} is {_article(source.kind)} {source.kind}, but {reason}")
         assert self.processor is not None
         return self.processor
@@ -66,30 +67,30 @@ def _article(kind: str) -> str:
 def media_support(
     name: str, config: Any, tokenizer: Any, hub_options: dict[str, Any] | None = None
 ) -> MediaSupport:
-    """Read what ``config`` (the target's) and the checkpoint's processor files allow, loading no weights."""
-    shown = name
+    """Read what ``config`` (the target's) and the processor files of the checkpoint ``name`` allow, loading no
+    weights."""
     vision = getattr(config, "vision_config", None)
     audio = getattr(config, "audio_config", None)
     if vision is None and audio is None:
-        reason = f"{shown!r} reads text only (its config has no vision_config or audio_config)"
-        return MediaSupport(shown, None, {"image": reason, "audio": reason})
+        reason = "{model} reads text only (its config has no vision_config or audio_config)"
+        return MediaSupport(None, {"image": reason, "audio": reason})
     refusals: dict[str, str] = {}
     if vision is None:
-        refusals["image"] = f"{shown!r} has no vision encoder (its config has no vision_config)"
+        refusals["image"] = "{model} has no vision encoder (its config has no vision_config)"
     if audio is None:
         refusals["audio"] = (
-            f"{shown!r} has no audio encoder (its config has no audio_config; Gemma 4 E2B and E4B read audio)"
+            "{model} has no audio encoder (its config has no audio_config; Gemma 4 E2B and E4B read audio)"
         )
     unified = config.model_type == "gemma4_unified"
     settings = _processor_settings(name, hub_options or {})
     if settings is None:
-        reason = f"{shown!r} ships no {_PROCESSOR_FILE}, so its media cannot be processed"
-        return MediaSupport(shown, None, {"image": reason, "audio": reason})
+        reason = "{model} ships no " + _PROCESSOR_FILE + ", so its media cannot be processed"
+        return MediaSupport(None, {"image": reason, "audio": reason})
     image_processor, image_refusal = (
         _image_processor(settings, unified) if vision is not None else (None, None)
     )
     if image_refusal is not None:
-        refusals["image"] = f"{shown!r} {image_refusal}"
+        refusals["image"] = "{model} " + image_refusal
     feature_extractor = _feature_extractor(settings, unified)
     processor = MediaProcessor(
         _processor_class(unified)(
@@ -105,7 +106,7 @@ def media_support(
         ),
         config,
     )
-    return MediaSupport(shown, processor, refusals)
+    return MediaSupport(processor, refusals)
 
 
 def _processor_settings(name: str, hub_options: dict[str, Any]) -> dict[str, Any] | None:

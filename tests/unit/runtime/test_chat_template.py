@@ -250,12 +250,16 @@ def test_media_blocks_become_one_placeholder_each(tokenizer: Any) -> None:
         {
             "role": "tool",
             "tool_call_id": "c1",
-            "content": [{"type": "text", "text": "done"}, {"type": "image", "url": "s.png"}, {"type": "audio", "url": "x"}],
+            "content": [
+                {"type": "text", "text": "done"},
+                {"type": "image", "url": "s.png"},
+                {"type": "audio", "url": "x"},
+            ],
         },
     ]
     assert _text(tokenizer, messages) == (
         "<bos><|turn>user\nLook<|image|><turn|>\n<|turn>model\n<|tool_call>call:shot{}<tool_call|>"
-        "<|tool_response>response:shot{value:<|\"|>done<|\"|>}<tool_response|><|image|><|audio|>"
+        '<|tool_response>response:shot{value:<|"|>done<|"|>}<tool_response|><|image|><|audio|>'
     )
 
 
