@@ -101,8 +101,21 @@ def strict_schema(schema: Any) -> Any:
     return strict
 
 
-def truncated_output_message(what: str, limit_name: str = "max_tokens") -> str:
-    """Why a constrained answer cut off by the token limit cannot be parsed, and what to do about it."""
+def truncated_output_message(
+    what: str, limit_name: str = "max_tokens", length_limit: str | None = None
+) -> str:
+    """Why a constrained answer cut off by the token limit cannot be parsed, and what to do about it.
+
+    ``length_limit`` is the request's ``SpeculationStats.length_limit``: ``"context_window"`` when the model's
+    context window, not ``limit_name``, ended the answer (raising ``limit_name`` would change nothing then).
+    """
+    if length_limit == "context_window":
+        return (
+            f"The answer reached the end of the model's context window before the {what} was complete "
+            "(finish_reason='length'): the prompt left fewer tokens than "
+            f"{limit_name}, so there is nothing valid to parse. Shorten the prompt (less text, fewer or smaller "
+            "images and audio clips), or bound the lengths in the schema (maxLength, maxItems)."
+        )
     return (
         f"The answer reached {limit_name} before the {what} was complete (finish_reason='length'), so there "
         f"is nothing valid to parse. The constraint guarantees a valid {what} only when it can finish: raise "

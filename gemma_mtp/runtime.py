@@ -576,6 +576,8 @@ class Runtime:
                 produced += len(kept)
                 if finish is None and produced >= budget:
                     finish = "length"
+                    window_bound = budget < params.max_new_tokens
+                    stats.length_limit = "context_window" if window_bound else "max_new_tokens"
                 if finish is not None and stop_seq is None:
                     tail, stop_seq = stops.push(detok.flush())
                     text += tail + ("" if stop_seq else stops.flush())

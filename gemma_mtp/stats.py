@@ -71,6 +71,9 @@ class SpeculationStats:
     speculative-decoding metrics, a server's ``metrics.speculative_decoding``); ``None`` otherwise."""
     draft_policy: str = ""
     rounds_by_draft_method: dict[str, int] = field(default_factory=dict)
+    length_limit: str | None = None
+    """What ended an answer cut off by length: ``"max_new_tokens"``, or ``"context_window"`` when the prompt left
+    fewer tokens than ``max_new_tokens`` and the answer filled the window; ``None`` for other endings."""
     _start: float = field(default_factory=time.perf_counter, repr=False, compare=False)
 
     @property
@@ -190,6 +193,7 @@ class SpeculationStats:
             "elapsed_s": self.elapsed_s,
             "acceptance_by_position": self.acceptance_by_position,
             "engine_report": self.engine_report,
+            "length_limit": self.length_limit,
         }
 
 

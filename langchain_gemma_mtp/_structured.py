@@ -30,6 +30,7 @@ from pydantic import ValidationError
 
 from gemma_mtp.chat import tool_call_prefill
 from gemma_mtp.constraints import strict_schema, truncated_output_message
+from langchain_gemma_mtp._output import SUMMARY_KEY
 
 if TYPE_CHECKING:
     from langchain_gemma_mtp.chat_models import ChatGemmaMTP
@@ -116,7 +117,9 @@ def _check_complete(result: list[Generation], what: str) -> None:
     )
     if finish == "length":
         text = message.text if message is not None else generation.text if generation is not None else ""
-        raise OutputParserException(truncated_output_message(what), llm_output=text)
+        summary = info.get(SUMMARY_KEY) or (message.response_metadata.get(SUMMARY_KEY) if message else None)
+        limit = summary.get("length_limit") if isinstance(summary, dict) else None
+        raise OutputParserException(truncated_output_message(what, "max_tokens", limit), llm_output=text)
 
 
 class _CompleteJsonParser(JsonOutputParser):

@@ -464,7 +464,8 @@ class GemmaMTP(FunctionCallingLLM):
             and response.raw
             and response.raw.get("finish_reason") == "length"
         ):
-            raise ValueError(truncated_output_message("tool call", "max_new_tokens"))
+            limit = (response.raw.get("speculation") or {}).get("length_limit")
+            raise ValueError(truncated_output_message("tool call", "max_new_tokens", limit))
         if not selections and error_on_no_tool_call:
             raise ValueError(
                 "Expected at least one tool call in the model's response, got none. "

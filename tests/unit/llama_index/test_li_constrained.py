@@ -87,3 +87,27 @@ def test_cut_off_structured_prediction_says_so(runtime: Runtime) -> None:
     llm = GemmaMTP(runtime=runtime, max_new_tokens=4)
     with pytest.raises(ValueError, match="reached max_new_tokens before the tool call was complete"):
         llm.structured_predict(Pet, PROMPT, name="Tom")
+
+
+def test_structured_prediction_cut_off_by_the_context_window_says_so(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Raising max_new_tokens cannot help when the window ended the answer: the error names the window."""
+    lengths: list[int] = []
+    rounds = runtime.engine.rounds
+
+    def spy(request: object) -> object:
+        lengths.append(len(request.prompt_ids))  # type: ignore[attr-defined]
+        return rounds(request)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runtime.engine, "rounds", spy)
+    GemmaMTP(runtime=runtime, max_new_tokens=1).complete("x")  # warm: nothing to measure
+    lengths.clear()
+    with pytest.raises(ValueError, match="reached max_new_tokens"):
+        GemmaMTP(runtime=runtime, max_new_tokens=4).structured_predict(Pet, PROMPT, name="Tom")
+    narrow = Runtime(runtime.engine)
+    narrow.context_window = lengths[-1] + 4
+    with pytest.raises(
+        ValueError, match="reached the end of the model's context window before the tool call"
+    ):
+        GemmaMTP(runtime=narrow, max_new_tokens=512).structured_predict(Pet, PROMPT, name="Tom")

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from gemma_mtp import Runtime, SamplingParams
+from gemma_mtp.constraints import truncated_output_message
 from gemma_mtp.media import MediaSettings
 from gemma_mtp.testing import KitMedia, tiny_runtime
 
@@ -172,3 +173,18 @@ def test_a_smaller_soft_token_budget_shortens_the_prompt(vision_and_audio: Runti
         messages
     )
     assert larger > default
+
+
+def test_an_answer_the_context_window_ends_says_so(vision_and_audio: Runtime) -> None:
+    """Images fill most of the window: the answer stops at its end, not at max_new_tokens, and says which."""
+    window = vision_and_audio.context_window
+    count = (window - 40) // 66
+    messages = asking(*[{"type": "image", "image": picture(i)} for i in range(count)])
+    room = window - vision_and_audio.count_prompt_tokens(messages)
+    result = vision_and_audio.chat(messages, SamplingParams(max_new_tokens=room + 50, ignore_eos=True))
+    assert result.finish_reason == "length" and len(result.token_ids) == room
+    assert result.stats.length_limit == "context_window"
+    short = vision_and_audio.chat(messages, SamplingParams(max_new_tokens=3, ignore_eos=True))
+    assert short.stats.length_limit == "max_new_tokens"
+    message = truncated_output_message("tool call", "max_new_tokens", result.stats.length_limit)
+    assert "end of the model's context window" in message and "Shorten the prompt" in message
