@@ -1,9 +1,11 @@
 """LangChain messages to the runtime's chat messages (Hugging Face convention).
 
 The runtime renders the conversation with the tokenizer's own chat template, so this module only
-translates LangChain's message classes and content blocks into role/content dicts. It rejects what
-the model cannot read (images, audio, unknown message types) with an error that says what to send
-instead, rather than silently dropping part of the user's input.
+translates LangChain's message classes and content blocks into role/content dicts: text, and images and
+audio as LangChain's standard blocks (``{"type": "image" | "audio", "base64" | "url": ..., "mime_type": ...}``,
+the older ``source_type`` form too) or OpenAI's (``image_url``, ``input_audio``), which the runtime reads
+(``gemma_mtp.media``). It rejects what the model cannot read (files, PDFs, unknown message types) with an
+error that says what to send instead, rather than silently dropping part of the user's input.
 """
 
 from __future__ import annotations
@@ -42,9 +44,12 @@ _REASONING_BLOCKS = frozenset({"reasoning", "thinking"})
 _RESTATED_BLOCKS = _TOOL_CALL_BLOCKS | _REASONING_BLOCKS
 """AIMessage blocks whose information travels in ``tool_calls`` / ``reasoning_content`` instead."""
 
-_MEDIA_BLOCKS = frozenset(
-    {"image", "image_url", "input_image", "audio", "input_audio", "video", "file", "document", "pdf"}
-)
+_OPENAI_MEDIA_BLOCKS = frozenset({"image_url", "input_audio", "video"})
+"""Blocks the runtime reads as they are (OpenAI's formats; video, which the runtime refuses with its reason)."""
+
+_STANDARD_MEDIA_BLOCKS = frozenset({"image", "audio"})
+
+_UNREADABLE_BLOCKS = frozenset({"file", "document", "pdf", "input_image", "input_file"})
 
 
 def to_runtime_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
@@ -52,7 +57,7 @@ def to_runtime_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]
 
     Raises:
         TypeError: for a message class the model has no role for.
-        ValueError: for content the model cannot read (images, audio, files) or an empty conversation.
+        ValueError: for content the model cannot read (files, PDFs) or an empty conversation.
     """
     if not messages:
         raise ValueError("ChatGemmaMTP needs at least one message; got an empty conversation.")
@@ -132,7 +137,7 @@ def _reasoning_blocks_of(message: AIMessage) -> str:
 
 
 def _content_of(message: BaseMessage) -> str | list[dict[str, Any]]:
-    """A string as is, or the text blocks of a block list (the runtime joins them into one turn)."""
+    """A string as is, or the blocks of a block list as the runtime reads them (text, images, audio)."""
     content = message.content
     if isinstance(content, str):
         return content
@@ -151,14 +156,38 @@ def _content_of(message: BaseMessage) -> str | list[dict[str, Any]]:
             texts.append({"type": "text", "text": str(block.get("text", ""))})
         elif kind in _RESTATED_BLOCKS and isinstance(message, AIMessage):
             continue
-        elif kind in _MEDIA_BLOCKS:
+        elif kind in _OPENAI_MEDIA_BLOCKS:
+            texts.append(dict(block))
+        elif kind in _STANDARD_MEDIA_BLOCKS:
+            texts.append(_standard_media(message, block))
+        elif kind in _UNREADABLE_BLOCKS:
             raise ValueError(
-                f"ChatGemmaMTP reads text only for now; {type(message).__name__} has a {kind!r} content "
-                "block. Remove images, audio and files, or describe them in text."
+                f"ChatGemmaMTP reads text, images and audio; {type(message).__name__} has a {kind!r} content "
+                "block. Send a document's text, or its pages as images."
             )
         else:
             raise ValueError(
                 f"Unsupported content block type {kind!r} in {type(message).__name__}; "
-                "ChatGemmaMTP accepts text blocks ({'type': 'text', 'text': ...})."
+                "ChatGemmaMTP accepts text, image and audio blocks."
             )
     return texts
+
+
+def _standard_media(message: BaseMessage, block: dict[str, Any]) -> dict[str, Any]:
+    """A LangChain image or audio block (``base64`` or ``url``; older blocks: ``source_type`` and ``data``)."""
+    kind = block["type"]
+    source_type = block.get("source_type")
+    data = block.get("base64") if source_type is None else block.get("data")
+    url = block.get("url")
+    if source_type == "url" or (source_type is None and url is not None and data is None):
+        return {"type": kind, "url": url}
+    if source_type in (None, "base64") and isinstance(data, str):
+        return {"type": kind, "base64": data}
+    if block.get("file_id") is not None or source_type == "id":
+        raise ValueError(
+            f"{type(message).__name__} has an {kind} block that refers to a provider's file id; ChatGemmaMTP "
+            "runs the model locally and needs the data itself (base64) or a URL."
+        )
+    raise ValueError(
+        f"{type(message).__name__} has an {kind} block without data: give 'base64' (with 'mime_type') or 'url'."
+    )

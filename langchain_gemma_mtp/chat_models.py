@@ -26,6 +26,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 from typing_extensions import Self
 
 from gemma_mtp import ChatDelta, RoundStats, Runtime, SamplingParams
+from gemma_mtp.media.processor import checkpoint_modalities
 from gemma_mtp.params import caller_names
 from gemma_mtp.streams import AsyncGuardedStream, GuardedStream, close_with_guard
 from langchain_gemma_mtp._messages import to_runtime_messages
@@ -252,11 +253,25 @@ class ChatGemmaMTP(BaseChatModel):
     def _resolve_model_profile(self) -> ModelProfile | None:
         """What this integration can do, for LangChain code that picks strategies from the profile.
 
-        Static, so that reading it loads no weights. ``structured_output`` is ``True``: a
-        ``response_format`` (OpenAI's ``json_schema`` / ``json_object`` shapes, or a schema) constrains the
-        answer natively, in the runtime.
+        Reading it loads no weights. ``structured_output`` is ``True``: a ``response_format`` (OpenAI's
+        ``json_schema`` / ``json_object`` shapes, or a schema) constrains the answer natively, in the runtime.
+        The media keys (``image_inputs``, ``image_url_inputs``, ``image_tool_message``, ``audio_inputs``) are
+        true when the checkpoint reads images or audio: the loaded runtime says so, else the checkpoint's config
+        and processor files where they are on this machine (a hub id not downloaded yet reads as text only until
+        the model is loaded: nothing is fetched for the profile).
         """
-        return _PROFILE.copy()
+        profile = _PROFILE.copy()
+        loaded = self.runtime or getattr(self, "_loaded", None)
+        modalities: frozenset[str] | None = None
+        if loaded is not None:
+            modalities = loaded.media_modalities
+        elif self.backend == "transformers":
+            modalities = checkpoint_modalities(str(self.model), **self.loader_options)
+        modalities = modalities or frozenset()
+        image = "image" in modalities
+        profile["image_inputs"] = profile["image_url_inputs"] = profile["image_tool_message"] = image
+        profile["audio_inputs"] = "audio" in modalities
+        return profile
 
     @property
     def _llm_type(self) -> str:

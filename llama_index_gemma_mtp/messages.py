@@ -11,13 +11,16 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from llama_index.core.base.llms.types import (
+    AudioBlock,
     CachePoint,
     ChatMessage,
     ChatResponse,
+    ImageBlock,
     MessageRole,
     TextBlock,
     ThinkingBlock,
     ToolCallBlock,
+    VideoBlock,
 )
 from llama_index.core.llms.llm import ToolSelection
 from llama_index.core.llms.utils import parse_partial_json
@@ -61,12 +64,16 @@ def _to_runtime_message(index: int, message: Any) -> dict[str, Any]:
     if not isinstance(message, ChatMessage):
         raise TypeError(f"messages[{index}] must be a ChatMessage, got {type(message).__name__}.")
     role = _ROLES[message.role]
-    texts: list[str] = []
+    content: list[dict[str, Any]] = []
     thoughts: list[str] = []
     calls: list[dict[str, Any]] = []
     for block in message.blocks:
         if isinstance(block, TextBlock):
-            texts.append(block.text)
+            content.append({"type": "text", "text": block.text})
+        elif isinstance(block, (ImageBlock, AudioBlock)):
+            content.append(_media_block(block))
+        elif isinstance(block, VideoBlock):
+            content.append({"type": "video"})  # the runtime says what to send instead
         elif isinstance(block, ThinkingBlock):
             thoughts.append(block.content or "")
         elif isinstance(block, ToolCallBlock):
@@ -74,12 +81,16 @@ def _to_runtime_message(index: int, message: Any) -> dict[str, Any]:
         elif not isinstance(block, CachePoint):
             raise ValueError(
                 f"messages[{index}] ({message.role.value}) contains a {type(block).__name__}; GemmaMTP "
-                "takes text only. Pass the text as a TextBlock or a plain string."
+                "takes text (TextBlock or a plain string), ImageBlock and AudioBlock."
             )
     if (calls or thoughts) and role != "assistant":
         kind = "a ToolCallBlock" if calls else "a ThinkingBlock"
         raise ValueError(f"messages[{index}] ({message.role.value}) has {kind}; only assistant messages can.")
-    out: dict[str, Any] = {"role": role, "content": "\n".join(texts)}
+    texts_only = all(block["type"] == "text" for block in content)
+    out: dict[str, Any] = {
+        "role": role,
+        "content": "\n".join(block["text"] for block in content) if texts_only else content,
+    }
     if calls:
         out["tool_calls"] = calls
     if thoughts:
@@ -90,6 +101,17 @@ def _to_runtime_message(index: int, message: Any) -> dict[str, Any]:
             if message.additional_kwargs.get(key):
                 out[key] = message.additional_kwargs[key]
     return out
+
+
+def _media_block(block: ImageBlock | AudioBlock) -> dict[str, Any]:
+    """An image or audio block as the runtime's bytes: LlamaIndex reads the block's data, path or URL itself.
+
+    The application sets a block's path or URL, so it is read as LlamaIndex reads it, and the runtime sees bytes
+    given in code (its media size limits apply; its local-folder and fetch rules are for message content).
+    """
+    if isinstance(block, ImageBlock):
+        return {"type": "image", "image": block.resolve_image().read()}
+    return {"type": "audio", "audio": block.resolve_audio().read()}
 
 
 def _tool_call_dict(block: ToolCallBlock) -> dict[str, Any]:

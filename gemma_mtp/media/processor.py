@@ -26,7 +26,7 @@ import torch
 from gemma_mtp.media.blocks import MediaKind, MediaSource
 from gemma_mtp.media.prompt import MediaItem, PromptMedia
 
-__all__ = ["MediaProcessor", "MediaSupport", "media_support"]
+__all__ = ["MediaProcessor", "MediaSupport", "checkpoint_modalities", "media_support"]
 
 _PROCESSOR_FILE = "processor_config.json"
 _TEXT_KEYS = frozenset({"input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids"})
@@ -68,7 +68,7 @@ def media_support(
     name: str, config: Any, tokenizer: Any, hub_options: dict[str, Any] | None = None
 ) -> MediaSupport:
     """Read what ``config`` (the target's) and the processor files of the checkpoint ``name`` allow, loading no
-    weights."""
+    weights. Without a ``tokenizer`` only what it reads is told (the processor is not built)."""
     vision = getattr(config, "vision_config", None)
     audio = getattr(config, "audio_config", None)
     if vision is None and audio is None:
@@ -91,6 +91,8 @@ def media_support(
     )
     if image_refusal is not None:
         refusals["image"] = "{model} " + image_refusal
+    if tokenizer is None:
+        return MediaSupport(None, refusals)
     feature_extractor = _feature_extractor(settings, unified)
     processor = MediaProcessor(
         _processor_class(unified)(
@@ -107,6 +109,24 @@ def media_support(
         config,
     )
     return MediaSupport(processor, refusals)
+
+
+def checkpoint_modalities(target: str, **hub_options: Any) -> frozenset[str] | None:
+    """What the checkpoint ``target`` (a hub id, folder or packaged name) reads besides text, from its config and
+    processor files alone: ``{"image", "audio"}``, ``{"image"}`` or nothing; ``None`` when its config is not on
+    this machine (a hub id not downloaded yet: nothing is fetched, no weights are loaded)."""
+    from transformers import AutoConfig
+    from transformers.utils import cached_file
+
+    from gemma_mtp.loading import resolve_names
+
+    name = resolve_names(target, None)[0]
+    options = {k: v for k, v in hub_options.items() if k in ("revision", "token", "cache_dir")}
+    options["local_files_only"] = True
+    if cached_file(name, "config.json", _raise_exceptions_for_missing_entries=False, **options) is None:
+        return None
+    config = AutoConfig.from_pretrained(name, trust_remote_code=False, **options)
+    return media_support(name, config, None, options).modalities
 
 
 def _processor_settings(name: str, hub_options: dict[str, Any]) -> dict[str, Any] | None:

@@ -339,8 +339,8 @@ def test_bad_call_input_fails_before_weights_load() -> None:
     llm = ChatGemmaMTP(model="google/gemma-4-E2B-it")
     with pytest.raises(TypeError, match="unknown call option"):
         llm.invoke("Hello", frequency_penalty=0.5)
-    with pytest.raises(ValueError, match="text only"):
-        llm.invoke([HumanMessage(content=[{"type": "image", "base64": "AA", "mime_type": "image/png"}])])
+    with pytest.raises(ValueError, match="reads text, images and audio"):
+        llm.invoke([HumanMessage(content=[{"type": "file", "base64": "AA", "mime_type": "application/pdf"}])])
     assert llm._loaded is None
 
 
@@ -350,7 +350,7 @@ def test_bad_call_input_is_rejected_and_the_model_stays_usable(llm: ChatGemmaMTP
         llm.invoke("Hello", temperature=-1)
     with pytest.raises(TypeError, match="unknown call option"):
         llm.invoke("Hello", frequency_penalty=0.5)
-    with pytest.raises(ValueError, match="text only"):
+    with pytest.raises(ValueError, match="reads text only"):
         llm.invoke([HumanMessage(content=[{"type": "image_url", "image_url": {"url": "http://x/y.png"}}])])
     with pytest.raises(TypeError, match="FunctionMessage"):
         llm.invoke([FunctionMessage(name="f", content="x")])
@@ -364,7 +364,7 @@ def test_bad_call_input_is_rejected_and_the_model_stays_usable(llm: ChatGemmaMTP
 async def test_bad_async_input_is_rejected(llm: ChatGemmaMTP) -> None:
     with pytest.raises(TypeError, match="unknown call option"):
         await llm.ainvoke("Hello", frequency_penalty=0.5)
-    with pytest.raises(ValueError, match="text only"):
+    with pytest.raises(ValueError, match="reads text only"):
         async for _ in llm.astream(
             [HumanMessage(content=[{"type": "audio", "base64": "AA", "mime_type": "audio/wav"}])]
         ):

@@ -100,17 +100,49 @@ def test_unknown_message_type_is_rejected() -> None:
 
 
 @pytest.mark.parametrize(
-    "block",
+    ("block", "expected"),
     [
-        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
-        {"type": "image", "base64": "AAAA", "mime_type": "image/png"},
-        {"type": "audio", "base64": "AAAA", "mime_type": "audio/wav"},
-        {"type": "file", "base64": "AAAA", "mime_type": "application/pdf"},
+        (
+            {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
+            {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
+        ),
+        ({"type": "image", "base64": "AAAA", "mime_type": "image/png"}, {"type": "image", "base64": "AAAA"}),
+        (
+            {"type": "image", "url": "https://example.com/cat.png"},
+            {"type": "image", "url": "https://example.com/cat.png"},
+        ),
+        (
+            {"type": "image", "source_type": "base64", "data": "AAAA", "mime_type": "image/png"},
+            {"type": "image", "base64": "AAAA"},
+        ),
+        (
+            {"type": "image", "source_type": "url", "url": "https://x/c.png"},
+            {"type": "image", "url": "https://x/c.png"},
+        ),
+        ({"type": "audio", "base64": "AAAA", "mime_type": "audio/wav"}, {"type": "audio", "base64": "AAAA"}),
+        (
+            {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}},
+            {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}},
+        ),
     ],
 )
-def test_media_blocks_are_rejected_with_advice(block: dict) -> None:
+def test_media_blocks_become_runtime_blocks(block: dict, expected: dict) -> None:
     message = HumanMessage(content=[{"type": "text", "text": "what is this?"}, block])
-    with pytest.raises(ValueError, match="text only"):
+    (converted,) = to_runtime_messages([message])
+    assert converted["content"] == [{"type": "text", "text": "what is this?"}, expected]
+
+
+@pytest.mark.parametrize(
+    ("block", "match"),
+    [
+        ({"type": "file", "base64": "AAAA", "mime_type": "application/pdf"}, "reads text, images and audio"),
+        ({"type": "image", "file_id": "file-123"}, "provider's file id"),
+        ({"type": "audio", "mime_type": "audio/wav"}, "without data"),
+    ],
+)
+def test_unreadable_blocks_are_rejected_with_advice(block: dict, match: str) -> None:
+    message = HumanMessage(content=[{"type": "text", "text": "what is this?"}, block])
+    with pytest.raises(ValueError, match=match):
         to_runtime_messages([message])
 
 

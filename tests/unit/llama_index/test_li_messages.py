@@ -8,6 +8,7 @@ from llama_index.core.base.llms.types import (
     CachePoint,
     ChatMessage,
     ChatResponse,
+    DocumentBlock,
     ImageBlock,
     MessageRole,
     TextBlock,
@@ -98,14 +99,27 @@ def test_converted_tool_conversation_renders_with_the_real_template(runtime) -> 
     assert '<|tool_response>response:add{value:<|"|>5<|"|>}<tool_response|>' in prompt
 
 
-def test_non_text_blocks_are_rejected_with_the_message_index() -> None:
-    image = ImageBlock(url="https://example.com/cat.png")
+def test_unreadable_blocks_are_rejected_with_the_message_index() -> None:
+    document = DocumentBlock(data=b"%PDF-1.4", document_mimetype="application/pdf")
     with pytest.raises(
-        ValueError, match=r"messages\[1\] \(user\) contains a ImageBlock; GemmaMTP takes text only"
+        ValueError,
+        match=r"messages\[1\] \(user\) contains a DocumentBlock; GemmaMTP takes text .*ImageBlock and AudioBlock",
     ):
         to_runtime_messages(
-            [ChatMessage(role="user", content="a"), ChatMessage(role="user", blocks=[image])], None
+            [ChatMessage(role="user", content="a"), ChatMessage(role="user", blocks=[document])], None
         )
+
+
+def test_image_blocks_become_bytes_in_block_order() -> None:
+    image = ImageBlock(image=b"\x89PNG-bytes")
+    (converted,) = to_runtime_messages(
+        [ChatMessage(role="user", blocks=[TextBlock(text="a"), image, TextBlock(text="b")])], None
+    )
+    assert converted["content"] == [
+        {"type": "text", "text": "a"},
+        {"type": "image", "image": b"\x89PNG-bytes"},
+        {"type": "text", "text": "b"},
+    ]
 
 
 def test_tool_calls_outside_assistant_messages_are_rejected() -> None:
