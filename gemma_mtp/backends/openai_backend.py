@@ -26,6 +26,7 @@ from gemma_mtp.backends.base import (
     reject_unhandled_fields,
 )
 from gemma_mtp.loading import PairInfo, inspect_pair
+from gemma_mtp.media.processor import MediaSupport
 from gemma_mtp.params import SamplingParams
 
 __all__ = ["OpenAIBackend"]
@@ -124,6 +125,17 @@ class OpenAIBackend:
                     "drafting are fixed when it starts (vllm serve --speculative-config ...). "
                     "Use backend='transformers' for per-request drafting settings."
                 )
+
+    @property
+    def media(self) -> MediaSupport:
+        """Server mode sends no media: the completions endpoint takes the rendered prompt's ids, not images."""
+        reason = (
+            "server mode (backend='openai') sends the rendered prompt's token ids to the server's completions "
+            "endpoint, which carries no images or audio. Send media to the server through its chat-completions "
+            "API (content parts) with an OpenAI client, or load the model with backend='transformers' or "
+            "backend='vllm'"
+        )
+        return MediaSupport(None, {"image": reason, "audio": reason})
 
     def rounds(self, request: DecodeRequest) -> Generator[Round, None, None]:
         params = request.params

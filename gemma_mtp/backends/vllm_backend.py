@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import collections
+import functools
 import queue
 import threading
 from collections.abc import Coroutine, Generator
@@ -39,6 +40,7 @@ from gemma_mtp.backends.base import (
     reject_unhandled_fields,
 )
 from gemma_mtp.loading import PairInfo, inspect_pair, resolve_dtype
+from gemma_mtp.media.processor import MediaSupport, media_support
 from gemma_mtp.params import SamplingParams
 
 __all__ = ["DEFAULT_CPU_KV_CACHE_BYTES", "VLLMBackend", "require_vllm"]
@@ -165,6 +167,7 @@ class VLLMBackend:
         draft_length = info.default_draft_length if num_assistant_tokens is None else num_assistant_tokens
         if platform == "cpu" and draft_length > 0:
             _check_cpu_drafting(info)
+        _check_multimodal_processor(info)
         options = dict(engine_options)
         if platform == "cpu" and "kv_cache_memory_bytes" not in options:
             options["kv_cache_memory_bytes"] = DEFAULT_CPU_KV_CACHE_BYTES
@@ -256,12 +259,16 @@ class VLLMBackend:
 
     # -- decoding -------------------------------------------------------------------------------------
 
+    @functools.cached_property
+    def media(self) -> MediaSupport:
+        """What the target reads besides text (its config and processor files; read on first use)."""
+        return media_support(self.model_name, self.info.target_config, self.tokenizer)
+
     def rounds(self, request: DecodeRequest) -> Generator[Round, None, None]:
         sampling = self._sampling_params(request)
         outputs: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        producer = self._loop.submit(
-            _produce(self.engine, request.request_id, request.prompt_ids, sampling, outputs)
-        )
+        prompt = _engine_prompt(request, self.info.target_config)
+        producer = self._loop.submit(_produce(self.engine, request.request_id, prompt, sampling, outputs))
         return self._read_rounds(request, producer, outputs)
 
     def _read_rounds(
@@ -380,18 +387,69 @@ async def _start_engine(args: Any) -> Any:
     return AsyncLLM.from_engine_args(args)
 
 
+def _engine_prompt(request: DecodeRequest, config: Any) -> Any:
+    """The request as vLLM's token prompt: with media, each item's expansion folded back into its one placeholder
+    id and the decoded items as ``multi_modal_data``, for vLLM's own Gemma 4 processor to expand again (the same
+    transformers processor, so to the same number of soft tokens)."""
+    from vllm.inputs import TokensPrompt
+
+    if request.media is None or not request.media.items:
+        return TokensPrompt(prompt_token_ids=request.prompt_ids)
+    ids: list[int] = []
+    data: dict[str, list[Any]] = {}
+    placeholder = {"image": int(config.image_token_id), "audio": int(config.audio_token_id)}
+    cursor = 0
+    for item in request.media.items:
+        ids.extend(request.prompt_ids[cursor : item.start])
+        ids.append(placeholder[item.kind])
+        cursor = item.end
+        if item.kind == "image":
+            data.setdefault("image", []).append(item.data)
+        else:
+            data.setdefault("audio", []).append((item.data.waveform, item.data.sampling_rate))
+    ids.extend(request.prompt_ids[cursor:])
+    return TokensPrompt(prompt_token_ids=ids, multi_modal_data=data)  # type: ignore[typeddict-item]
+
+
+def _check_multimodal_processor(info: PairInfo) -> None:
+    """A multimodal target needs transformers' Gemma 4 processor in vLLM's environment, even for text prompts.
+
+    vLLM's Gemma 4 model (``gemma4_mm``) imports ``Gemma4Processor``; transformers releases before 5.20 import
+    the torchvision image processor with it, so without torchvision (vLLM's CPU build removes it) vLLM cannot even
+    inspect the model class and fails with "Model architectures ['Gemma4ForConditionalGeneration'] failed to be
+    inspected". Say so before the engine starts.
+    """
+    config = info.target_config
+    if getattr(config, "vision_config", None) is None and getattr(config, "audio_config", None) is None:
+        return
+    unified = config.model_type == "gemma4_unified"
+    try:
+        if unified:
+            from transformers.models.gemma4_unified import Gemma4UnifiedProcessor  # noqa: F401
+        else:
+            from transformers.models.gemma4 import Gemma4Processor  # noqa: F401
+    except ImportError as error:
+        processor = "Gemma4UnifiedProcessor" if unified else "Gemma4Processor"
+        raise ValueError(
+            f"{info.target_name!r} is a multimodal Gemma 4 checkpoint ({config.architectures}), and vLLM's Gemma 4 "
+            f"model imports transformers' {processor}, which cannot be imported in this environment ({error}): "
+            "with this transformers release it needs torchvision, which vLLM's CPU build does not install. vLLM "
+            "cannot load the checkpoint at all then, not even for text. Install torchvision into vLLM's "
+            "environment (pip install torchvision, matching its torch), or use backend='transformers', which "
+            "reads images and audio without torchvision."
+        ) from error
+
+
 async def _produce(
     engine: Any,
     request_id: str,
-    prompt_ids: list[int],
+    prompt: Any,
     sampling: Any,
     outputs: queue.SimpleQueue[tuple[str, Any]],
 ) -> None:
     """Submit one request and hand every engine step's output to the reading thread, in order."""
-    from vllm.inputs import TokensPrompt
-
     try:
-        collector = await engine.add_request(request_id, TokensPrompt(prompt_token_ids=prompt_ids), sampling)
+        collector = await engine.add_request(request_id, prompt, sampling)
         steps = _StepQueue.attach(collector)
         while True:
             output = await steps.next()
