@@ -17,8 +17,6 @@ from gemma_mtp.media import MediaItem, PromptMedia
 from gemma_mtp.media.decoding import DecodedAudio
 from gemma_mtp.testing import KitMedia, tiny_pair
 
-from .conftest import ENGINE_OPTIONS
-
 HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
 
 
@@ -31,22 +29,24 @@ def picture() -> Image.Image:
 
 
 @pytest.mark.skipif(HAS_TORCHVISION, reason="torchvision is installed: vLLM can load multimodal Gemma 4 here")
-def test_a_multimodal_checkpoint_is_refused_before_the_engine_starts_and_says_why() -> None:
+def test_a_multimodal_checkpoint_is_refused_before_the_engine_starts_and_says_why(
+    engine_options: dict[str, Any],
+) -> None:
     pair = multimodal_pair()
     with pytest.raises(
         ValueError, match=r"multimodal Gemma 4 checkpoint .*needs torchvision.*backend='transformers'"
     ):
-        Runtime.load(str(pair.target_dir), str(pair.assistant_dir), backend="vllm", **ENGINE_OPTIONS)
+        Runtime.load(str(pair.target_dir), str(pair.assistant_dir), backend="vllm", **engine_options)
 
 
 @pytest.mark.skipif(
     not HAS_TORCHVISION, reason="vLLM's Gemma 4 model needs torchvision to load a multimodal checkpoint"
 )
-def test_greedy_with_an_image_equals_the_transformers_backend() -> None:
+def test_greedy_with_an_image_equals_the_transformers_backend(engine_options: dict[str, Any]) -> None:
     pair = multimodal_pair()
     local = Runtime.load(str(pair.target_dir), str(pair.assistant_dir), device="cpu", dtype="float32")
     engine = Runtime.load(
-        str(pair.target_dir), str(pair.assistant_dir), backend="vllm", dtype="float32", **ENGINE_OPTIONS
+        str(pair.target_dir), str(pair.assistant_dir), backend="vllm", dtype="float32", **engine_options
     )
     try:
         messages = [
