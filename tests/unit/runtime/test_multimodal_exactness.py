@@ -7,6 +7,7 @@ Our loop runs only the prefill through the multimodal model; verify passes and d
 
 from __future__ import annotations
 
+import importlib.util
 import io
 from typing import Any
 
@@ -238,3 +239,21 @@ def test_sampling_with_an_image_keeps_the_targets_distribution() -> None:
         counts[key] = counts.get(key, 0) + 1  # type: ignore[index]
     # 16 cells and 1500 draws, as the text sampling tests: an exact sampler stays well below 0.085.
     assert _tv(counts, joint, samples) < 0.085
+
+
+def test_the_unified_12b_classes_read_audio_exactly_and_refuse_images_without_torchvision() -> None:
+    """The 12B's encoder-free classes: audio through its own feature extractor; its image processor needs
+    torchvision, which this machine lacks, and the refusal says so."""
+    rt = tiny_runtime("agreeing", "unified", media=KitMedia())
+    assert type(rt.target).__name__ == "Gemma4UnifiedForConditionalGeneration"
+    messages = conversation("audio")
+    inputs = hf_inputs(rt, messages)
+    expected = hf_generate(rt, inputs, assisted=False)
+    assert ours(rt, messages, num_assistant_tokens=3).token_ids == expected
+    assert ours(rt, messages, use_assistant=False).token_ids == expected
+    if importlib.util.find_spec("torchvision") is None:
+        assert rt.media_modalities == {"audio"}
+        with pytest.raises(
+            ValueError, match=r"is an image, but .* needs torchvision for images.*pip install torchvision"
+        ):
+            rt.chat(conversation("image"), SamplingParams(max_new_tokens=4))
