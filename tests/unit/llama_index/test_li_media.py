@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import io
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -19,6 +16,7 @@ from PIL import Image
 
 from gemma_mtp import Runtime, SamplingParams
 from gemma_mtp.testing import KitMedia, tiny_runtime
+from gemma_mtp.testing.loopback import serve_on_loopback
 from gemma_mtp.testing.scripted import ScriptedAnswers
 from llama_index_gemma_mtp import GemmaMTP
 
@@ -53,27 +51,9 @@ def wav() -> bytes:
 
 @pytest.fixture
 def served_png() -> Iterator[str]:
-    """A URL on 127.0.0.1 serving :func:`png` (LlamaIndex fetches a block's URL itself)."""
-    body = png(5)
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("content-type", "image/png")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/p.png"
-    finally:
-        server.shutdown()
-        server.server_close()
+    """A URL on 127.0.0.1 serving ``png(5)`` (LlamaIndex fetches a block's URL itself)."""
+    with serve_on_loopback(png(5), "image/png", "/p.png") as url:
+        yield url
 
 
 def runtime_answer(runtime: Runtime, kind: str, data: bytes) -> str:

@@ -5,10 +5,8 @@ from __future__ import annotations
 import base64
 import io
 import struct
-import threading
 import zlib
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ import gemma_mtp.media.sources as sources_module
 from gemma_mtp.media import MediaSettings, MediaSource
 from gemma_mtp.media.decoding import MediaDecodeError, decode_audio, decode_image, digest_of
 from gemma_mtp.media.sources import MediaFetchError, fetch_url, read_source
+from gemma_mtp.testing.loopback import serve_on_loopback
 
 WHERE = "message 0, content block 0"
 
@@ -183,35 +182,13 @@ def test_fetches_are_bounded_in_bytes_and_time(public_dns: None) -> None:
 
 @pytest.fixture
 def media_server() -> Iterator[str]:
-    """A real HTTP server on 127.0.0.1 serving one PNG at /a.png."""
-    body = png()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path != "/a.png":
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("content-type", "image/png")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    """A real HTTP server on 127.0.0.1 serving one PNG."""
+    with serve_on_loopback(png(), "image/png", "/a.png") as url:
+        yield url
 
 
 def test_a_real_fetch_over_loopback_when_private_addresses_are_allowed(media_server: str) -> None:
-    url = f"{media_server}/a.png"
+    url = media_server
     with pytest.raises(MediaFetchError, match=r"non-public address 127\.0\.0\.1"):
         read_source(image(url), MediaSettings())
     assert read_source(image(url), MediaSettings(allow_private_addresses=True)) == png()
