@@ -138,7 +138,7 @@ def test_backends_without_constraints_prefill_a_forced_call(agreeing: Runtime) -
         {"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {}}}}
     ]
     rt = Runtime(_ChunkedServer(agreeing, [1], {}))
-    prompt_ids, params, prefix = rt._prepare_chat(
+    prompt_ids, params, prefix, _ = rt._prepare_chat(
         [{"role": "user", "content": "hi"}], None, tools, "add", None
     )
     assert params.grammar is None and prefix.prefill == "<|tool_call>call:add{"

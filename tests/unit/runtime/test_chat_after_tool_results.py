@@ -271,5 +271,5 @@ def test_with_thinking_the_answer_starts_in_the_channel_the_prompt_opened(pair: 
         result = pair.chat(messages, tools=TOOLS, chat_template_kwargs={"enable_thinking": True})
     assert script.requests[0]["prompt"].endswith(_response("sunny") + "<|channel>thought\n")
     assert (result.reasoning, result.content) == ("The tool says sunny.", "It is sunny.")
-    _, params, _ = pair._prepare_chat(messages, None, TOOLS, None, {"enable_thinking": True})
+    _, params, _, _ = pair._prepare_chat(messages, None, TOOLS, None, {"enable_thinking": True})
     assert params.grammar is not None and params.grammar.startswith("start: THOUGHT_TEXT? <channel|> answer")

@@ -53,7 +53,7 @@ def test_forced_tool_call_is_a_constraint_not_a_prefill(agreeing: Runtime) -> No
             MESSAGES, SamplingParams(max_new_tokens=200), tools=TOOLS, tool_choice="get_weather"
         )
     assert script.requests[0]["prompt"].endswith("<|turn>model\n")
-    _, params, _ = agreeing._prepare_chat(MESSAGES, None, TOOLS, "get_weather", None)
+    _, params, _, _ = agreeing._prepare_chat(MESSAGES, None, TOOLS, "get_weather", None)
     grammar = params.grammar
     assert 'call: <|tool_call> "call:" (tool_0) <tool_call|>' in grammar
     assert '"get_weather"' in grammar

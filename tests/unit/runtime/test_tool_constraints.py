@@ -92,14 +92,14 @@ def test_auto_answers_text_or_valid_calls(rt: Runtime) -> None:
 
 
 def test_thinking_is_free_only_when_the_prompt_switches_it_on(rt: Runtime) -> None:
-    _, off, _ = rt._prepare_chat(MESSAGES, None, TOOLS, "add", None)
-    _, on, _ = rt._prepare_chat(MESSAGES, None, TOOLS, "add", {"enable_thinking": True})
+    _, off, _, _ = rt._prepare_chat(MESSAGES, None, TOOLS, "add", None)
+    _, on, _, _ = rt._prepare_chat(MESSAGES, None, TOOLS, "add", {"enable_thinking": True})
     assert off.grammar is not None and off.grammar.startswith("start: empty_thought? answer")
     assert on.grammar is not None and on.grammar.startswith("start: thought? answer")
 
 
 def test_none_hides_the_tools_and_leaves_the_answer_free(rt: Runtime) -> None:
-    prompt_ids, params, _ = rt._prepare_chat(MESSAGES, None, TOOLS, "none", None)
+    prompt_ids, params, _, _ = rt._prepare_chat(MESSAGES, None, TOOLS, "none", None)
     assert params.grammar is None
     assert "<|tool>" not in rt.tokenizer.decode(prompt_ids, skip_special_tokens=False)
 
