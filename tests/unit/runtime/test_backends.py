@@ -175,3 +175,26 @@ def test_parameters_an_engine_does_not_map_are_refused_not_dropped() -> None:
     reject_unhandled_fields(WithPenalty(), known, "vllm")  # a default value asks for nothing
     with pytest.raises(ValueError, match=r"repetition_penalty=1.3 is not available on backend='vllm'"):
         reject_unhandled_fields(WithPenalty(repetition_penalty=1.3), known, "vllm")
+
+
+def test_server_mode_refuses_media_naming_the_alternatives(agreeing: Runtime) -> None:
+    from gemma_mtp.backends.openai_backend import OpenAIBackend
+
+    server = OpenAIBackend.__new__(OpenAIBackend)  # no connection: the refusal comes before any request
+    for name in (
+        "model_name",
+        "assistant_name",
+        "tokenizer",
+        "context_window",
+        "vocab_size",
+        "eos_token_ids",
+    ):
+        setattr(server, name, getattr(agreeing.engine, name))
+    server.default_draft_length = agreeing.default_draft_length
+    rt = Runtime(server)
+    assert rt.media_modalities == frozenset()
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    with pytest.raises(
+        ValueError, match=r"server mode \(backend='openai'\) .*chat-completions API.*backend='vllm'"
+    ):
+        rt.chat([{"role": "user", "content": [image]}], SamplingParams(max_new_tokens=4))
