@@ -164,3 +164,22 @@ def test_media_the_checkpoint_cannot_read_fail_at_the_call(runtime: Runtime) -> 
     with pytest.raises(ValueError, match="has no audio encoder"):
         vision_only.invoke([HumanMessage(content=[audio])])
     assert vision_only.invoke("Hello").content is not None
+
+
+def test_media_settings_reach_the_runtime_through_loader_options(tmp_path: Any) -> None:
+    from gemma_mtp.media import MediaSettings
+
+    picture = tmp_path / "p.png"
+    picture.write_bytes(base64.b64decode(png_base64(4)))
+    pair = tiny_pair("dense", agreeing=True, media=KitMedia())
+    common = {
+        "model": str(pair.target_dir),
+        "assistant": str(pair.assistant_dir),
+        "device": "cpu",
+        "max_tokens": 4,
+    }
+    message = HumanMessage(content=[{"type": "image", "url": str(picture)}])
+    with pytest.raises(ValueError, match="reading local files is off"):
+        ChatGemmaMTP(**common).invoke([message])
+    allowed = ChatGemmaMTP(**common, loader_options={"media": MediaSettings(local_paths=[tmp_path])})
+    assert allowed.invoke([message]).usage_metadata is not None
