@@ -28,7 +28,7 @@ from gemma_mtp.modeling import DRAFT_POSITIONS
 from gemma_mtp.params import SamplingParams
 from gemma_mtp.runtime import Prompt, Runtime
 
-__all__ = ["CLIError", "build_parser", "common_options", "load_runtime", "main", "read_prompts"]
+__all__ = ["CLIError", "build_parser", "check_budget", "common_options", "load_runtime", "main", "read_prompts"]
 
 DEFAULT_MODEL = "gemma-mtp-mini"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -171,6 +171,22 @@ def load_runtime(args: argparse.Namespace) -> Runtime:
     return rt
 
 
+def check_budget(rt: Runtime, prompts: Sequence[Prompt], max_new_tokens: int) -> None:
+    """Refuse, before any decoding, a ``--max-new-tokens`` that does not fit in the context window with the
+    longest prompt (the runtime would cut every answer short, and frameworks fail on it mid-run)."""
+    try:
+        longest = max(len(rt.encode(prompt)) for prompt in prompts)
+    except ValueError as err:  # a prompt longer than the context window
+        raise CLIError(str(err)) from err
+    room = rt.context_window - longest
+    if max_new_tokens > room:
+        raise CLIError(
+            f"--max-new-tokens {max_new_tokens} does not fit: {rt.model_name!r} has a context window of "
+            f"{rt.context_window} tokens and the longest prompt takes {longest}; use --max-new-tokens "
+            f"{room} or less"
+        )
+
+
 def read_prompts(args: argparse.Namespace) -> list[Prompt]:
     """The prompts named by ``--prompts``/``--raw`` (the built-in ones by default)."""
     from gemma_mtp.benchmarking import load_prompts
@@ -283,9 +299,20 @@ def _importable(module: str) -> bool:
         return False
 
 
+def _demo_prompts() -> list[Prompt]:
+    """The demo's prompts: its question, its query, and the query engine's prompt with every document."""
+    from llama_index.core.prompts.default_prompts import DEFAULT_TEXT_QA_PROMPT_TMPL
+
+    from gemma_mtp.benchmarking import as_chat
+
+    rag = DEFAULT_TEXT_QA_PROMPT_TMPL.format(context_str="\n\n".join(DEMO_DOCUMENTS), query_str=DEMO_QUERY)
+    return [as_chat(DEMO_QUESTION), as_chat(DEMO_QUERY), as_chat(rag)]
+
+
 def _demo(args: argparse.Namespace) -> int:
     _check_demo_extras()
     rt = load_runtime(args)
+    check_budget(rt, _demo_prompts(), args.max_new_tokens)
     _stream_langchain(rt, args.max_new_tokens)
     _stream_llama_index(rt, args.max_new_tokens)
     return 0 if _speed_report(rt, args.max_new_tokens) else 1
@@ -303,6 +330,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.backend != ["transformers"]:
         raise CLIError("--backend applies to the concurrency benchmark: add --concurrency 1,2,4,8,16")
     rt = load_runtime(args)
+    check_budget(rt, prompts, args.max_new_tokens)
     report = compare_methods(
         rt,
         prompts,
@@ -338,6 +366,8 @@ def _bench_concurrency(args: argparse.Namespace, prompts: list[Prompt]) -> int:
                 raise CLIError("--backend openai needs --base-url (the server's OpenAI-compatible URL)")
             server = _load_engine(args, "openai", {"base_url": args.base_url})
             settings.append(Setting("server (openai)", server, True))
+    for setting in settings:
+        check_budget(setting.runtime, prompts, args.max_new_tokens)
     report = measure_concurrency(
         settings,
         prompts,
@@ -378,6 +408,7 @@ def _tune(args: argparse.Namespace) -> int:
 
     prompts = read_prompts(args)  # a bad file fails before minutes of loading
     rt = load_runtime(args)
+    check_budget(rt, prompts, args.max_new_tokens)
     report = sweep(
         rt,
         prompts,
@@ -431,10 +462,12 @@ def _verify(args: argparse.Namespace) -> int:
     prompts = read_prompts(args)  # a bad file fails before minutes of loading
     rt = load_runtime(args)
     reference = None
+    check_budget(rt, prompts, args.max_new_tokens)
     if args.reference_model:
         reference = _load(
             args.reference_model, args.reference_assistant, args.device, args.dtype, args.threads
         )
+        check_budget(reference, prompts, args.max_new_tokens)
     try:
         report = verify_greedy(
             rt, prompts, max_new_tokens=args.max_new_tokens, tolerance=args.tolerance, reference=reference

@@ -20,7 +20,9 @@ The hook is registered with ``threading._register_atexit``, the one ``concurrent
 at the start of ``threading._shutdown``, before non-daemon threads are joined and long before ``atexit``
 callbacks and module teardown, while the worker can still finish its round normally. Workers are
 non-daemon threads, so even if the hook could not run the interpreter would wait for them rather than
-kill them mid-pass.
+kill them mid-pass. A stream still referenced at exit and not being read is closed by the hook too, so its
+request ends (``cancelled``) while frameworks can still take the summary; nothing a finaliser does during
+interpreter finalization sends one (the frameworks' modules are being torn down by then).
 """
 
 from __future__ import annotations
@@ -99,7 +101,18 @@ class Request:
         self._lock = threading.Lock()
         self.summary: RequestSummary | None = None
         self.prompt_token_ids: list[int] = []  # set by the runtime once the prompt is encoded
+        self._close_at_exit: weakref.WeakMethod[Callable[[], None]] | None = None
         _registry.add_request(self)
+
+    def close_at_exit(self, close: Callable[[], None]) -> None:
+        """Have the interpreter-shutdown hook call ``close`` (a bound method, held weakly: the stream this
+        request is read through, which closes only if no thread is reading it) if the request is still live."""
+        self._close_at_exit = weakref.WeakMethod(close)
+
+    def _end_at_exit(self) -> None:
+        close = self._close_at_exit() if self._close_at_exit is not None else None
+        if close is not None and self.summary is None:
+            close()
 
     def cancel(self) -> None:
         """Stop the request after the round in progress (safe from any thread, any number of times)."""
@@ -234,7 +247,8 @@ class _Registry:
                 self._workers.discard(threading.current_thread())
 
     def shutdown(self) -> None:
-        """Cancel every live request, then wait for every worker to finish its round."""
+        """Cancel every live request, wait for every worker to finish its round, then close the streams of
+        the requests still live that no thread is reading."""
         with self._lock:
             requests = list(self._requests)
             workers = list(self._workers)
@@ -243,6 +257,8 @@ class _Registry:
         for thread in workers:
             if thread is not threading.current_thread():
                 thread.join()
+        for request in requests:
+            request._end_at_exit()
 
 
 _registry = _Registry()

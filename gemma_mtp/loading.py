@@ -6,7 +6,6 @@ with both names and what differs, instead of producing garbage drafts later.
 
 from __future__ import annotations
 
-import difflib
 import os
 from dataclasses import dataclass, field
 from importlib import resources
@@ -19,6 +18,7 @@ from huggingface_hub import get_session, try_to_load_from_cache
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
 
 from gemma_mtp.families import default_assistant_id, family_of
+from gemma_mtp.names import closest
 
 __all__ = [
     "LoadedPair",
@@ -131,9 +131,15 @@ def _config(name: str, role: str, options: dict[str, Any]) -> Any:
 
 
 def _suggestion(name: str) -> str:
-    """A hint naming the packaged pair ``name`` is a near miss of, if any."""
-    close = difflib.get_close_matches(Path(name).name, list(PACKAGED_PAIRS), n=1, cutoff=0.8)
-    return f" Did you mean the packaged pair {close[0]!r}?" if close else ""
+    """A hint about packaged pairs: the one ``name`` is a near miss of, or, when ``name`` is one (given where a
+    single checkpoint was expected, e.g. as the assistant), how to give it."""
+    if name in PACKAGED_PAIRS:
+        return (
+            f" {name!r} is a packaged pair (target and assistant): give it as the target, with no assistant, "
+            f"e.g. Runtime.load({name!r})."
+        )
+    close = closest(Path(name).name, PACKAGED_PAIRS)
+    return f" Did you mean the packaged pair {close!r}?" if close else ""
 
 
 def _offline(options: dict[str, Any]) -> bool:

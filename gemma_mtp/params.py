@@ -16,6 +16,7 @@ from numbers import Integral, Real
 from typing import Any
 
 from gemma_mtp.constraints import check_constraint
+from gemma_mtp.names import did_you_mean
 
 __all__ = ["SamplingParams", "caller_names"]
 
@@ -147,7 +148,8 @@ class SamplingParams:
         unknown = set(known) - set(self.__dataclass_fields__)
         if unknown:
             raise TypeError(
-                f"Unknown sampling parameter(s): {', '.join(sorted(unknown))}. "
+                f"Unknown sampling parameter(s): {', '.join(sorted(unknown))}."
+                f"{did_you_mean(unknown, self.__dataclass_fields__)} "
                 f"Known: {', '.join(sorted(self.__dataclass_fields__))}."
             )
         return replace(self, **known)

@@ -357,16 +357,17 @@ class Runtime:
                 raise ValueError("The prompt is empty; pass some text, token ids or chat messages.")
             bos = self.tokenizer.bos_token
             add_special = not (bos and prompt.startswith(bos))
-            ids = self.tokenizer(prompt, add_special_tokens=add_special)["input_ids"]
+            # verbose=False: the length is checked below, against the context window, with our own error.
+            ids = self.tokenizer(prompt, add_special_tokens=add_special, verbose=False)["input_ids"]
         elif isinstance(prompt, Sequence) and prompt and all(isinstance(m, dict) for m in prompt):
             messages = validate_messages([dict(m) for m in prompt if isinstance(m, dict)])
             sources = media_sources(messages)
             if sources:
                 # A checkpoint that cannot read them fails before rendering.
                 self._media_support().check(sources, self.model_name)
-            ids = render_chat(
-                self.tokenizer, messages, tools, prefill=prefill, **(chat_template_kwargs or {})
-            )
+            options = dict(chat_template_kwargs or {})
+            options["tokenizer_kwargs"] = {"verbose": False, **(options.get("tokenizer_kwargs") or {})}
+            ids = render_chat(self.tokenizer, messages, tools, prefill=prefill, **options)
             if sources:
                 ids, media = prepare_media(
                     ids, sources, self._media_support(), self.media_settings, self.model_name

@@ -153,6 +153,10 @@ class SpeculationStats:
         self.target_tokens = generated - self.accepted_tokens
         drafted_steps = list(report.get("per_step_drafted") or [])
         accepted_steps = list(report.get("per_step_accepted") or [])
+        drafting = sum(d > 0 for d in drafted_steps) if drafted_steps else self.rounds - 1
+        self.rounds_by_draft_method = {"none": self.rounds - drafting}
+        if drafting:
+            self.rounds_by_draft_method["argmax"] = drafting  # the server's MTP proposer drafts by argmax
         if drafted_steps:
             depth = max(drafted_steps)
             self.drafted_at_position = [sum(d > i for d in drafted_steps) for i in range(depth)]

@@ -9,6 +9,8 @@ end their request when they run out, fail or are closed, also before their first
 from __future__ import annotations
 
 import asyncio
+import sys
+import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from contextvars import ContextVar, Token
@@ -45,6 +47,8 @@ class RequestStream(Generator[_T, None, None], Generic[_T]):
         self._finish: SummaryReason | None = None
         self._final_stats: SpeculationStats | None = None
         self._done = False
+        self._busy = threading.RLock()  # held while a delta is read or the stream closes
+        request.close_at_exit(self._close_if_idle)
         _register_opened(self)
 
     @property
@@ -75,30 +79,47 @@ class RequestStream(Generator[_T, None, None], Generic[_T]):
     def close(self) -> None:
         """Cancel the request and release it; its summary is sent now if it had not ended yet."""
         self.request.cancel()
-        self._done = True
-        try:
-            self._items.close()
-        finally:
-            self._end()
+        with self._busy:
+            self._done = True
+            try:
+                self._items.close()
+            finally:
+                self._end()
 
     def __del__(self) -> None:
-        # A backstop only, as for native generators: a stream dropped without close() still ends.
-        if not self._done:
+        # A backstop only, as for native generators: a stream dropped without close() still ends. During
+        # interpreter finalization (a stream referenced until the end) it only stops decoding: the modules a
+        # summary would go through are being torn down, and the shutdown hook closed it if nobody read it.
+        if self._done:
+            return
+        if sys.is_finalizing():
+            self.request.cancel()
+        else:
             self.close()
 
+    def _close_if_idle(self) -> None:
+        """Close unless another thread is reading a delta (that thread then ends the cancelled request)."""
+        if self._busy.acquire(blocking=False):
+            try:
+                if not self._done:
+                    self.close()
+            finally:
+                self._busy.release()
+
     def _step(self, advance: Callable[[], _T]) -> _T:
-        if self._done:
-            raise StopIteration
-        try:
-            item = advance()
-        except StopIteration:
-            self._done = True
-            self._end()
-            raise
-        except BaseException as err:
-            self._done = True
-            self.request.fail(err)
-            raise
+        with self._busy:
+            if self._done:
+                raise StopIteration
+            try:
+                item = advance()
+            except StopIteration:
+                self._done = True
+                self._end()
+                raise
+            except BaseException as err:
+                self._done = True
+                self.request.fail(err)
+                raise
         finish = getattr(item, "finish_reason", None)
         if finish is not None:
             self._finish = finish

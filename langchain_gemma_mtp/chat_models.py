@@ -27,6 +27,7 @@ from typing_extensions import Self
 
 from gemma_mtp import ChatDelta, RoundStats, Runtime, SamplingParams
 from gemma_mtp.media.processor import checkpoint_modalities
+from gemma_mtp.names import did_you_mean
 from gemma_mtp.params import caller_names
 from gemma_mtp.streams import AsyncGuardedStream, GuardedStream, close_with_guard
 from langchain_gemma_mtp._messages import to_runtime_messages
@@ -214,6 +215,21 @@ class ChatGemmaMTP(BaseChatModel):
 
     _loaded: Runtime | None = PrivateAttr(default=None)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_unknown_fields(cls, values: Any) -> Any:
+        """An unknown argument is refused (``extra="forbid"``), with the setting it is a near miss of."""
+        if isinstance(values, dict):
+            fields = cls.model_fields
+            known = set(fields) | {f.alias for f in fields.values() if f.alias}
+            unknown = {str(key) for key in values} - known
+            if unknown:
+                raise ValueError(
+                    f"ChatGemmaMTP got unknown argument(s): {', '.join(sorted(unknown))}."
+                    f"{did_you_mean(unknown, fields)} Settings: {', '.join(sorted(fields))}."
+                )
+        return values
+
     @model_validator(mode="after")
     def _check_fields(self) -> Self:
         """Fail at construction, before any weights load, on a missing model or a bad sampling value."""
@@ -233,9 +249,11 @@ class ChatGemmaMTP(BaseChatModel):
             if self.backend != "transformers":
                 ignored.append("backend")
             if ignored:
+                one = len(ignored) == 1
                 raise ValueError(
-                    f"{', '.join(ignored)} only apply when ChatGemmaMTP loads the pair itself; with "
-                    "runtime= the pair is already loaded. Pass them to Runtime.load instead."
+                    f"{', '.join(ignored)} only {'applies' if one else 'apply'} when ChatGemmaMTP loads the pair "
+                    f"itself; with runtime= the pair is already loaded. Pass {'it' if one else 'them'} to "
+                    "Runtime.load instead."
                 )
         self._base_params()
         return self
@@ -370,8 +388,8 @@ class ChatGemmaMTP(BaseChatModel):
         unknown = sorted(set(sampling) - known)
         if unknown:
             raise TypeError(
-                f"ChatGemmaMTP got unknown call option(s) {unknown}. Call options: "
-                f"{sorted(_CALL_OPTIONS - {'stream'})}; sampling parameters: {sorted(known)}."
+                f"ChatGemmaMTP got unknown call option(s) {unknown}.{did_you_mean(unknown, known | _CALL_OPTIONS)} "
+                f"Call options: {sorted(_CALL_OPTIONS - {'stream'})}; sampling parameters: {sorted(known)}."
             )
         # Errors name the parameter as the caller wrote it: the field's name, unless this call used the
         # runtime's own name for it.

@@ -45,6 +45,7 @@ from llama_index.core.types import PydanticProgramMode
 
 from gemma_mtp import Runtime, SamplingParams
 from gemma_mtp.constraints import truncated_output_message
+from gemma_mtp.names import did_you_mean
 from gemma_mtp.streams import AsyncGuardedStream, GuardedStream
 from llama_index_gemma_mtp.events import RequestReporter
 from llama_index_gemma_mtp.messages import to_openai_tools, to_runtime_messages, tool_selections
@@ -133,6 +134,13 @@ class GemmaMTP(FunctionCallingLLM):
     _runtime: Runtime | None = PrivateAttr(default=None)
 
     def __init__(self, model: str | None = None, *, runtime: Runtime | None = None, **kwargs: Any) -> None:
+        fields = type(self).model_fields
+        unknown = set(kwargs) - set(fields) - {f.alias for f in fields.values() if f.alias}
+        if unknown:  # LlamaIndex's models ignore unknown fields; a mistyped setting must not pass unnoticed
+            raise TypeError(
+                f"GemmaMTP got unexpected keyword argument(s): {', '.join(sorted(unknown))}."
+                f"{did_you_mean(unknown, fields)} Settings: {', '.join(sorted(fields))}."
+            )
         if runtime is not None:
             if not isinstance(runtime, Runtime):
                 raise TypeError(f"runtime must be a gemma_mtp.Runtime, got {type(runtime).__name__}.")
@@ -144,9 +152,10 @@ class GemmaMTP(FunctionCallingLLM):
             if kwargs.get("backend", "transformers") != "transformers":
                 clashing.append("backend")
             if clashing:
+                one = len(clashing) == 1
                 raise ValueError(
-                    f"{', '.join(clashing)} only apply when GemmaMTP loads the model itself; "
-                    "they cannot be combined with runtime=. Load the Runtime with them instead."
+                    f"{', '.join(clashing)} only {'applies' if one else 'apply'} when GemmaMTP loads the model "
+                    f"itself, not with runtime=: load the Runtime with {'it' if one else 'them'} instead."
                 )
             # Describe the pair in the fields too, so that a serialized or unpickled copy loads the same one.
             model = model or runtime.model_name
@@ -244,9 +253,10 @@ class GemmaMTP(FunctionCallingLLM):
     def _request(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> _Request:
         unknown = set(kwargs) - _RUNTIME_OPTIONS - _SAMPLING_OPTIONS
         if unknown:
+            accepted = _RUNTIME_OPTIONS | _SAMPLING_OPTIONS
             raise TypeError(
-                f"GemmaMTP got unexpected keyword argument(s): {', '.join(sorted(unknown))}. "
-                f"Accepted: {', '.join(sorted(_RUNTIME_OPTIONS | _SAMPLING_OPTIONS))}."
+                f"GemmaMTP got unexpected keyword argument(s): {', '.join(sorted(unknown))}."
+                f"{did_you_mean(unknown, accepted)} Accepted: {', '.join(sorted(accepted))}."
             )
         options = {k: v for k, v in kwargs.items() if k in _RUNTIME_OPTIONS}
         sampling = {k: v for k, v in kwargs.items() if k in _SAMPLING_OPTIONS}

@@ -135,8 +135,14 @@ def to_openai_tools(tools: Sequence[Any] | None) -> list[dict[str, Any]] | None:
         elif hasattr(getattr(tool, "metadata", None), "to_openai_tool"):
             specs.append(tool.metadata.to_openai_tool(skip_length_check=True))
         else:
+            hint = (
+                f" Wrap a Python function as a tool: FunctionTool.from_defaults(fn={getattr(tool, '__name__', 'fn')})"
+                " (from llama_index.core.tools)."
+                if callable(tool)
+                else ""
+            )
             raise TypeError(
-                f"tools[{i}] must be a LlamaIndex tool or an OpenAI-format dict, got {type(tool).__name__}."
+                f"tools[{i}] must be a LlamaIndex tool or an OpenAI-format dict, got {type(tool).__name__}.{hint}"
             )
     return specs
 

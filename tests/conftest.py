@@ -44,3 +44,29 @@ def run_exit_scenario() -> Callable[[str, int], list[int]]:
         return codes
 
     return run
+
+
+@pytest.fixture(scope="session")
+def run_held_stream_exit(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Callable[[str], tuple[int, str, list[str]]]:
+    """Run ``tests/processes/exit_with_a_stream_held.py``: a process that exits holding a stream it read from;
+    returns its exit code, its stderr and the summary lines it logged."""
+    root = Path(__file__).resolve().parents[1]
+    script = root / "tests" / "processes" / "exit_with_a_stream_held.py"
+
+    def run(scenario: str) -> tuple[int, str, list[str]]:
+        log = tmp_path_factory.mktemp("held-stream") / "log"
+        path = os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)
+        done = subprocess.run(
+            [sys.executable, str(script), scenario, str(log)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": path},
+            timeout=600,
+            check=False,
+        )
+        lines = log.read_text().splitlines() if log.exists() else []
+        return done.returncode, done.stderr, lines
+
+    return run

@@ -315,6 +315,7 @@ class VLLMBackend:
             accepted=accepted,
             draft_length=self.draft_length,
             engine_report=report,
+            draft_method="argmax" if drafted else "none",  # vLLM's MTP proposer drafts by argmax
         )
 
     def _sampling_params(self, request: DecodeRequest) -> Any:

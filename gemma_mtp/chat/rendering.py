@@ -91,6 +91,11 @@ def _apply_chat_template(
         )
     checked_tools = validate_tools(tools)
     checked = validate_messages(messages)
+    if not any(_has_text(message) or message.get("tool_calls") for message in checked):
+        raise ValueError(
+            "The conversation is empty: no message holds any text. Give the model something to answer, "
+            "e.g. [{'role': 'user', 'content': 'Hi'}]."
+        )
     if _joins_assistant_messages(tokenizer, template_kwargs):
         checked = _text_before_calls(checked)
     elif _ends_after_results_of_text(checked):

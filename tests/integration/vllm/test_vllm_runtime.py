@@ -104,6 +104,11 @@ def test_statistics_agree_with_vllms_own_per_request_metrics(runtimes: tuple[Run
     assert stats.accepted_tokens <= report["num_accepted_draft_tokens"]
     assert stats.generated_tokens == len(result.token_ids) == 60
     assert stats.target_forward_passes == stats.rounds
+    drafting = sum(d > 0 for d in report["per_step_drafted"])
+    assert stats.rounds_by_draft_method == {"none": stats.rounds - drafting, "argmax": drafting}
+    assert [r.draft_method for r in rounds] == ["none"] + [
+        "argmax" if r.drafted else "none" for r in rounds[1:]
+    ]
 
 
 def test_streaming_delivers_step_by_step_and_equals_generate(runtimes: tuple[Runtime, Runtime]) -> None:

@@ -131,6 +131,7 @@ def test_statistics_come_from_the_servers_metrics(remote: Runtime) -> None:
     assert result.stats.acceptance_rate > 0
     assert result.stats.accepted_tokens == min(report["num_accepted_draft_tokens"], 60)
     assert len(result.stats.acceptance_by_position) == 3
+    assert result.stats.rounds_by_draft_method == {"none": 1, "argmax": report["num_spec_steps"]}
 
 
 def test_streaming_chat_and_tool_calls_parse_as_in_process(remote: Runtime, local_runtime: Runtime) -> None:

@@ -321,9 +321,23 @@ def test_load_options_with_a_runtime_are_rejected(runtime: Runtime) -> None:
         ChatGemmaMTP(runtime=runtime, device="cpu")
 
 
-def test_unknown_constructor_arguments_are_rejected() -> None:
-    with pytest.raises(ValidationError, match="temprature"):
+def test_unknown_constructor_arguments_are_rejected_with_the_near_miss() -> None:
+    with pytest.raises(ValidationError, match=r"unknown argument.*temprature. Did you mean 'temperature'"):
         ChatGemmaMTP(model="google/gemma-4-E2B-it", temprature=0.5)
+    with pytest.raises(ValidationError, match=r"frobnicate.") as caught:
+        ChatGemmaMTP(model="google/gemma-4-E2B-it", frobnicate=1)
+    assert "Did you mean" not in str(caught.value)
+
+
+def test_a_misspelt_call_option_gets_the_near_miss() -> None:
+    llm = ChatGemmaMTP(model="google/gemma-4-E2B-it")
+    with pytest.raises(TypeError, match=r"unknown call option.*Did you mean 'temperature'"):
+        llm.invoke("Hello", temprature=0.5)
+
+
+def test_runtime_with_a_loading_option_names_it_in_the_singular(runtime: Runtime) -> None:
+    with pytest.raises(ValidationError, match="device only applies when ChatGemmaMTP loads the pair itself"):
+        ChatGemmaMTP(runtime=runtime, device="cpu")
 
 
 @pytest.mark.parametrize(
@@ -385,3 +399,9 @@ def test_backend_and_engine_options_reach_runtime_load(
         ChatGemmaMTP(runtime=runtime, backend="vllm")
     with pytest.raises(ValueError, match="base_url"):
         ChatGemmaMTP(runtime=runtime, base_url="http://127.0.0.1:1/v1")
+
+
+def test_an_empty_prompt_is_refused_at_the_call(llm: ChatGemmaMTP) -> None:
+    with pytest.raises(ValueError, match="The conversation is empty"):
+        llm.invoke("")
+    assert llm.invoke("Hi").content is not None

@@ -187,6 +187,21 @@ def test_construction_needs_a_model_or_a_runtime() -> None:
 def test_runtime_excludes_loading_options(runtime: Runtime) -> None:
     with pytest.raises(ValueError, match="device, dtype only apply when GemmaMTP loads the model itself"):
         GemmaMTP(runtime=runtime, device="cuda", dtype="bfloat16")
+    with pytest.raises(ValueError, match="device only applies when GemmaMTP loads the model itself"):
+        GemmaMTP(runtime=runtime, device="cuda")
+
+
+def test_unknown_constructor_arguments_are_rejected_with_the_near_miss(runtime: Runtime) -> None:
+    """They were ignored: a misspelt temperature decoded greedily, an unknown max_tokens to 256 tokens."""
+    with pytest.raises(TypeError, match=r"unexpected keyword argument.*max_tokens, temprature") as caught:
+        GemmaMTP(model="google/gemma-4-E2B-it", temprature=0.9, max_tokens=5)
+    assert "Did you mean 'max_new_tokens' for 'max_tokens', 'temperature' for 'temprature'?" in str(
+        caught.value
+    )
+    with pytest.raises(TypeError, match="Did you mean 'temperature'"):
+        GemmaMTP(runtime=runtime, temprature=0.9)
+    restored = GemmaMTP.from_dict(GemmaMTP(runtime=runtime, temperature=0.5).to_dict())
+    assert restored.temperature == 0.5, "serialized settings still load"
     with pytest.raises(TypeError, match=r"runtime must be a gemma_mtp\.Runtime"):
         GemmaMTP(runtime="google/gemma-4-E2B-it")  # type: ignore[arg-type]
 
@@ -208,7 +223,9 @@ def test_invalid_sampling_values_fail_at_construction(
 
 
 def test_bad_call_arguments_get_clear_errors_and_leave_the_llm_usable(llm: GemmaMTP) -> None:
-    with pytest.raises(TypeError, match=r"unexpected keyword argument.*max_tokens"):
+    with pytest.raises(
+        TypeError, match=r"unexpected keyword argument.*max_tokens. Did you mean 'max_new_tokens'"
+    ):
         llm.chat(QUESTION, max_tokens=5)
     with pytest.raises(ValueError, match="temperature must be in"):
         llm.chat(QUESTION, temperature=-2)
@@ -249,3 +266,11 @@ def test_backend_and_engine_options_reach_runtime_load(
     with pytest.raises(ValueError, match="backend"):
         GemmaMTP(runtime=runtime, backend="vllm")
     assert GemmaMTP(runtime=runtime).backend == "transformers"
+
+
+def test_an_empty_prompt_is_refused_at_the_call(llm: GemmaMTP) -> None:
+    with pytest.raises(ValueError, match="The conversation is empty"):
+        llm.complete("")
+    with pytest.raises(ValueError, match="The conversation is empty"):
+        llm.chat([ChatMessage(role="user", content="")])
+    assert llm.complete("Hi").text is not None

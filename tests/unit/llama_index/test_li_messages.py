@@ -151,8 +151,13 @@ def test_tools_convert_from_llama_index_tools_and_pass_dicts_through() -> None:
     assert converted[0]["function"]["parameters"]["required"] == ["a", "b"]
     assert converted[1] is spec
     assert to_openai_tools([]) is None
-    with pytest.raises(TypeError, match=r"tools\[0\] must be a LlamaIndex tool or an OpenAI-format dict"):
+    with pytest.raises(
+        TypeError, match=r"tools\[0\] must be a LlamaIndex tool or an OpenAI-format dict"
+    ) as caught:
         to_openai_tools([add])
+    assert "FunctionTool.from_defaults(fn=add)" in str(caught.value)
+    with pytest.raises(TypeError, match="got int.$"):
+        to_openai_tools([3])
 
 
 def _result(

@@ -111,6 +111,9 @@ def test_statistics_come_from_the_engine_report_when_rounds_carry_none(agreeing:
     assert (stats.rounds, stats.drafted_tokens, stats.accepted_tokens) == (5, 12, 8)
     assert stats.generated_tokens == 12 and stats.target_tokens == 4
     assert stats.acceptance_by_position == [3 / 4, 3 / 4, 2 / 4]
+    assert stats.rounds_by_draft_method == {"none": 1, "argmax": 4}, (
+        "the prefill, then the server's drafting steps"
+    )
     assert backend.checked == [(SamplingParams(max_new_tokens=12, ignore_eos=True), True)]
     assert stats.draft_policy == "the server's"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 import pytest
@@ -117,3 +118,40 @@ def test_bad_device_and_dtype() -> None:
         Runtime.load(str(dense.target_dir), str(dense.assistant_dir), device="cpu", dtype="float8")
     with pytest.raises(ValueError, match="device"):
         Runtime.load(str(dense.target_dir), str(dense.assistant_dir), device="tpu-of-dreams")
+
+
+def test_a_misspelt_sampling_override_gets_the_near_miss() -> None:
+    from gemma_mtp.names import closest, did_you_mean
+
+    with pytest.raises(TypeError, match=r"temprature. Did you mean 'temperature'"):
+        SamplingParams().with_overrides(temprature=0.5)
+    assert closest("gemma-mtp-mini", ["gemma-mtp-mini"]) is None, "nothing to correct in what was given"
+    assert did_you_mean(["frobnicate"], ["temperature"]) == ""
+
+
+def test_an_empty_conversation_is_refused(agreeing: Runtime) -> None:
+    for messages in (
+        [{"role": "user", "content": ""}],
+        [{"role": "system", "content": " "}, {"role": "user", "content": ""}],
+    ):
+        with pytest.raises(ValueError, match="The conversation is empty"):
+            agreeing.chat(messages)
+    assert agreeing.chat([{"role": "user", "content": "Hi"}], SamplingParams(max_new_tokens=2)).token_ids
+
+
+def test_a_prompt_longer_than_the_context_gets_only_our_error() -> None:
+    mini = Runtime.load("gemma-mtp-mini", device="cpu")
+    assert mini.tokenizer.model_max_length == mini.context_window  # transformers would warn past it
+    warnings: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: warnings.append(record.getMessage())  # type: ignore[method-assign]
+    transformers_logger = logging.getLogger("transformers")  # it does not propagate to the root logger
+    transformers_logger.addHandler(handler)
+    try:
+        for prompt in ("word " * 5000, [{"role": "user", "content": "word " * 5000}]):
+            mini.tokenizer.deprecation_warnings.clear()  # transformers warns once per tokenizer
+            with pytest.raises(ValueError, match="context window"):
+                mini.encode(prompt)
+    finally:
+        transformers_logger.removeHandler(handler)
+    assert not [w for w in warnings if "Token indices sequence length" in w]

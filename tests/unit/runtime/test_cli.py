@@ -199,6 +199,23 @@ def test_missing_model_exits_two_and_names_it(tmp_path, capsys) -> None:
     assert str(missing) in err and "does not exist" in err
 
 
+@pytest.mark.parametrize("command", ["demo", "bench", "tune", "verify", "bench --concurrency 1"])
+@pytest.mark.parametrize("budget", ["100000", "5000"])
+def test_a_budget_past_the_context_window_exits_two_in_one_line_before_decoding(
+    pair_args, command, budget, capsys
+) -> None:
+    """The demo printed a traceback from LlamaIndex after its LangChain part had run."""
+    assert main([*command.split(), *pair_args, "--max-new-tokens", budget]) == 2
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if "error:" in line]
+    assert errors == [
+        f"gemma-mtp {command.split()[0]}: error: --max-new-tokens {budget} does not fit: "
+        + errors[0].split("does not fit: ", 1)[1]
+    ]
+    assert "has a context window of 2048 tokens" in errors[0] and "use --max-new-tokens" in errors[0]
+    assert "Traceback" not in captured.err and captured.out == ""
+
+
 @pytest.mark.parametrize(
     "argv",
     [

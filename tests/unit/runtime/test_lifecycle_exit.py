@@ -16,3 +16,12 @@ def test_leaving_a_runtime_async_stream_early_then_exiting_exits_cleanly(
 ) -> None:
     codes = run_exit_scenario("runtime", 8)
     assert codes == [0] * 8, f"exit codes {codes} (-6: the process aborted at shutdown)"
+
+
+def test_a_stream_still_referenced_at_exit_ends_once_before_finalization(
+    run_held_stream_exit: Callable[[str], tuple[int, str, list[str]]],
+) -> None:
+    code, stderr, lines = run_held_stream_exit("runtime")
+    assert code == 0
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr[-3000:]
+    assert lines == ["summary cancelled finalizing=False"]

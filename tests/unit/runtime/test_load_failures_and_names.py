@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pickle
 import time
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -54,6 +56,18 @@ def test_a_typo_of_the_packaged_name_gets_a_suggestion(
 ) -> None:
     with pytest.raises(OSError, match="Did you mean the packaged pair 'gemma-mtp-mini'"):
         Runtime.load("gemma-mtp-minii", device="cpu")
+
+
+def test_the_packaged_name_given_as_the_assistant_says_how_to_give_it(
+    monkeypatch: pytest.MonkeyPatch, forget_failures: Any
+) -> None:
+    monkeypatch.setattr(loading, "_hub_unreachable", lambda: "ConnectError: no route to host")
+    target = str(Path(str(resources.files("gemma_mtp").joinpath("models/mini/target"))))
+    with pytest.raises(OSError) as caught:
+        Runtime.load(target, "gemma-mtp-mini", device="cpu")
+    message = str(caught.value)
+    assert "Did you mean" not in message, "nothing to correct in what was given"
+    assert "'gemma-mtp-mini' is a packaged pair" in message and "Runtime.load('gemma-mtp-mini')" in message
 
 
 def test_a_failed_load_is_remembered_for_the_same_arguments(
