@@ -110,7 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     plots = plot_sweep(sweep_report, args.img_dir)
     old_page = args.output.read_text(encoding="utf-8") if args.output.exists() else ""
     kept = {name: page_section(old_page, name) for name in KEPT_SECTIONS}
-    write_markdown(args.output, machine, comparison, sweep_report, plots, command, args.note)
+    # The default page is the packaged pair's; a page on another pair says which in its title.
+    title = "Benchmarks" if comparison.model == "gemma-mtp-mini" else f"Benchmarks: {comparison.model}"
+    write_markdown(args.output, machine, comparison, sweep_report, plots, command, args.note, title=title)
     for name, section in kept.items():
         if section is not None:
             write_page_section(args.output, name, section)

@@ -28,7 +28,15 @@ from gemma_mtp.modeling import DRAFT_POSITIONS
 from gemma_mtp.params import SamplingParams
 from gemma_mtp.runtime import Prompt, Runtime
 
-__all__ = ["CLIError", "build_parser", "check_budget", "common_options", "load_runtime", "main", "read_prompts"]
+__all__ = [
+    "CLIError",
+    "build_parser",
+    "check_budget",
+    "common_options",
+    "load_runtime",
+    "main",
+    "read_prompts",
+]
 
 DEFAULT_MODEL = "gemma-mtp-mini"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -633,14 +641,28 @@ def build_parser() -> argparse.ArgumentParser:
     tune = commands.add_parser(
         "tune",
         parents=[common_options(64)],
-        help="sweep draft length x temperature; cost model vs measured speed-up; best draft length",
-        description="Decodes the prompts with each draft length and temperature and without the assistant, "
-        "prints the cost model's speed-up next to the measured one and picks the best draft length.",
+        help="sweep draft length x temperature x draft method; the default policy head to head with the best "
+        "fixed setting",
+        description="Decodes the prompts with each draft length and temperature (when sampling, with argmax and "
+        "sampled drafts) and without the assistant, prints the cost model's speed-up next to the measured one, "
+        "picks the best fixed setting, then runs the default draft policy head to head against it.",
     )
     tune.add_argument(
-        "--draft-lengths", type=_positive_int, nargs="+", default=list(range(1, 9)), metavar="K"
+        "--draft-lengths",
+        type=_positive_int,
+        nargs="+",
+        default=list(range(1, 9)),
+        metavar="K",
+        help="draft lengths swept (default: 1 2 3 4 5 6 7 8)",
     )
-    tune.add_argument("--temperatures", type=_temperature, nargs="+", default=[0.0, 0.7, 1.0], metavar="T")
+    tune.add_argument(
+        "--temperatures",
+        type=_temperature,
+        nargs="+",
+        default=[0.0, 0.7, 1.0],
+        metavar="T",
+        help="temperatures swept (default: 0 0.7 1)",
+    )
     tune.add_argument(
         "--draft-methods",
         nargs="+",

@@ -245,7 +245,7 @@ class PairInfo:
     """What engines other than ours need to know of a checked pair, read without loading any weights."""
 
     target_name: str
-    assistant_name: str
+    assistant_name: str  # empty when the assistant was not needed and not given (a server drafts)
     target_config: Any
     assistant_config: Any
     tokenizer: Any
@@ -255,12 +255,22 @@ class PairInfo:
     default_draft_length: int
 
 
-def inspect_pair(target: str, assistant: str | None = None, **hub_options: Any) -> PairInfo:
-    """Resolve and check a pair as :func:`load_pair` does, reading only configs and the tokenizer."""
+def inspect_pair(
+    target: str, assistant: str | None = None, *, needs_assistant: bool = True, **hub_options: Any
+) -> PairInfo:
+    """Resolve and check a pair as :func:`load_pair` does, reading only configs and the tokenizer.
+
+    With ``needs_assistant=False`` (a server that drafts with its own assistant) and no ``assistant`` given,
+    the assistant is not looked for: ``assistant_name`` is then empty and the draft length the family's.
+    """
     target_name, assistant_name = resolve_names(target, assistant)
     target_cfg = _config(target_name, "target", hub_options)
-    assistant_cfg = _config(assistant_name, "assistant", hub_options)
-    _check_pair(target_name, target_cfg, assistant_name, assistant_cfg)
+    assistant_cfg = None
+    if needs_assistant or assistant is not None or str(target) in PACKAGED_PAIRS:
+        assistant_cfg = _config(assistant_name, "assistant", hub_options)
+        _check_pair(target_name, target_cfg, assistant_name, assistant_cfg)
+    else:
+        assistant_name = ""
     tokenizer = AutoTokenizer.from_pretrained(_local_or_id(target_name), **hub_options)
     text_config = target_cfg.get_text_config()
     return PairInfo(
@@ -273,7 +283,7 @@ def inspect_pair(target: str, assistant: str | None = None, **hub_options: Any) 
         vocab_size=int(text_config.vocab_size),
         eos_token_ids=end_of_generation_ids(_generation_config(target_name, hub_options), tokenizer),
         default_draft_length=default_draft_length(
-            _generation_config(assistant_name, hub_options), text_config
+            _generation_config(assistant_name, hub_options) if assistant_name else None, text_config
         ),
     )
 

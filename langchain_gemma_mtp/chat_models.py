@@ -26,6 +26,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 from typing_extensions import Self
 
 from gemma_mtp import ChatDelta, RoundStats, Runtime, SamplingParams
+from gemma_mtp.backends import check_server_options
 from gemma_mtp.media.processor import checkpoint_modalities
 from gemma_mtp.names import did_you_mean
 from gemma_mtp.params import caller_names
@@ -255,6 +256,7 @@ class ChatGemmaMTP(BaseChatModel):
                     f"itself; with runtime= the pair is already loaded. Pass {'it' if one else 'them'} to "
                     "Runtime.load instead."
                 )
+        check_server_options(self.backend, self.base_url, None if self.api_key is None else "set")
         self._base_params()
         return self
 

@@ -44,6 +44,7 @@ from llama_index.core.prompts import PromptTemplate
 from llama_index.core.types import PydanticProgramMode
 
 from gemma_mtp import Runtime, SamplingParams
+from gemma_mtp.backends import check_server_options
 from gemma_mtp.constraints import truncated_output_message
 from gemma_mtp.names import did_you_mean
 from gemma_mtp.streams import AsyncGuardedStream, GuardedStream
@@ -168,6 +169,7 @@ class GemmaMTP(FunctionCallingLLM):
         elif not model:
             raise ValueError("Pass model= (a hub id or local folder of a Gemma 4 checkpoint) or runtime=.")
         super().__init__(model=model, **kwargs)
+        check_server_options(self.backend, self.base_url, self.api_key)
         self._runtime = runtime
         self._sampling_params()
 

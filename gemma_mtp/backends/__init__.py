@@ -11,7 +11,15 @@ from typing import Any
 
 from gemma_mtp.backends.base import Backend, DecodeRequest, ForwardCounter, Round
 
-__all__ = ["BACKENDS", "Backend", "DecodeRequest", "ForwardCounter", "Round", "load_backend"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "DecodeRequest",
+    "ForwardCounter",
+    "Round",
+    "check_server_options",
+    "load_backend",
+]
 
 BACKENDS = ("transformers", "vllm", "openai")
 
@@ -29,12 +37,12 @@ def load_backend(
 ) -> Backend:
     """Load ``target`` (+ ``assistant``) on the named backend; ``options`` go to that engine."""
     if name == "transformers":
-        _reject_server_options(name, base_url, api_key)
+        check_server_options(name, base_url, api_key)
         from gemma_mtp.backends.transformers_backend import TransformersBackend
 
         return TransformersBackend.load(target, assistant, device=device, dtype=dtype, **options)
     if name == "vllm":
-        _reject_server_options(name, base_url, api_key)
+        check_server_options(name, base_url, api_key)
         from gemma_mtp.backends.vllm_backend import VLLMBackend
 
         return VLLMBackend.load(target, assistant, device=device, dtype=dtype, **options)
@@ -47,10 +55,15 @@ def load_backend(
     raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {name!r}.")
 
 
-def _reject_server_options(name: str, base_url: str | None, api_key: str | None) -> None:
+def check_server_options(name: str, base_url: str | None, api_key: str | None) -> None:
+    """Refuse ``base_url``/``api_key`` for a backend that runs the model in this process (the adapters call it at
+    construction, so that the mistake shows before the first call loads anything)."""
+    if name == "openai":
+        return
     given = [k for k, v in (("base_url", base_url), ("api_key", api_key)) if v is not None]
     if given:
         raise ValueError(
-            f"{' and '.join(given)} only apply to backend='openai' (a running server); "
+            f"{' and '.join(given)} only {'applies' if len(given) == 1 else 'apply'} to backend='openai' "
+            "(a running server); "
             f"backend={name!r} runs the model in this process."
         )

@@ -14,7 +14,10 @@ says why once per runtime.
 
 from __future__ import annotations
 
+import json
 import logging
+import urllib.error
+import urllib.request
 from collections.abc import Generator
 from typing import Any
 
@@ -29,7 +32,7 @@ from gemma_mtp.loading import PairInfo, inspect_pair
 from gemma_mtp.media.processor import MediaSupport
 from gemma_mtp.params import SamplingParams
 
-__all__ = ["OpenAIBackend"]
+__all__ = ["OpenAIBackend", "served_dtype"]
 
 logger = logging.getLogger("gemma_mtp")
 
@@ -75,7 +78,8 @@ class OpenAIBackend:
         """Read the pair's tokenizer and configs here; connect to the server at ``base_url``.
 
         ``served_model_name`` is the name the server knows the target by (default: ``target`` as
-        given, which is what ``vllm serve <target>`` uses). ``client_options`` go to ``openai.OpenAI``
+        given, which is what ``vllm serve <target>`` uses). The assistant is the server's business: it is
+        checked against the target when given, and not looked for otherwise. ``client_options`` go to ``openai.OpenAI``
         (``timeout``, ``max_retries``, ...).
         """
         try:
@@ -89,11 +93,22 @@ class OpenAIBackend:
             )
         if device is not None:
             raise ValueError("device= does not apply to backend='openai': the server decides where it runs.")
-        info = inspect_pair(target, assistant)
+        info = inspect_pair(target, assistant, needs_assistant=False)  # the server drafts with its own
         client = openai.OpenAI(base_url=base_url, api_key=api_key or "EMPTY", **client_options)
-        return cls(
-            info, client, served_model_name or str(target), base_url, None if dtype is None else str(dtype)
-        )
+        expected = None if dtype is None else str(dtype).removeprefix("torch.")
+        served = served_dtype(base_url, api_key)
+        if expected is not None and served is not None and served != expected:
+            logger.warning(
+                "The server at %s runs the model in %s, but dtype=%r was asked for: its answers can differ from "
+                "an in-process %s run (greedy ones included). Start vllm serve with --dtype %s for the same "
+                "tokens.",
+                base_url,
+                served,
+                expected,
+                expected,
+                expected,
+            )
+        return cls(info, client, served_model_name or str(target), base_url, served or expected)
 
     @property
     def device(self) -> str:
@@ -101,6 +116,7 @@ class OpenAIBackend:
 
     @property
     def dtype(self) -> str:
+        """The dtype the server says it runs, else the one the caller gave, else ``"server"``."""
         return self._dtype or "server"
 
     def describe_draft_policy(self, params: SamplingParams) -> str:
@@ -216,3 +232,25 @@ class OpenAIBackend:
 
     def close(self) -> None:
         self.client.close()
+
+
+def served_dtype(base_url: str, api_key: str | None = None, timeout_s: float = 5.0) -> str | None:
+    """The dtype a vLLM server runs its model in, as ``"bfloat16"``, ``"float32"``..., or ``None`` when the server
+    does not say.
+
+    vLLM tells it only on ``/server_info``, one of the development endpoints it serves when started with
+    ``VLLM_SERVER_DEV_MODE=1``; neither ``/v1/models``, ``/version`` nor ``/metrics`` carries it.
+    """
+    root = base_url.rstrip("/").removesuffix("/v1")
+    request = urllib.request.Request(f"{root}/server_info?config_format=json")
+    if api_key:
+        request.add_header("Authorization", f"Bearer {api_key}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            info = json.loads(response.read().decode("utf-8"))
+    except (OSError, ValueError):  # no such endpoint (HTTP 404 is an OSError), no server, not JSON
+        return None
+    config = info.get("vllm_config") if isinstance(info, dict) else None
+    model = config.get("model_config") if isinstance(config, dict) else None
+    dtype = model.get("dtype") if isinstance(model, dict) else None
+    return str(dtype).removeprefix("torch.") if dtype else None

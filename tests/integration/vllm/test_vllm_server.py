@@ -1,7 +1,8 @@
 """Server mode: ``backend="openai"`` against a ``vllm serve`` this module starts on 127.0.0.1.
 
-The server runs the agreeing kit pair with MTP and per-request speculative-decoding metrics; the same
-pair in process is the reference for answers and tool-call parsing.
+The server runs the agreeing kit pair with MTP and per-request speculative-decoding metrics, in float32 and in
+development mode (so that it says its dtype); the same pair in process is the reference for answers and tool-call
+parsing.
 """
 
 from __future__ import annotations
@@ -67,7 +68,9 @@ def server(local_runtime: Runtime, tmp_path_factory: pytest.TempPathFactory) -> 
         "--structured-outputs-config", json.dumps({"backend": "guidance"}),
     ]  # fmt: skip
     with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
+        # Development mode serves /server_info, the one place vLLM says which dtype it runs.
+        env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1"}
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
@@ -199,3 +202,53 @@ def test_a_server_without_metrics_is_said_so(remote: Runtime, caplog: Any) -> No
     with caplog.at_level("WARNING", logger="gemma_mtp"):
         assert backend._report(None) is None
     assert "sent no metrics.speculative_decoding" in caplog.text
+
+
+def test_the_assistant_is_the_servers_and_the_dtype_is_the_one_it_runs(
+    server: str, local_runtime: Runtime, caplog: Any
+) -> None:
+    """Server mode looked for a local ``<target>-assistant`` folder, and could not tell a dtype mismatch."""
+    base_url = f"{server}/v1"
+    bare = Runtime.load(local_runtime.model_name, backend="openai", base_url=base_url)
+    try:
+        assert bare.assistant_name == "" and bare.dtype == "float32"
+        params = SamplingParams(max_new_tokens=24, ignore_eos=True)
+        prompt = "The quick brown fox jumps over the lazy dog."
+        assert bare.generate(prompt, params).token_ids == local_runtime.generate(prompt, params).token_ids
+    finally:
+        bare.close()
+    with caplog.at_level("WARNING", logger="gemma_mtp"):
+        for dtype in ("float32", "bfloat16"):
+            rt = Runtime.load(local_runtime.model_name, backend="openai", base_url=base_url, dtype=dtype)
+            rt.close()
+    warnings = [r.getMessage() for r in caplog.records if "runs the model in" in r.getMessage()]
+    assert (
+        len(warnings) == 1
+        and "float32, but dtype='bfloat16'" in warnings[0]
+        and "--dtype bfloat16" in warnings[0]
+    )
+
+
+def test_after_tool_results_the_answer_is_the_generated_text_as_in_process(
+    remote: Runtime, local_runtime: Runtime
+) -> None:
+    messages = [
+        *MESSAGES,
+        {
+            "role": "assistant",
+            "content": "Let me check the weather.",
+            "tool_calls": [
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": {"city": "Paris"}},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "Sunny in Paris"},
+    ]
+    params = SamplingParams(max_new_tokens=32)
+    ours = remote.chat(messages, params, tools=TOOLS)
+    reference = local_runtime.chat(messages, params, tools=TOOLS)
+    assert (ours.content, ours.token_ids) == (reference.content, reference.token_ids)
+    assert not ours.content.startswith("Let me check the weather.")

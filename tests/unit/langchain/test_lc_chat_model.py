@@ -405,3 +405,11 @@ def test_an_empty_prompt_is_refused_at_the_call(llm: ChatGemmaMTP) -> None:
     with pytest.raises(ValueError, match="The conversation is empty"):
         llm.invoke("")
     assert llm.invoke("Hi").content is not None
+
+
+def test_server_arguments_without_server_mode_are_refused_at_construction() -> None:
+    with pytest.raises(ValidationError, match="api_key only applies to backend='openai'"):
+        ChatGemmaMTP(model="google/gemma-4-E2B-it", api_key="k")
+    with pytest.raises(ValidationError, match="base_url only applies to backend='openai'"):
+        ChatGemmaMTP(model="google/gemma-4-E2B-it", backend="vllm", base_url="http://h:8000/v1")
+    ChatGemmaMTP(model="google/gemma-4-E2B-it", backend="openai", base_url="http://h:8000/v1", api_key="k")

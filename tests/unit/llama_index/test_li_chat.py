@@ -274,3 +274,9 @@ def test_an_empty_prompt_is_refused_at_the_call(llm: GemmaMTP) -> None:
     with pytest.raises(ValueError, match="The conversation is empty"):
         llm.chat([ChatMessage(role="user", content="")])
     assert llm.complete("Hi").text is not None
+
+
+def test_server_arguments_without_server_mode_are_refused_at_construction() -> None:
+    with pytest.raises(ValueError, match="api_key only applies to backend='openai'"):
+        GemmaMTP(model="google/gemma-4-E2B-it", api_key="k")
+    GemmaMTP(model="google/gemma-4-E2B-it", backend="openai", base_url="http://h:8000/v1", api_key="k")

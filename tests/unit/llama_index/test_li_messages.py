@@ -156,7 +156,7 @@ def test_tools_convert_from_llama_index_tools_and_pass_dicts_through() -> None:
     ) as caught:
         to_openai_tools([add])
     assert "FunctionTool.from_defaults(fn=add)" in str(caught.value)
-    with pytest.raises(TypeError, match="got int.$"):
+    with pytest.raises(TypeError, match=r"got int\.$"):
         to_openai_tools([3])
 
 

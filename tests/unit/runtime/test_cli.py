@@ -285,6 +285,10 @@ def test_run_benchmarks_writes_the_page_and_plots(pair_args, one_prompt, tmp_pat
         assert heading in text
     assert "| gemma-mtp, with assistant |" in text and "best fixed setting at temperature 1" in text
     assert "## Default draft policy vs the best fixed setting" in text
+    # A kit pair lives in a temporary folder: the page names it by what it is, and under its own title.
+    assert text.startswith("# Benchmarks: the kit's dense pair (agreeing)\n")
+    results = text.split("## Reproduce")[0]  # the command below is this test's, with the folders it was given
+    assert "gemma-mtp-kit-" not in results and "the kit's dense pair (agreeing) assistant on cpu" in results
     for plot in ("speedup_vs_draft_length.png", "acceptance_vs_temperature.png", "policy_vs_fixed.png"):
         assert (img / plot).read_bytes().startswith(b"\x89PNG")
         assert f"](img/{plot})" in text
@@ -317,3 +321,20 @@ def test_constrained_benchmark_writes_its_section_and_the_full_page_keeps_it_and
     assert load("run_benchmarks").main([*argv, "--img-dir", str(tmp_path / "img")]) == 0
     rewritten = page.read_text()
     assert section in rewritten and concurrency in rewritten and "## Our loop and Hugging Face" in rewritten
+
+
+def test_help_names_the_method_sweep_the_head_to_head_and_the_sweeps_defaults(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    top = " ".join(capsys.readouterr().out.split())
+    assert "draft method" in top and "head to head" in top
+    with pytest.raises(SystemExit):
+        main(["tune", "--help"])
+    tune = " ".join(capsys.readouterr().out.split())
+    for text in (
+        "argmax and sampled drafts",
+        "head to head",
+        "(default: 1 2 3 4 5 6 7 8)",
+        "(default: 0 0.7 1)",
+    ):
+        assert text in tune, text

@@ -137,3 +137,18 @@ def test_a_runtime_built_from_a_backend_refuses_to_pickle_clearly() -> None:
     handmade = Runtime(runtime.engine)
     with pytest.raises(TypeError, match=r"Runtime\.load"):
         pickle.dumps(handmade)
+
+
+def test_a_server_needs_no_assistant_but_checks_one_given() -> None:
+    """Server mode looked for a local ``<target>-assistant`` folder although the server drafts."""
+    pair = tiny_pair("dense", agreeing=True)
+    info = loading.inspect_pair(str(pair.target_dir), needs_assistant=False)
+    assert info.assistant_name == "" and info.assistant_config is None
+    assert info.context_window > 0 and info.eos_token_ids and info.default_draft_length > 0
+    with pytest.raises(FileNotFoundError, match="assistant"):
+        loading.inspect_pair(str(pair.target_dir))  # in process the assistant is needed
+    given = loading.inspect_pair(str(pair.target_dir), str(pair.assistant_dir), needs_assistant=False)
+    assert given.assistant_name == str(pair.assistant_dir) and given.assistant_config is not None
+    mini_assistant = str(Path(str(resources.files("gemma_mtp").joinpath("models/mini/assistant"))))
+    with pytest.raises(ValueError, match="hidden"):
+        loading.inspect_pair(str(pair.target_dir), mini_assistant, needs_assistant=False)
