@@ -278,7 +278,7 @@ def test_what_the_engine_cannot_do_is_refused_at_the_call(
 def test_engine_options_the_backend_builds_are_refused() -> None:
     with pytest.raises(ValueError, match="speculative_config= cannot be passed"):
         Runtime.load("gemma-mtp-mini", backend="vllm", speculative_config={"method": "mtp"})
-    with pytest.raises(ValueError, match="base_url only apply to backend='openai'"):
+    with pytest.raises(ValueError, match="base_url only applies to backend='openai'"):
         Runtime.load("gemma-mtp-mini", backend="vllm", base_url="http://127.0.0.1:1/v1")
     with pytest.raises(ValueError, match="runs on 'cpu'"):
         Runtime.load("gemma-mtp-mini", backend="vllm", device="cuda")
