@@ -79,7 +79,8 @@ def kit_label(folder: str) -> str | None:
         pairs = list(_built.values())
     for pair in pairs:
         kind = "contextual" if pair.contextual else "agreeing" if pair.agreeing else "random"
-        name = f"the kit's {pair.variant} pair ({kind})"
+        reads = "" if pair.media is None else ", images" + (" and audio" if pair.media.audio else "")
+        name = f"the kit's {pair.variant} pair ({kind}{reads})"
         if path == pair.target_dir:
             return name
         if path == pair.assistant_dir:

@@ -4,7 +4,11 @@ The snippets name real checkpoints and GPUs; they run here offline, on a CPU, af
 else (the rule the README's claims are held to):
 
 1. a Gemma 4 assistant's hub id (``"google/gemma-4-<size>-it-assistant"``) becomes the packaged mini assistant's
-   folder, and a Gemma 4 target's hub id (``"google/gemma-4-<size>-it"``) becomes ``"gemma-mtp-mini"``;
+   folder, and a Gemma 4 target's hub id (``"google/gemma-4-<size>-it"``) becomes ``"gemma-mtp-mini"``; on a page
+   that shows images or audio (the mini pair reads text only), a target's hub id becomes instead the folder of the
+   testing kit's multimodal pair (dense, agreeing, images and audio), laid out under Google's naming
+   (``<folder>`` and ``<folder>-assistant``), and the page runs in a folder holding the media files it names
+   (``chart.png``, ``scan.png``, ``call.wav``);
 2. ``device="cuda"`` (or ``"cuda:N"``) becomes ``device="cpu"`` and ``dtype="bfloat16"`` becomes
    ``dtype="float32"`` (the CPU default, so that every snippet shares the one loaded runtime);
 3. a token budget above 128 (``max_new_tokens=N``, ``max_tokens=N``) becomes 128, to keep the run short;
@@ -12,7 +16,7 @@ else (the rule the README's claims are held to):
 
 A page's snippets run in order in one namespace, so a later snippet uses what an earlier one made (``rt``,
 ``llm``, ``chain``). A few snippets are fragments of an API tour that use a name the page takes as given
-(``prompt``, ``messages``, ``questions``, ``index``...): :data:`GIVEN` defines those, per page. Top-level ``await``
+(``prompt``, ``messages``, ``questions``, ``index``, ``png_b64``...): :data:`GIVEN` defines those, per page. Top-level ``await``
 and ``async for`` run on an event loop.
 
 Statements that need what this environment lacks (``backend="vllm"``: vLLM and a GPU or its CPU build;
@@ -30,6 +34,7 @@ import ast
 import asyncio
 import importlib.util
 import re
+import shutil
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -40,9 +45,16 @@ ROOT = Path(__file__).resolve().parents[3]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 MINI_ASSISTANT = str(Path(str(resources.files("gemma_mtp").joinpath("models/mini/assistant"))))
 
+_MEDIA_DATA = (
+    "import base64\n"
+    'png_b64 = base64.b64encode(open("chart.png", "rb").read()).decode()\n'
+    'wav_b64 = base64.b64encode(open("call.wav", "rb").read()).decode()\n'
+)
 GIVEN: dict[str, str] = {
     "index.md": 'prompt = "Why is the sky blue?"\nmessages = [{"role": "user", "content": "Weather in Paris?"}]\n',
     "langchain.md": 'questions = ["What is speculative decoding?", "What does the assistant draft?"]\n',
+    "README.md": _MEDIA_DATA,
+    "multimodal.md": _MEDIA_DATA,
     "llama_index.md": (
         "from llama_index.core import Document, MockEmbedding, VectorStoreIndex\n"
         "from llama_index.core.llms import ChatMessage\n"
@@ -60,10 +72,35 @@ ENVIRONMENTS = {
 """What ``backend=...`` needs: the module, and the start of the ImportError the docs promise without it."""
 
 
-def substitute(source: str, tmp_path: Path) -> str:
+def shows_media(page: Path) -> bool:
+    return any(re.search(r"\b(image|audio|ImageBlock|AudioBlock)\b", block) for _, block in snippets(page))
+
+
+@pytest.fixture(scope="module")
+def media_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with the kit's multimodal pair under Google's naming, and the media files the pages name."""
+    import numpy as np
+    import soundfile
+    from PIL import Image
+
+    from gemma_mtp.testing import KitMedia, tiny_pair
+
+    folder = tmp_path_factory.mktemp("media-docs")
+    pair = tiny_pair("dense", agreeing=True, media=KitMedia())
+    shutil.copytree(pair.target_dir, folder / "gemma-4-kit-it")
+    shutil.copytree(pair.assistant_dir, folder / "gemma-4-kit-it-assistant")
+    picture = Image.fromarray(np.arange(32 * 32 * 3, dtype=np.uint8).reshape(32, 32, 3))
+    for name in ("chart.png", "scan.png"):
+        picture.save(folder / name)
+    soundfile.write(folder / "call.wav", np.sin(np.arange(16000) / 16000 * 2 * np.pi * 440), 16000)
+    return folder
+
+
+def substitute(source: str, tmp_path: Path, media_target: Path | None = None) -> str:
     """The snippet as it runs here (the module docstring's rule)."""
     source = re.sub(r'"google/gemma-4-[\w.-]+?-it-assistant"', repr(MINI_ASSISTANT), source)
-    source = re.sub(r'"google/gemma-4-[\w.-]+?-it"', '"gemma-mtp-mini"', source)
+    target = '"gemma-mtp-mini"' if media_target is None else repr(str(media_target))
+    source = re.sub(r'"google/gemma-4-[\w.-]+?-it"', target, source)
     source = re.sub(r'device="cuda(:\d+)?"', 'device="cpu"', source)
     source = source.replace('dtype="bfloat16"', 'dtype="float32"')
     source = re.sub(r"\b(max_new_tokens|max_tokens)=(\d+)", lambda m: f"{m[1]}={min(int(m[2]), 128)}", source)
@@ -105,16 +142,23 @@ def _run(source: str, namespace: dict[str, Any], where: str, line: int = 1) -> N
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda page: page.relative_to(ROOT).as_posix())
-def test_every_snippet_runs_on_the_mini_pair(page: Path, tmp_path: Path) -> None:
+def test_every_snippet_runs_on_the_mini_pair(
+    page: Path, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
     blocks = snippets(page)
     if not blocks:
         pytest.skip("no Python snippets")
+    media_target = None
+    if shows_media(page):
+        media = request.getfixturevalue("media_folder")
+        monkeypatch.chdir(media)
+        media_target = media / "gemma-4-kit-it"
     namespace: dict[str, Any] = {"__name__": "__docs__"}
     _run(GIVEN.get(page.name, ""), namespace, f"{page.name}: given names")
     skipped: list[str] = []
     name = str(page.relative_to(ROOT))
     for line, block in blocks:
-        for offset, text in _statements(substitute(block, tmp_path)):
+        for offset, text in _statements(substitute(block, tmp_path, media_target)):
             at = line + offset - 1
             backend = _needed(text)
             if backend is None:
