@@ -18,16 +18,23 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar, TypeVar
 
 from gemma_mtp.backends import Backend, DecodeRequest, Round, load_backend
-from gemma_mtp.chat import StreamingResponseParser, render_chat, tool_call_prefill, validate_messages
+from gemma_mtp.chat import (
+    StreamingResponseParser,
+    first_message_end,
+    render_chat,
+    tool_call_prefill,
+    validate_messages,
+)
 from gemma_mtp.chat.grammar import answer_grammar
 from gemma_mtp.chat.parsing import answer_opening
-from gemma_mtp.chat.syntax import THINKING_SWITCH, THOUGHT_OPEN
+from gemma_mtp.chat.syntax import THINKING_SWITCH, THOUGHT_OPEN, TURN_OPEN
 from gemma_mtp.detokenize import IncrementalDetokenizer, StopMatcher
 from gemma_mtp.lifecycle import Request, SummaryListener
 from gemma_mtp.loading import resolve_device, resolve_dtype, resolve_names
 from gemma_mtp.media import MediaSettings, PromptMedia, media_sources, prepare_media
 from gemma_mtp.modeling import DraftPosition, validate_draft_position
 from gemma_mtp.params import SamplingParams
+from gemma_mtp.prefix_cache import PrefixCacheUsage
 from gemma_mtp.results import (
     ChatDelta,
     ChatFinishReason,
@@ -44,6 +51,7 @@ __all__ = ["Prompt", "Runtime"]
 Prompt = str | Sequence[int] | Sequence[dict[str, Any]]
 _T = TypeVar("_T")
 _PROMPT_TAIL_TOKENS = 64
+_LOOP_SETTINGS = ("draft_position", "prefix_cache_bytes")
 
 
 class Runtime:
@@ -81,6 +89,7 @@ class Runtime:
         api_key: str | None = None,
         draft_position: DraftPosition | None = None,
         media: MediaSettings | None = None,
+        prefix_cache_bytes: int | None = None,
         **options: Any,
     ) -> Runtime:
         """Load a pair (or return the one this process already loaded with the same arguments).
@@ -105,10 +114,19 @@ class Runtime:
         checkpoints that record none) or ``"pending"`` (n, as transformers' ``generate(assistant_model=...)``
         does). Runtimes that differ only in it share the loaded weights.
 
+        ``prefix_cache_bytes`` bounds the memory that keeps recent prompts' keys/values, so that a request
+        whose prompt starts like an earlier one (an agent's next step, a chat's next turn, another conversation
+        with the same system prompt and tools) processes only what is new (``None``: a quarter of the free GPU
+        memory after loading on CUDA, 1 GiB on the CPU; ``0``: off; see :meth:`prefix_cache_usage`). On
+        ``backend="vllm"`` vLLM's own prefix caching runs inside its KV cache, and ``0`` turns it off; a server
+        decides for itself. On the transformers backend, runtimes that differ only in it share the weights.
+
         ``media`` sets what images and audio in chat messages may do (read local files, fetch URLs, how large
         they may be; see :class:`~gemma_mtp.media.MediaSettings` and ``docs/multimodal.md``); the defaults read
         no local file and fetch only public URLs. Runtimes that differ only in it share the loaded weights.
         """
+        if prefix_cache_bytes is not None:
+            options = {**options, "prefix_cache_bytes": prefix_cache_bytes}
         if media is not None:
             if not isinstance(media, MediaSettings):
                 raise TypeError(f"media must be a gemma_mtp.media.MediaSettings, got {type(media).__name__}")
@@ -151,11 +169,13 @@ class Runtime:
             if key in cls._failed:
                 raise _remembered(cls._failed[key])
             if key not in cls._cache and backend == "transformers":
-                # The same weights under another drafting convention: share them.
-                loaded = cls._cached_with_other_draft_position(key)
+                # The same weights under another drafting convention or prefix cache bound: share them.
+                loaded = cls._cached_sharing_weights(key)
                 if loaded is not None:
                     cls._cache[key] = cls(
-                        loaded._backend.with_draft_position(draft_position)  # type: ignore[attr-defined]
+                        loaded._backend.sharing_weights(  # type: ignore[attr-defined]
+                            options.get("draft_position"), options.get("prefix_cache_bytes")
+                        )
                     )
             if key not in cls._cache:
                 try:
@@ -180,11 +200,12 @@ class Runtime:
             return cls._cache[key]
 
     @classmethod
-    def _cached_with_other_draft_position(cls, key: tuple[Any, ...]) -> Runtime | None:
-        """A cached runtime whose load arguments equal ``key``'s except ``draft_position`` (``None`` too)."""
+    def _cached_sharing_weights(cls, key: tuple[Any, ...]) -> Runtime | None:
+        """A cached runtime whose load arguments equal ``key``'s except ``draft_position`` and
+        ``prefix_cache_bytes`` (settings of the loop, not of the weights)."""
 
         def without(options: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
-            return tuple(item for item in options if item[0] != "draft_position")
+            return tuple(item for item in options if item[0] not in _LOOP_SETTINGS)
 
         for other_key, runtime in cls._cache.items():
             if other_key[:-1] == key[:-1] and without(other_key[-1]) == without(key[-1]):
@@ -228,6 +249,19 @@ class Runtime:
         """
         support = getattr(self._backend, "media", None)
         return frozenset() if support is None else support.modalities
+
+    def drop_cached_prefixes(self) -> None:
+        """Forget every prompt prefix this runtime keeps for reuse (its memory is freed once no running request
+        reads it). The runtime stays loaded; :meth:`clear_cache` is what forgets loaded runtimes."""
+        drop = getattr(self._backend, "drop_cached_prefixes", None)
+        if drop is not None:
+            drop()
+
+    def prefix_cache_usage(self) -> PrefixCacheUsage | None:
+        """How much memory the prefix cache may take and takes, and how many prompts it keeps; ``None`` on
+        engines that manage their own (vLLM, a server)."""
+        usage = getattr(self._backend, "prefix_cache_usage", None)
+        return usage() if usage is not None else None
 
     @property
     def draft_position(self) -> DraftPosition:
@@ -555,7 +589,16 @@ class Runtime:
                 stats.assistant_forward_passes += 1
 
         rounds = self._rounds(
-            DecodeRequest(stats.request_id, prompt_ids, params, budget, use_assistant, count, media)
+            DecodeRequest(
+                stats.request_id,
+                prompt_ids,
+                params,
+                budget,
+                use_assistant,
+                count,
+                media,
+                reuse_points=self._reuse_points(prompt_ids),
+            )
         )
         produced = 0
         round_started = time.perf_counter()
@@ -583,6 +626,8 @@ class Runtime:
                     tail, stop_seq = stops.push(detok.flush())
                     text += tail + ("" if stop_seq else stops.flush())
                 stats.record_round(rnd.drafted, rnd.accepted, len(kept), rnd.draft_method)
+                if rnd.cached_prompt_tokens is not None:
+                    stats.cached_prompt_tokens = rnd.cached_prompt_tokens
                 if rnd.engine_report is not None:
                     stats.engine_report = dict(rnd.engine_report)
                     if not self._backend.round_statistics:
@@ -611,6 +656,19 @@ class Runtime:
                 round_started = time.perf_counter()
         finally:
             rounds.close()
+
+    @functools.cached_property
+    def _turn_open_id(self) -> int | None:
+        token = self.tokenizer.convert_tokens_to_ids(TURN_OPEN)
+        return None if token is None or token == self.tokenizer.unk_token_id else int(token)
+
+    def _reuse_points(self, prompt_ids: list[int]) -> tuple[int, ...]:
+        """Where a later prompt is likely to share this one's beginning, besides its end: the end of its first
+        chat message (the system prompt and tool declarations, the same in every conversation of an app)."""
+        if self._turn_open_id is None:
+            return ()
+        end = first_message_end(prompt_ids, self._turn_open_id)
+        return () if end is None else (end,)
 
     def _rounds(self, request: DecodeRequest) -> Generator[Round, None, None]:
         """The decoding rounds of one request (the testing kit's scripted answers stand in here)."""

@@ -29,6 +29,7 @@ import functools
 import threading
 import time
 from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass
 
 import torch
 
@@ -38,6 +39,8 @@ from gemma_mtp.constraints import ConstraintGuide
 from gemma_mtp.modeling import Drafter, SharedKV, TargetStep, crop_cache
 from gemma_mtp.params import SamplingParams
 from gemma_mtp.policy import DraftPolicy, FixedDraft, request_kind
+from gemma_mtp.prefix_cache import MediaSpan, PrefixCache
+from gemma_mtp.prefix_state import PointState, PrefixStates
 from gemma_mtp.sampling import (
     Acceptance,
     accept_argmax_drafts,
@@ -46,7 +49,21 @@ from gemma_mtp.sampling import (
     warp,
 )
 
-__all__ = ["Round", "SpeculativeDecoder"]
+__all__ = ["PromptReuse", "Round", "SpeculativeDecoder"]
+
+
+@dataclass(frozen=True)
+class PromptReuse:
+    """Where a request's prompt may start from, and what it leaves behind (see :mod:`gemma_mtp.prefix_cache`).
+
+    ``spans`` are the prompt's media items with their content digests; ``points`` are the lengths, besides
+    the prompt's end, at which its state is worth keeping (the end of its first message).
+    """
+
+    cache: PrefixCache[PointState]
+    states: PrefixStates
+    spans: tuple[MediaSpan, ...] = ()
+    points: tuple[int, ...] = ()
 
 
 def _accepted_prefix_kv(
@@ -115,6 +132,7 @@ class SpeculativeDecoder:
         count_forward: Callable[[str], None],
         guide: ConstraintGuide | None = None,
         media: Mapping[str, torch.Tensor] | None = None,
+        reuse: PromptReuse | None = None,
     ) -> Generator[Round, None, None]:
         """Yield one :class:`Round` per target forward until ``budget`` tokens were produced.
 
@@ -124,7 +142,9 @@ class SpeculativeDecoder:
         constrains the output: the assistant drafts only allowed tokens, every verify row is masked with the
         state after the drafts before it, and only the verified tokens advance it. ``media`` (the processor's
         tensors for the prompt's images and audio) sends the prefill through the multimodal model; every pass
-        after it, and the assistant, read the keys/values it left, as for text.
+        after it, and the assistant, read the keys/values it left, as for text. With ``reuse`` the
+        request starts from the longest stored prefix of its prompt and offers its own prompt's state after
+        the prefill; the first round reports how many prompt tokens it did not process again.
         """
         if policy is None or self.drafter is None:
             policy = FixedDraft(0, "argmax")
@@ -137,25 +157,46 @@ class SpeculativeDecoder:
         kind = request_kind(params.temperature, params.constrained)
         device = self.target.device
         cache = self.target.new_cache()
-        prompt = torch.tensor([prompt_ids], device=device)
+        match = reuse.cache.lookup(prompt_ids, reuse.spans) if reuse is not None else None
+        # The prompt's last token is always processed here, so its hidden state and logits come from this pass.
+        reused = 0 if match is None else min(match.length, len(prompt_ids) - 1)
+        if media and reuse is not None and any(span.end > reused for span in reuse.spans):
+            # A media item among the tokens to process: the whole prompt goes through the multimodal model,
+            # which takes its media from position 0 (its entry serves the next request whole).
+            match, reused = None, 0
+        if reuse is not None and match is not None and reused > 0:
+            reuse.states.restore(cache, match.state, reused)
         with self.lock:
-            if media:
-                out = self.target.prefill(prompt, cache, media, keep_last=1)
+            new_ids = torch.tensor([prompt_ids[reused:]], device=device)
+            if media and reused == 0:
+                out = self.target.prefill(new_ids, cache, media, keep_last=1)
             else:
-                out = self.target(prompt, cache, start=0, keep_last=1)
+                out = self.target(new_ids, cache, start=reused, keep_last=1)
         count_forward("target")
+        if self.drafter is None:
+            prefix_kv: SharedKV = {}
+        elif reused == 0:
+            prefix_kv = self.drafter.visible_kv(out.shared_kv)
+        else:  # the prefill returns only part of the restored sliding window: read the cache instead
+            assert reuse is not None
+            prefix_kv = self.drafter.visible_kv(reuse.states.draft_kv(cache))
+        if reuse is not None and (match is None or match.length < len(prompt_ids)):
+            # Offered whole, before anything crops the cache and before the first token is handed out, so that
+            # a request that ends at any point after its prefill still leaves its prompt behind.
+            entry = reuse.states.capture(prompt_ids, reuse.spans, cache, reused, reuse.points, match)
+            if entry is not None:
+                reuse.cache.offer(entry)
         no_drafts = torch.empty(0, dtype=torch.long, device=device)
         logits = out.logits if guide is None else _masked(out.logits, guide.rows([])[1])
         first = self._choose(logits, no_drafts, None, params, generator)
         if guide is not None:
             guide.commit(0, first.tokens)
         produced = 1
-        yield Round(tokens=first.tokens, drafted=0, accepted=0, draft_length=0)
+        yield Round(tokens=first.tokens, drafted=0, accepted=0, draft_length=0, cached_prompt_tokens=reused)
 
         seen = len(prompt_ids)  # positions the target has processed
         pending = first.tokens[0]
         hidden = out.hidden[:, -1:]
-        prefix_kv = self.drafter.visible_kv(out.shared_kv) if self.drafter is not None else {}
         cycle_start = time.perf_counter()
         while produced < budget:
             decision = policy.decide(budget - produced - 1)

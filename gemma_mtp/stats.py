@@ -55,6 +55,8 @@ class SpeculationStats:
 
     request_id: str = ""
     prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    """Prompt tokens not processed again: the engine kept their keys/values from an earlier request."""
     drafted_tokens: int = 0
     accepted_tokens: int = 0
     target_tokens: int = 0
@@ -182,6 +184,7 @@ class SpeculationStats:
             "draft_policy": self.draft_policy,
             "rounds_by_draft_method": dict(self.rounds_by_draft_method),
             "prompt_tokens": self.prompt_tokens,
+            "cached_prompt_tokens": self.cached_prompt_tokens,
             "generated_tokens": self.generated_tokens,
             "drafted_tokens": self.drafted_tokens,
             "accepted_tokens": self.accepted_tokens,
@@ -215,6 +218,7 @@ class SpeculationTotals:
     accepted_tokens: int = 0
     generated_tokens: int = 0
     prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
     elapsed_s: float = 0.0
 
     @classmethod
@@ -227,6 +231,7 @@ class SpeculationTotals:
             accepted_tokens=int(stats["accepted_tokens"]),
             generated_tokens=int(stats["generated_tokens"]),
             prompt_tokens=int(stats["prompt_tokens"]),
+            cached_prompt_tokens=int(stats.get("cached_prompt_tokens", 0)),
             elapsed_s=float(stats["elapsed_s"]),
         )
 
@@ -268,6 +273,7 @@ class SpeculationTotals:
             accepted_tokens=self.accepted_tokens + other.accepted_tokens,
             generated_tokens=self.generated_tokens + other.generated_tokens,
             prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            cached_prompt_tokens=self.cached_prompt_tokens + other.cached_prompt_tokens,
             elapsed_s=self.elapsed_s + other.elapsed_s,
         )
 

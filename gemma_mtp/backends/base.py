@@ -46,6 +46,9 @@ class Round:
     """``"argmax"`` or ``"sampled"`` drafts, ``"none"`` for a round without drafts."""
     draft_temperature: float | None = None
     """The temperature sampled drafts were drawn at; ``None`` for argmax drafts or none."""
+    cached_prompt_tokens: int | None = None
+    """Prompt tokens the engine did not process again (a prefix it had kept from earlier requests), where it
+    says; ``None`` on rounds that do not report it."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,10 @@ class DecodeRequest:
     media: PromptMedia | None = None
     """The prompt's images and audio (their spans in ``prompt_ids``, content digests and the processor's tensors);
     ``None`` for a text prompt. ``prompt_ids`` already hold each item's expanded placeholder tokens."""
+    reuse_points: tuple[int, ...] = ()
+    """Prompt lengths, besides the whole prompt, that later prompts are likely to start with (the end of the
+    first chat message: a system prompt and tool declarations shared by many conversations). An engine with
+    a prefix cache may keep its state there too."""
 
 
 @runtime_checkable

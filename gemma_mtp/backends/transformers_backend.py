@@ -3,6 +3,9 @@
 Requests are independent (each owns its KV cache); forward passes are serialised by a lock, so
 concurrent callers interleave round by round on the same weights and get the same results as if they
 ran alone. Throughput does not grow with concurrency here: that is what the vLLM backend is for.
+
+A prefix cache (:mod:`gemma_mtp.prefix_cache`, :mod:`gemma_mtp.prefix_state`) keeps the state of recent
+prompts, so that an agent's next step or a chat's next turn processes only what its prompt adds.
 """
 
 from __future__ import annotations
@@ -28,9 +31,23 @@ from gemma_mtp.modeling import (
 )
 from gemma_mtp.params import SamplingParams
 from gemma_mtp.policy import DraftPolicy, PolicyMemory, policy_for
-from gemma_mtp.speculative import SpeculativeDecoder
+from gemma_mtp.prefix_cache import MediaSpan, PrefixCache, PrefixCacheUsage
+from gemma_mtp.prefix_state import PointState, PrefixStates
+from gemma_mtp.speculative import PromptReuse, SpeculativeDecoder
 
-__all__ = ["TransformersBackend"]
+__all__ = ["DEFAULT_HOST_PREFIX_CACHE_BYTES", "TransformersBackend", "default_prefix_cache_bytes"]
+
+DEFAULT_HOST_PREFIX_CACHE_BYTES = 1 << 30
+"""The prefix cache's bound when the target runs on the CPU (or Apple's MPS): 1 GiB."""
+
+
+def default_prefix_cache_bytes(device: torch.device) -> int:
+    """The prefix cache's bound unless told otherwise: a quarter of the GPU memory still free once the weights
+    are loaded on CUDA, :data:`DEFAULT_HOST_PREFIX_CACHE_BYTES` elsewhere."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free) // 4
+    return DEFAULT_HOST_PREFIX_CACHE_BYTES
 
 
 class TransformersBackend:
@@ -45,6 +62,8 @@ class TransformersBackend:
         pair: LoadedPair,
         draft_position: DraftPosition | None = None,
         lock: threading.RLock | None = None,
+        prefix_cache_bytes: int | None = None,
+        prefix_cache: PrefixCache[PointState] | None = None,
     ):
         self.pair = pair
         self.lock = lock or threading.RLock()
@@ -67,6 +86,19 @@ class TransformersBackend:
         self.draft_calibration = DraftCalibration()
         self.policy_memory = PolicyMemory(self.draft_calibration)
         self.constraints = ConstraintCompiler(pair.tokenizer, self.vocab_size, self.eos_token_ids)
+        if prefix_cache is None:
+            bound = (
+                default_prefix_cache_bytes(self.device) if prefix_cache_bytes is None else prefix_cache_bytes
+            )
+            prefix_cache = PrefixCache(bound)
+        self.prefix_cache = prefix_cache
+        # Points keep what the target's sliding layers hold (W - 1) one position back (a prompt stored whole is
+        # restored one token short), and what the assistant reads under either drafting convention (W or W + 1),
+        # so runtimes on these weights share entries whatever they draft at.
+        assistant_window = int(pair.assistant.config.get_text_config().sliding_window)
+        self.prefix_states = PrefixStates(
+            self.target_step.decoder, keep=max(int(text_config.sliding_window), assistant_window + 1)
+        )
 
     @classmethod
     def load(
@@ -77,13 +109,28 @@ class TransformersBackend:
         device: str | torch.device | None,
         dtype: str | torch.dtype | None,
         draft_position: DraftPosition | None = None,
+        prefix_cache_bytes: int | None = None,
         **loader_options: Any,
     ) -> TransformersBackend:
-        return cls(load_pair(target, assistant, device=device, dtype=dtype, **loader_options), draft_position)
+        """Load the pair; ``prefix_cache_bytes`` bounds the prefix cache (``None``: the device's default,
+        :func:`default_prefix_cache_bytes`; ``0``: off)."""
+        PrefixCache(prefix_cache_bytes or 0)  # a wrong bound is refused before the weights load
+        pair = load_pair(target, assistant, device=device, dtype=dtype, **loader_options)
+        return cls(pair, draft_position, prefix_cache_bytes=prefix_cache_bytes)
 
     def with_draft_position(self, draft_position: DraftPosition) -> TransformersBackend:
-        """The same weights (and forward-pass lock) drafting under ``draft_position``."""
-        return type(self)(self.pair, draft_position, self.lock)
+        """The same weights (and forward-pass lock) drafting under ``draft_position``; prompts stored by either
+        serve both."""
+        return self.sharing_weights(draft_position, self.prefix_cache.capacity_bytes)
+
+    def sharing_weights(
+        self, draft_position: DraftPosition | None, prefix_cache_bytes: int | None
+    ) -> TransformersBackend:
+        """A backend on the same weights and forward-pass lock with these settings (``None``: the defaults);
+        it shares this backend's prefix cache when their bounds are equal."""
+        bound = default_prefix_cache_bytes(self.device) if prefix_cache_bytes is None else prefix_cache_bytes
+        shared = self.prefix_cache if bound == self.prefix_cache.capacity_bytes else None
+        return type(self)(self.pair, draft_position, self.lock, bound, shared)
 
     @functools.cached_property
     def media(self) -> MediaSupport:
@@ -135,7 +182,21 @@ class TransformersBackend:
             request.count_forward,
             self._guide(params),
             request.media.tensors if request.media is not None else None,
+            PromptReuse(
+                self.prefix_cache,
+                self.prefix_states,
+                spans=_media_spans(request),
+                points=request.reuse_points,
+            )
+            if self.prefix_cache.enabled
+            else None,
         )
+
+    def drop_cached_prefixes(self) -> None:
+        self.prefix_cache.clear()
+
+    def prefix_cache_usage(self) -> PrefixCacheUsage:
+        return self.prefix_cache.usage()
 
     def _guide(self, params: SamplingParams) -> ConstraintGuide | None:
         """The request's constraint state (compiled once per constraint), or ``None`` when it has none."""
@@ -153,3 +214,10 @@ class TransformersBackend:
 
     def close(self) -> None:
         """The weights are freed with the last reference to the models; nothing runs in the background."""
+
+
+def _media_spans(request: DecodeRequest) -> tuple[MediaSpan, ...]:
+    """The prompt's media items as the prefix cache keys them: where each lies, and a digest of its content."""
+    if request.media is None:
+        return ()
+    return tuple(MediaSpan(item.start, item.end, item.digest) for item in request.media.items)

@@ -23,7 +23,7 @@ from gemma_mtp.chat.parsing import (
     ToolCall,
     parse_response,
 )
-from gemma_mtp.chat.rendering import render_chat, render_chat_text, tool_call_prefill
+from gemma_mtp.chat.rendering import first_message_end, render_chat, render_chat_text, tool_call_prefill
 from gemma_mtp.chat.syntax import (
     END_OF_TURN_MARKERS,
     STRING_DELIMITER,
@@ -47,6 +47,7 @@ __all__ = [
     "ResponseEvents",
     "StreamingResponseParser",
     "ToolCall",
+    "first_message_end",
     "format_tool_arguments",
     "parse_response",
     "parse_tool_arguments",

@@ -21,7 +21,7 @@ from typing import Any
 from gemma_mtp.chat.syntax import TOOL_CALL_OPEN
 from gemma_mtp.chat.validation import validate_messages, validate_tools
 
-__all__ = ["render_chat", "render_chat_text", "tool_call_prefill"]
+__all__ = ["first_message_end", "render_chat", "render_chat_text", "tool_call_prefill"]
 
 logger = logging.getLogger("gemma_mtp")
 
@@ -66,6 +66,18 @@ def render_chat(
     if prefill:
         ids += tokenizer.encode(prefill, add_special_tokens=False)
     return ids
+
+
+def first_message_end(ids: Sequence[int], turn_open: int) -> int | None:
+    """How many tokens of a rendered conversation its first message takes (with the tool declarations, which
+    Gemma 4 writes into the system turn): the position where the second turn opens, ``None`` without one.
+
+    Read from the ids, so a prompt given as text or ids with the chat markup in it is read the same way.
+    """
+    try:
+        return ids.index(turn_open, ids.index(turn_open) + 1)
+    except ValueError:
+        return None
 
 
 def _apply_chat_template(

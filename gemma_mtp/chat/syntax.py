@@ -20,6 +20,7 @@ __all__ = [
     "TOOL_CALL_OPEN",
     "TOOL_NAME",
     "TOOL_NAME_CHARS",
+    "TURN_OPEN",
 ]
 
 THOUGHT_OPEN = "<|channel>thought\n"
@@ -30,6 +31,8 @@ STRING_DELIMITER = '<|"|>'
 END_OF_TURN_MARKERS: tuple[str, ...] = ("<turn|>", "<|tool_response>", "<eos>")
 """Where the model's answer ends: end of turn, hand-over to a tool, end of sequence. Generation stops at each."""
 
+TURN_OPEN = "<|turn>"
+"""Opens every turn of a rendered conversation (``<|turn>system``, ``<|turn>user``, ``<|turn>model``)."""
 THINKING_SWITCH = "<|think|>"
 """The token by which a prompt's system turn switches thinking on."""
 START_ANCHORS = ("<|turn>model\n", "<tool_response|>")
@@ -40,7 +43,7 @@ BARE_KEY = re.compile(r'[^ \t\n\r:{}\[\],"]+')
 """An argument key written without delimiters (the chat template writes keys bare)."""
 
 MARKERS: tuple[str, ...] = (
-    "<|turn>",
+    TURN_OPEN,
     "<turn|>",
     "<|channel>",
     "<channel|>",
