@@ -6,6 +6,8 @@ the drafts themselves, on the kit's contextual pairs (whose assistants read the 
 and both layer types' keys/values) in float64 so that rounding cannot hide a difference: every round of a
 real generation must draft exactly what the first round of a fresh request drafts when its prompt is that
 round's accepted prefix. The first round itself is checked against transformers' assistant forward.
+With the prefix cache warm, those fresh requests start from the stored state of the prompt (or of an earlier
+fresh request), so the state the cache restores is held to the same standard.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ class DraftCall:
 
 
 @cache
-def float64_runtime(variant: str, draft_position: str) -> Runtime:
+def float64_runtime(variant: str, draft_position: str, prefix_cache_bytes: int = 0) -> Runtime:
     pair = tiny_pair(variant, agreeing=True, contextual=True)
     # Grouped expert matrix products have no float64 kernel on CPU; the eager loop does.
     loaded = load_pair(
@@ -49,7 +51,7 @@ def float64_runtime(variant: str, draft_position: str) -> Runtime:
     )
     loaded.target.to(torch.float64)
     loaded.assistant.to(torch.float64)
-    return Runtime(TransformersBackend(loaded, draft_position))  # type: ignore[arg-type]
+    return Runtime(TransformersBackend(loaded, draft_position, prefix_cache_bytes=prefix_cache_bytes))  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -73,11 +75,11 @@ def greedy(max_new_tokens: int, k: int) -> SamplingParams:
     return SamplingParams(max_new_tokens=max_new_tokens, num_assistant_tokens=k, ignore_eos=True)
 
 
-def first_round(rt: Runtime, prompt_ids: list[int], k: int, calls: list[DraftCall]) -> DraftCall:
-    """The first drafting round of a fresh request on ``prompt_ids``."""
+def first_round(rt: Runtime, prompt_ids: list[int], k: int, calls: list[DraftCall]) -> tuple[DraftCall, int]:
+    """The first drafting round of a fresh request on ``prompt_ids``, and the prompt tokens it reused."""
     calls.clear()
-    rt.generate(prompt_ids, greedy(k + 2, k))
-    return calls[0]
+    result = rt.generate(prompt_ids, greedy(k + 2, k))
+    return calls[0], result.stats.cached_prompt_tokens
 
 
 def drafting_rounds(
@@ -96,14 +98,16 @@ def drafting_rounds(
     return prompt_ids + result.token_ids, rounds
 
 
+@pytest.mark.parametrize("prefix_cache", ["cold", "warm"])
 @pytest.mark.parametrize("draft_position", DRAFT_POSITIONS)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_round_drafts_as_a_fresh_request_on_its_accepted_prefix(
-    variant: str, draft_position: str, draft_calls: list[DraftCall]
+    variant: str, draft_position: str, prefix_cache: str, draft_calls: list[DraftCall]
 ) -> None:
-    rt = float64_runtime(variant, draft_position)
+    rt = float64_runtime(variant, draft_position, 64 << 20 if prefix_cache == "warm" else 0)
+    rt.drop_cached_prefixes()
     window = rt.assistant.config.get_text_config().sliding_window
-    checked = partial = 0
+    checked = partial = reused = 0
     for prompt, k in ((LONG, 4), (OTHER, 3)):
         prompt_ids = rt.encode(prompt)
         assert len(prompt_ids) > window
@@ -111,7 +115,8 @@ def test_every_round_drafts_as_a_fresh_request_on_its_accepted_prefix(
         assert len(rounds) > 5
         for processed, call, _ in rounds[1:]:
             assert (call.processed, call.pending) == (processed, sequence[processed])
-            fresh = first_round(rt, sequence[:processed], len(call.drafts), draft_calls)
+            fresh, cached = first_round(rt, sequence[:processed], len(call.drafts), draft_calls)
+            reused += cached >= len(prompt_ids)
             assert fresh.pending == call.pending
             assert call.drafts == fresh.drafts, (
                 f"round after {processed - len(prompt_ids)} generated tokens drafted {call.drafts}, "
@@ -121,6 +126,7 @@ def test_every_round_drafts_as_a_fresh_request_on_its_accepted_prefix(
         # Partial acceptances are where a loop can keep a rejected draft's state: they must happen.
         partial += sum(0 < accepted < len(call.drafts) for _, call, accepted in rounds)
     assert checked > 10 and partial >= 3, (checked, partial)
+    assert reused == (checked if prefix_cache == "warm" else 0)
 
 
 def test_the_convention_comes_from_the_assistant_checkpoint() -> None:
