@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from langchain_core.messages import AIMessage, AIMessageChunk
-from langchain_core.messages.ai import UsageMetadata
+from langchain_core.messages.ai import InputTokenDetails, UsageMetadata
 from langchain_core.messages.tool import invalid_tool_call, tool_call, tool_call_chunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk
 
@@ -95,11 +95,14 @@ def _request_info(finish_reason: str | None, model_name: str, stats: Speculation
 
 
 def _usage(prompt_tokens: int, stats: SpeculationStats) -> UsageMetadata:
+    """Token counts; ``input_token_details["cache_read"]`` are the prompt tokens the engine did not process
+    again (its prefix cache), where LangChain's own providers report cached prompt tokens."""
     output_tokens = stats.generated_tokens
     return UsageMetadata(
         input_tokens=prompt_tokens,
         output_tokens=output_tokens,
         total_tokens=prompt_tokens + output_tokens,
+        input_token_details=InputTokenDetails(cache_read=stats.cached_prompt_tokens),
     )
 
 

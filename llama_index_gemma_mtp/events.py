@@ -67,6 +67,7 @@ class SpeculationSummaryEvent(BaseEvent):
     finish_reason: str
     error: str | None = None
     prompt_tokens: int
+    cached_prompt_tokens: int = 0
     generated_tokens: int
     drafted_tokens: int
     accepted_tokens: int
@@ -116,6 +117,7 @@ class RequestReporter:
                 finish_reason=summary.finish_reason,
                 error=summary.error,
                 prompt_tokens=stats.prompt_tokens,
+                cached_prompt_tokens=stats.cached_prompt_tokens,
                 generated_tokens=stats.generated_tokens,
                 drafted_tokens=stats.drafted_tokens,
                 accepted_tokens=stats.accepted_tokens,

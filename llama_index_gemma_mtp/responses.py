@@ -56,6 +56,8 @@ def request_stats(
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
+            # OpenAI's name for prompt tokens read from a prefix cache.
+            "prompt_tokens_details": {"cached_tokens": stats.cached_prompt_tokens},
         },
         "speculation": speculation,
     }

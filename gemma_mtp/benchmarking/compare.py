@@ -61,6 +61,7 @@ class Sample:
     accepted: int
     peak_memory_bytes: int
     token_ids: tuple[int, ...] = field(repr=False)
+    cached_prompt_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,12 @@ class ComparisonReport:
             f"speed-up with the assistant: {mtp.speedup:.2f}× over our target-only loop, "
             f"{mtp.tokens_per_s / hf.tokens_per_s:.2f}× over transformers' assisted generate"
         )
-        return "\n".join([self.describe(), "", text_table(self._HEADERS, self.rows()), "", headline])
+        cached = sum(s.cached_prompt_tokens for s in self.samples)
+        reuse = (
+            f"prompt tokens read from the prefix cache: {cached} (it is emptied before each request of ours, "
+            "as generate keeps none, so every method processes every prompt whole)"
+        )
+        return "\n".join([self.describe(), "", text_table(self._HEADERS, self.rows()), "", headline, reuse])
 
     def format_markdown(self) -> str:
         return markdown_table(self._HEADERS, self.rows())
@@ -209,6 +215,7 @@ class _Runner:
         self.params = SamplingParams(max_new_tokens=max_new_tokens, num_assistant_tokens=draft_length)
         self.draft_length = draft_length
         self.memory_kind = ""
+        self.cached_prompt_tokens = 0
         eos = sorted(runtime.eos_token_ids)
         pad = runtime.tokenizer.pad_token_id
         self.hf_config = GenerationConfig(
@@ -220,6 +227,7 @@ class _Runner:
 
     def __call__(self, method: str, ids: list[int], run: int, index: int) -> Sample:
         measure = self._ours if method in ("mtp", "target_only") else self._hf
+        self.cached_prompt_tokens = 0
         with PeakMemory(self.device) as memory:
             tokens, elapsed, ttft, target_passes, drafted, accepted = measure(ids, method)
         self.memory_kind = memory.kind
@@ -235,14 +243,17 @@ class _Runner:
             accepted=accepted,
             peak_memory_bytes=memory.peak_bytes,
             token_ids=tuple(tokens),
+            cached_prompt_tokens=self.cached_prompt_tokens,
         )
 
     def _ours(self, ids: list[int], method: str) -> _Measured:
+        self.rt.drop_cached_prefixes()  # every run processes the whole prompt, as generate does
         synchronize(self.device)
         start = time.perf_counter()
         result = self.rt.generate(ids, self.params, use_assistant=method == "mtp")
         elapsed = elapsed_since(start, self.device)
         stats = result.stats
+        self.cached_prompt_tokens = stats.cached_prompt_tokens
         ttft = stats.time_to_first_token_s if stats.time_to_first_token_s is not None else elapsed
         return result.token_ids, elapsed, ttft, stats.rounds, stats.drafted_tokens, stats.accepted_tokens
 

@@ -11,7 +11,14 @@ import time
 import pytest
 from langchain_core.caches import InMemoryCache
 from langchain_core.callbacks import BaseCallbackHandler
-from langchain_core.messages import AIMessage, AIMessageChunk, FunctionMessage, HumanMessage, SystemMessage
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    FunctionMessage,
+    HumanMessage,
+    SystemMessage,
+)
 from pydantic import ValidationError
 
 from gemma_mtp import Runtime
@@ -40,6 +47,11 @@ def test_streamed_chunks_add_up_to_the_invoked_answer(llm: ChatGemmaMTP, prompt:
     chunks = list(llm.stream(prompt))
     full = _concat(chunks)
     assert full.content == invoked.content
+    assert full.usage_metadata is not None and invoked.usage_metadata is not None
+    # The same prompt again: all of it but its last token comes from the prefix cache.
+    cache_read = full.usage_metadata.pop("input_token_details")["cache_read"]  # type: ignore[misc]
+    assert cache_read == invoked.usage_metadata["input_tokens"] - 1
+    invoked.usage_metadata.pop("input_token_details")  # type: ignore[misc]
     assert full.usage_metadata == invoked.usage_metadata
     assert full.response_metadata["finish_reason"] == invoked.response_metadata["finish_reason"]
     assert (
@@ -413,3 +425,29 @@ def test_server_arguments_without_server_mode_are_refused_at_construction() -> N
     with pytest.raises(ValidationError, match="base_url only applies to backend='openai'"):
         ChatGemmaMTP(model="google/gemma-4-E2B-it", backend="vllm", base_url="http://h:8000/v1")
     ChatGemmaMTP(model="google/gemma-4-E2B-it", backend="openai", base_url="http://h:8000/v1", api_key="k")
+
+
+def test_cache_read_counts_the_prompt_a_conversation_already_sent(
+    llm: ChatGemmaMTP, runtime: Runtime
+) -> None:
+    runtime.drop_cached_prefixes()
+    history: list[BaseMessage] = [
+        SystemMessage("You answer questions about the sea, briefly."),
+        HumanMessage("Why is it salty?"),
+    ]
+    first = llm.invoke(history)
+    assert first.usage_metadata is not None
+    assert first.usage_metadata["input_token_details"]["cache_read"] == 0
+    history += [first, HumanMessage("And why is it blue?")]
+    second = llm.invoke(history)
+    usage = second.usage_metadata
+    assert usage is not None
+    assert usage["input_token_details"]["cache_read"] == first.usage_metadata["input_tokens"]
+    assert (
+        usage["input_token_details"]["cache_read"]
+        == second.response_metadata["speculation"]["cached_prompt_tokens"]
+    )
+    assert 0 < usage["input_token_details"]["cache_read"] < usage["input_tokens"]
+    streamed = _concat(list(llm.stream(history)))
+    assert streamed.usage_metadata is not None
+    assert streamed.usage_metadata["input_token_details"]["cache_read"] == usage["input_tokens"] - 1

@@ -49,6 +49,10 @@ async def test_achat_matches_chat_without_blocking_the_loop(llm: GemmaMTP) -> No
     expected = llm.chat(QUESTION, max_new_tokens=48)
     response, ticks, elapsed = await _ticks_during(lambda: llm.achat(QUESTION, max_new_tokens=48))
     assert response.message.content == expected.message.content
+    # Asked a second time, the prompt comes from the prefix cache: the counts are the same.
+    cached = response.raw["usage"].pop("prompt_tokens_details")["cached_tokens"]
+    assert cached == expected.raw["usage"]["prompt_tokens"] - 1
+    expected.raw["usage"].pop("prompt_tokens_details")
     assert response.raw["usage"] == expected.raw["usage"]
     assert ticks >= 5, f"the loop ticked {ticks} times in {elapsed:.3f}s"
 

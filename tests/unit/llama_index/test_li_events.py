@@ -177,3 +177,18 @@ def test_token_counting_reads_the_usage_in_raw(runtime: Runtime) -> None:
     response = llm.chat(QUESTION)
     assert counter.prompt_llm_token_count == response.raw["usage"]["prompt_tokens"]
     assert counter.completion_llm_token_count == response.raw["usage"]["completion_tokens"] == 12
+
+
+def test_prompt_tokens_read_from_the_prefix_cache_are_reported(
+    llm: GemmaMTP, runtime: Runtime, event_log: Any
+) -> None:
+    runtime.drop_cached_prefixes()
+    history = [ChatMessage(role="system", content="Answer briefly."), *QUESTION]
+    first = llm.chat(history)
+    assert first.raw["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
+    follow_up = [*history, first.message, ChatMessage(role="user", content="And then?")]
+    second = llm.chat(follow_up)
+    cached = first.raw["usage"]["prompt_tokens"]
+    assert second.raw["usage"]["prompt_tokens_details"] == {"cached_tokens": cached}
+    assert second.additional_kwargs["speculation"]["cached_prompt_tokens"] == cached
+    assert [s.cached_prompt_tokens for s in event_log.of("SpeculationSummaryEvent")] == [0, cached]

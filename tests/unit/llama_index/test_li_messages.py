@@ -184,7 +184,12 @@ def test_chat_response_carries_blocks_and_statistics_off_the_message() -> None:
     assert [type(b) for b in blocks] == [ThinkingBlock, TextBlock, ToolCallBlock]
     assert response.message.content == "Let me add."
     assert response.message.additional_kwargs == {"tool_calls": [call.to_dict()]}
-    assert response.raw["usage"] == {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+    assert response.raw["usage"] == {
+        "prompt_tokens": 7,
+        "completion_tokens": 3,
+        "total_tokens": 10,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
     assert response.raw["speculation"]["accepted_tokens"] == 2
     assert response.additional_kwargs["speculation"]["drafted_tokens"] == 3
     assert response.additional_kwargs["finish_reason"] == "tool_calls"
