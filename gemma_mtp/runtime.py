@@ -252,7 +252,8 @@ class Runtime:
 
     def drop_cached_prefixes(self) -> None:
         """Forget every prompt prefix this runtime keeps for reuse (its memory is freed once no running request
-        reads it). The runtime stays loaded; :meth:`clear_cache` is what forgets loaded runtimes."""
+        reads it; on ``backend="vllm"``, vLLM's prefix cache is reset). The runtime stays loaded:
+        :meth:`clear_cache` is what forgets loaded runtimes. A server keeps its own."""
         drop = getattr(self._backend, "drop_cached_prefixes", None)
         if drop is not None:
             drop()

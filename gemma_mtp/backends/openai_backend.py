@@ -9,7 +9,8 @@ The server streams what its engine produced since the last chunk, which may span
 so rounds carry no acceptance figures of their own. The request's figures come from the server's
 ``metrics.speculative_decoding`` (vLLM started with ``--per-request-spec-decode-metrics``), which
 arrives with the final usage chunk; without it a request's statistics show no drafting, and a warning
-says why once per runtime.
+says why once per runtime. The prompt tokens the server's prefix cache served come from the same chunk's
+``usage.prompt_tokens_details.cached_tokens`` (``vllm serve --enable-prompt-tokens-details``).
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ class OpenAIBackend:
         base_url: str | None = None,
         api_key: str | None = None,
         served_model_name: str | None = None,
+        prefix_cache_bytes: int | None = None,
         **client_options: Any,
     ) -> OpenAIBackend:
         """Read the pair's tokenizer and configs here; connect to the server at ``base_url``.
@@ -93,6 +95,11 @@ class OpenAIBackend:
             )
         if device is not None:
             raise ValueError("device= does not apply to backend='openai': the server decides where it runs.")
+        if prefix_cache_bytes is not None:
+            raise ValueError(
+                "prefix_cache_bytes= does not apply to backend='openai': the server keeps prompt prefixes as it "
+                "was started (vllm serve caches them unless --no-enable-prefix-caching)."
+            )
         info = inspect_pair(target, assistant, needs_assistant=False)  # the server drafts with its own
         client = openai.OpenAI(base_url=base_url, api_key=api_key or "EMPTY", **client_options)
         expected = None if dtype is None else str(dtype).removeprefix("torch.")
@@ -196,7 +203,12 @@ class OpenAIBackend:
                         yield Round(tokens=[int(t) for t in tokens], drafted=0, accepted=0, draft_length=0)
                 if not chunk.choices and held is not None:
                     yield Round(
-                        tokens=held, drafted=0, accepted=0, draft_length=0, engine_report=self._report(chunk)
+                        tokens=held,
+                        drafted=0,
+                        accepted=0,
+                        draft_length=0,
+                        engine_report=self._report(chunk),
+                        cached_prompt_tokens=_cached_tokens(chunk),
                     )
                     held = None
             if held is not None:
@@ -254,3 +266,12 @@ def served_dtype(base_url: str, api_key: str | None = None, timeout_s: float = 5
     model = config.get("model_config") if isinstance(config, dict) else None
     dtype = model.get("dtype") if isinstance(model, dict) else None
     return str(dtype).removeprefix("torch.") if dtype else None
+
+
+def _cached_tokens(usage_chunk: Any) -> int | None:
+    """``usage.prompt_tokens_details.cached_tokens`` of the final chunk, where the server sends it (vLLM does
+    with ``--enable-prompt-tokens-details``); ``None`` otherwise."""
+    usage = getattr(usage_chunk, "usage", None)
+    details = getattr(usage, "prompt_tokens_details", None)
+    cached = getattr(details, "cached_tokens", None)
+    return None if cached is None else int(cached)

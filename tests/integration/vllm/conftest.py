@@ -24,7 +24,7 @@ SKIP_REASON = (
 # Small engines that start on a shared 2-core machine: no compilation, a short context, 256 MiB of KV cache.
 ENGINE_OPTIONS: dict[str, Any] = {
     "enforce_eager": True,
-    "max_model_len": 512,
+    "max_model_len": 1024,
     "kv_cache_memory_bytes": 256 << 20,
     "seed": 0,
 }

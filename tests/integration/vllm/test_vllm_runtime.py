@@ -57,7 +57,7 @@ def test_runtime_describes_the_engine(runtimes: tuple[Runtime, Runtime]) -> None
     assert vllm_rt.default_draft_length == local_rt.default_draft_length == 3
     assert vllm_rt.eos_token_ids == local_rt.eos_token_ids
     assert vllm_rt.dtype == "float32"
-    assert vllm_rt.context_window == 512  # the engine's max_model_len
+    assert vllm_rt.context_window == 1024  # the engine's max_model_len
     with pytest.raises(AttributeError, match="backend='transformers'"):
         _ = vllm_rt.target
 
@@ -237,7 +237,7 @@ def test_tool_call_answers_parse_the_same_on_both_backends(runtimes: tuple[Runti
         (lambda rt: rt.generate([1, 10**9]), ValueError, "Token ids must be integers"),
         (lambda rt: rt.generate("hi", {"max_new_tokens": 3}), TypeError, "SamplingParams"),
         (lambda rt: rt.chat([{"role": "wizard", "content": "x"}]), ValueError, "role"),
-        (lambda rt: rt.generate("x" * 5000), ValueError, "context window of 512"),
+        (lambda rt: rt.generate("x" * 5000), ValueError, "context window of 1024"),
     ],
     ids=["empty", "bad-ids", "params-type", "bad-role", "too-long"],
 )
@@ -247,7 +247,7 @@ def test_bad_input_gets_the_same_errors_as_in_process(
     vllm_rt, local_rt = runtimes
     with pytest.raises(error, match=match):
         call(vllm_rt)
-    if match != "context window of 512":
+    if match != "context window of 1024":
         with pytest.raises(error, match=match):
             call(local_rt)
     assert vllm_rt.generate(PROMPTS[0], SamplingParams(max_new_tokens=3)).token_ids
@@ -282,11 +282,36 @@ def test_engine_options_the_backend_builds_are_refused() -> None:
         Runtime.load("gemma-mtp-mini", backend="vllm", base_url="http://127.0.0.1:1/v1")
     with pytest.raises(ValueError, match="runs on 'cpu'"):
         Runtime.load("gemma-mtp-mini", backend="vllm", device="cuda")
+    with pytest.raises(ValueError, match="enable_prefix_caching= cannot be passed"):
+        Runtime.load("gemma-mtp-mini", backend="vllm", enable_prefix_caching=False)
+    with pytest.raises(ValueError, match="kept in vLLM's own KV cache"):
+        Runtime.load("gemma-mtp-mini", backend="vllm", prefix_cache_bytes=1 << 30)
+
+
+# Four of vLLM's KV blocks and more (128 positions on the CPU build): vLLM reuses whole blocks, and with MTP
+# drafting leaves the last matching one to be computed again.
+LONG_PROMPT = [2, *range(40, 240), *range(40, 240), *range(40, 240)]
+
+
+def test_vllms_prefix_caching_is_on_with_mtp_and_sliding_layers_and_reported(
+    runtimes: tuple[Runtime, Runtime],
+) -> None:
+    vllm_rt, local_rt = runtimes
+    assert vllm_rt.engine.prefix_caching  # type: ignore[attr-defined]
+    vllm_rt.drop_cached_prefixes()
+    params = SamplingParams(max_new_tokens=12, ignore_eos=True)
+    first, again = vllm_rt.generate(LONG_PROMPT, params), vllm_rt.generate(LONG_PROMPT, params)
+    assert first.stats.cached_prompt_tokens == 0
+    assert 0 < again.stats.cached_prompt_tokens < len(LONG_PROMPT)
+    assert again.token_ids == first.token_ids == local_rt.generate(LONG_PROMPT, params).token_ids
+    vllm_rt.drop_cached_prefixes()
+    assert vllm_rt.generate(LONG_PROMPT, params).stats.cached_prompt_tokens == 0
 
 
 def test_an_engine_without_speculation_serves_target_only_requests(
     runtimes: tuple[Runtime, Runtime], engine_options: dict[str, Any]
 ) -> None:
+    """Started with prefix_cache_bytes=0 too: vLLM's prefix caching is then off."""
     vllm_rt, local_rt = runtimes
     alone = Runtime.load(
         vllm_rt.model_name,
@@ -294,6 +319,7 @@ def test_an_engine_without_speculation_serves_target_only_requests(
         backend="vllm",
         dtype="float32",
         num_assistant_tokens=0,
+        prefix_cache_bytes=0,
         **engine_options,
     )
     try:
@@ -305,6 +331,12 @@ def test_an_engine_without_speculation_serves_target_only_requests(
         assert not result.stats.used_assistant
         with pytest.raises(ValueError, match="started without speculation"):
             alone.generate(PROMPTS[1], params)
+        assert not alone.engine.prefix_caching  # type: ignore[attr-defined]
+        for _ in range(2):
+            repeated = alone.generate(
+                LONG_PROMPT, params.with_overrides(max_new_tokens=4), use_assistant=False
+            )
+            assert repeated.stats.cached_prompt_tokens == 0
     finally:
         alone.close()
 

@@ -60,11 +60,12 @@ def server(local_runtime: Runtime, tmp_path_factory: pytest.TempPathFactory) -> 
     command = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", local_rt.model_name,
         "--host", "127.0.0.1", "--port", str(port),
-        "--dtype", "float32", "--max-model-len", "512", "--enforce-eager", "--seed", "0",
+        "--dtype", "float32", "--max-model-len", "1024", "--enforce-eager", "--seed", "0",
         "--kv-cache-memory-bytes", str(256 << 20),
         "--speculative-config",
         json.dumps({"method": "mtp", "model": local_rt.assistant_name, "num_speculative_tokens": 3}),
         "--per-request-spec-decode-metrics", "detailed",
+        "--enable-prompt-tokens-details",
         "--structured-outputs-config", json.dumps({"backend": "guidance"}),
     ]  # fmt: skip
     with open(log, "wb") as out:
@@ -121,6 +122,20 @@ def test_greedy_answers_equal_in_process(remote: Runtime, local_runtime: Runtime
         ours = remote.generate(prompt, params)
         assert ours.token_ids == local_rt.generate(prompt, params).token_ids
         assert ours.finish_reason == "length"
+
+
+def test_prompt_tokens_the_servers_prefix_cache_served_are_reported(remote: Runtime) -> None:
+    # Four of the server's KV blocks and more (128 positions on vLLM's CPU build), asked twice.
+    prompt = [2, *range(40, 240), *range(40, 240), *range(40, 240)]
+    params = SamplingParams(max_new_tokens=8, ignore_eos=True)
+    first, again = remote.generate(prompt, params), remote.generate(prompt, params)
+    assert 0 < again.stats.cached_prompt_tokens < len(prompt)
+    assert again.stats.cached_prompt_tokens >= first.stats.cached_prompt_tokens
+    assert again.token_ids == first.token_ids
+    with pytest.raises(ValueError, match="prefix_cache_bytes= does not apply to backend='openai'"):
+        Runtime.load(
+            remote.model_name, backend="openai", base_url="http://127.0.0.1:1/v1", prefix_cache_bytes=0
+        )
 
 
 def test_statistics_come_from_the_servers_metrics(remote: Runtime) -> None:
