@@ -497,6 +497,7 @@ def sweep(
         )
 
     def decode(params: SamplingParams | None, t: float, ids: list[int], seed_value: int) -> SpeculationStats:
+        runtime.drop_cached_prefixes()  # every setting processes the whole prompt, whichever ran before it
         if params is None:  # the target alone
             plain = base.with_overrides(temperature=float(t), seed=seed_value)
             return runtime.generate(ids, plain, use_assistant=False).stats
