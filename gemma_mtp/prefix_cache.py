@@ -10,7 +10,7 @@ Keys are token ids plus the content digest of every media item (images, audio): 
 placeholder ids for different media, so two prompts share only what precedes their first differing media item,
 and a match never ends inside a media item (its tokens depend on the whole item). Least recently used entries
 go first, and an entry that would take the store past its bound is not kept: the bound is never exceeded.
-Entries never change once stored; a request starts from a copy of what it reads.
+Entries never change once stored: a request reads them and writes its own new tensors.
 """
 
 from __future__ import annotations
