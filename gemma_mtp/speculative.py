@@ -33,7 +33,6 @@ from dataclasses import dataclass
 
 import torch
 
-from gemma_mtp.backends.base import Round
 from gemma_mtp.calibration import DraftCalibration
 from gemma_mtp.constraints import ConstraintGuide
 from gemma_mtp.modeling import Drafter, SharedKV, TargetStep, crop_cache
@@ -41,6 +40,7 @@ from gemma_mtp.params import SamplingParams
 from gemma_mtp.policy import DraftPolicy, FixedDraft, request_kind
 from gemma_mtp.prefix_cache import MediaSpan, PrefixCache
 from gemma_mtp.prefix_state import PointState, PrefixStates
+from gemma_mtp.rounds import Round
 from gemma_mtp.sampling import (
     Acceptance,
     accept_argmax_drafts,

@@ -8,13 +8,14 @@ into a stream of :class:`Round` objects: the tokens one target step produced, an
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, fields
 from typing import Any, Protocol, runtime_checkable
 
 from gemma_mtp.constraints import constraint_lark, ending_on_tokens
 from gemma_mtp.media.prompt import PromptMedia
 from gemma_mtp.params import SamplingParams
+from gemma_mtp.rounds import Round
 
 __all__ = [
     "Backend",
@@ -27,28 +28,6 @@ __all__ = [
 
 ForwardCounter = Callable[[str], None]
 """Told ``"target"`` or ``"assistant"`` for every forward pass a request makes (as far as the engine says)."""
-
-
-@dataclass(frozen=True)
-class Round:
-    """Tokens one target step produced for a request, and how the draft fared.
-
-    ``engine_report`` carries the figures the engine itself reported for the whole request (vLLM's
-    per-request speculative-decoding metrics), on the round where the engine finished the request.
-    """
-
-    tokens: list[int]
-    drafted: int
-    accepted: int
-    draft_length: int
-    engine_report: Mapping[str, Any] | None = field(default=None, compare=False)
-    draft_method: str = "none"
-    """``"argmax"`` or ``"sampled"`` drafts, ``"none"`` for a round without drafts."""
-    draft_temperature: float | None = None
-    """The temperature sampled drafts were drawn at; ``None`` for argmax drafts or none."""
-    cached_prompt_tokens: int | None = None
-    """Prompt tokens the engine did not process again (a prefix it had kept from earlier requests), where it
-    says; ``None`` on rounds that do not report it."""
 
 
 @dataclass(frozen=True)

@@ -84,9 +84,12 @@ def test_bench_reports_the_four_methods(pair_args, one_prompt, tmp_path, capsys)
         "TTFT ms",
         "peak MiB",
         "CPU:",
+        # Runs repeat each prompt: the prefix cache is emptied before each, so none is served from it.
+        "prompt tokens read from the prefix cache: 0",
     ):
         assert text in out
     report = json.loads(out_json.read_text())
+    assert all(sample["cached_prompt_tokens"] == 0 for sample in report["samples"])
     assert report["machine"]["cpu_cores"] >= 1
     methods = {m["method"]: m for m in report["methods"]}
     assert set(methods) == {"mtp", "target_only", "hf_assisted", "hf_target"}

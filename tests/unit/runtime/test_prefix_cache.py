@@ -200,6 +200,12 @@ def test_concurrent_offers_and_lookups_keep_the_count_exact() -> None:
     assert store.bytes_used == sum(t.nbytes for p in store.prompts() for t in p.tensors) <= 50_000
 
 
+def test_the_first_message_ends_where_the_second_turn_opens() -> None:
+    assert first_message_end([2, 9, 5, 5, 9, 6, 9, 7], 9) == 4
+    assert first_message_end([2, 9, 5, 5], 9) is None
+    assert first_message_end([], 9) is None
+
+
 # -- the cache in the decoding loop --------------------------------------------------------------------------
 
 
