@@ -526,3 +526,73 @@ def test_the_same_placeholder_ids_with_other_media_share_nothing_past_the_first_
     ):
         tokens, cached = _run_loop(rt, prompt, spans, (), store)
         assert (tokens, cached) == (expected, reused)
+
+
+# -- images and audio ------------------------------------------------------------------------------------------
+
+
+def picture(seed: int) -> Any:
+    from PIL import Image
+
+    pixels = random.Random(seed).randbytes(32 * 32 * 3)
+    return Image.frombytes("RGB", (32, 32), pixels)
+
+
+def asking(image_seed: int, text: str) -> dict[str, Any]:
+    return {
+        "role": "user",
+        "content": [{"type": "image", "image": picture(image_seed)}, {"type": "text", "text": text}],
+    }
+
+
+@pytest.mark.parametrize(("variant", "bidirectional"), [("dense", True), ("e2b", False)])
+def test_media_prompts_share_what_precedes_their_first_different_item(
+    variant: str, bidirectional: bool
+) -> None:
+    """Random weights, so that the image steers every token: a state restored across a different image would
+    change the answer."""
+    pytest.importorskip("PIL")
+    from gemma_mtp.testing import KitMedia
+
+    pair = tiny_pair(variant, media=KitMedia(audio=False, bidirectional_vision=bidirectional))
+    warm, cold = (
+        Runtime.load(
+            str(pair.target_dir), str(pair.assistant_dir), device="cpu", dtype="float32", prefix_cache_bytes=b
+        )
+        for b in (WARM_BYTES, 0)
+    )
+    params = greedy(3, 12)
+
+    def both(messages: list[dict[str, Any]]) -> Any:
+        hot = warm.chat(messages, params)
+        assert hot.token_ids == cold.chat(messages, params).token_ids
+        return hot.stats
+
+    system = {"role": "system", "content": SYSTEMS[0]}
+    first = [system, asking(0, "What is in this picture?")]
+    turn = both(first)
+    assert turn.cached_prompt_tokens == 0
+    follow_up = [
+        *first,
+        {"role": "assistant", "content": REPLIES[0]},
+        {"role": "user", "content": "Its colours?"},
+    ]
+    assert both(follow_up).cached_prompt_tokens == turn.prompt_tokens  # the image's keys/values included
+    # The same ids with another picture share at most the system prompt before it (the store's rule); a picture
+    # among the tokens to process sends the whole prompt through the multimodal model, so nothing is reused here.
+    other = [system, asking(7, "What is in this picture?")]
+    assert both(other).cached_prompt_tokens == 0
+    other_follow_up = [
+        *other,
+        {"role": "assistant", "content": REPLIES[0]},
+        {"role": "user", "content": "Its colours?"},
+    ]
+    assert both(other_follow_up).cached_prompt_tokens == turn.prompt_tokens  # its own picture's state
+    # A new picture among the tokens to process: the whole prompt goes through the multimodal model ...
+    another = [*follow_up, {"role": "assistant", "content": REPLIES[1]}, asking(3, "And this one?")]
+    assert both(another).cached_prompt_tokens == 0
+    # ... and the turn after it starts from all of it.
+    last = both(
+        [*another, {"role": "assistant", "content": REPLIES[2]}, {"role": "user", "content": "Thanks."}]
+    )
+    assert last.cached_prompt_tokens > turn.prompt_tokens
