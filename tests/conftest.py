@@ -66,3 +66,9 @@ def run_held_stream_exit(
         return done.returncode, done.stderr, lines
 
     return run
+
+
+@pytest.fixture(scope="session")
+def run_process() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run a ``tests/processes`` script in a fresh interpreter: ``run_process(script, *args, timeout=...)``."""
+    return _run_process
