@@ -90,9 +90,10 @@ class TargetOutput:
 class TargetStep:
     """Runs the target over new tokens with a KV cache and returns what speculation reads.
 
-    For a multimodal target (``Gemma4ForConditionalGeneration`` and its unified twin) the prefill of a prompt with
-    media runs through the multimodal model (:meth:`prefill`), which merges the image and audio features into the
-    placeholders' positions and returns the same keys/values; every other pass runs the text decoder alone. The
+    For a multimodal target (``Gemma4ForConditionalGeneration`` and its unified twin) a prefill whose tokens hold
+    media (the whole prompt, or what follows a cached prefix) runs through the multimodal model (:meth:`prefill`),
+    which merges the image and audio features into the placeholders' positions and returns the same keys/values;
+    every other pass runs the text decoder alone. The
     multimodal model embeds the placeholder ids (image, video, audio soft tokens) as padding wherever they occur,
     so the text decoder's passes do the same (:meth:`embeddable`): a generated placeholder id is then processed
     exactly as the multimodal model would process it.
@@ -155,12 +156,20 @@ class TargetStep:
             return self._output(out, keep_last)
 
     def prefill(
-        self, input_ids: torch.Tensor, cache: DynamicCache, media: Mapping[str, torch.Tensor], keep_last: int
+        self,
+        input_ids: torch.Tensor,
+        cache: DynamicCache,
+        media: Mapping[str, torch.Tensor],
+        keep_last: int,
+        start: int = 0,
     ) -> TargetOutput:
-        """Process a whole prompt with media (``input_ids`` [1, n] from position 0) through the multimodal model.
+        """Process prompt tokens with media (``input_ids`` [1, n], positions ``start..start+n-1``) through the
+        multimodal model, ``cache`` holding the state after the first ``start`` tokens.
 
-        ``media`` holds the processor's tensors (``pixel_values``, ``image_position_ids``, ``input_features``,
-        ``input_features_mask``, ``mm_token_type_ids``, which the bidirectional vision mask reads).
+        ``media`` holds the processor's tensors for exactly the items among these tokens (``pixel_values``,
+        ``image_position_ids``, ``input_features``, ``input_features_mask``: see
+        :meth:`~gemma_mtp.media.PromptMedia.tensors_from`) and ``mm_token_type_ids`` over the whole prompt: the
+        bidirectional vision mask looks it up by absolute position, for the cached positions too.
         """
         if self.multimodal is None:
             raise ValueError("this target is a text-only model; it cannot take media in its prompt")
@@ -173,7 +182,7 @@ class TargetStep:
             }
             out = self.multimodal(
                 input_ids=input_ids,
-                position_ids=torch.arange(n, device=input_ids.device).unsqueeze(0),
+                position_ids=torch.arange(start, start + n, device=input_ids.device).unsqueeze(0),
                 use_cache=True,
                 **{_cache_argument(self.multimodal): cache},
                 return_shared_kv_states=True,

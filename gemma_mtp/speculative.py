@@ -28,13 +28,14 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 import torch
 
 from gemma_mtp.calibration import DraftCalibration
 from gemma_mtp.constraints import ConstraintGuide
+from gemma_mtp.media.prompt import PromptMedia
 from gemma_mtp.modeling import Drafter, SharedKV, TargetStep, crop_cache
 from gemma_mtp.params import SamplingParams
 from gemma_mtp.policy import DraftPolicy, FixedDraft, request_kind
@@ -131,7 +132,7 @@ class SpeculativeDecoder:
         generator: torch.Generator | None,
         count_forward: Callable[[str], None],
         guide: ConstraintGuide | None = None,
-        media: Mapping[str, torch.Tensor] | None = None,
+        media: PromptMedia | None = None,
         reuse: PromptReuse | None = None,
     ) -> Generator[Round, None, None]:
         """Yield one :class:`Round` per target forward until ``budget`` tokens were produced.
@@ -140,10 +141,11 @@ class SpeculativeDecoder:
         ``count_forward`` is told ``"target"`` or ``"assistant"`` for every forward pass made.
         ``policy`` chooses each round's draft (``None``: no drafts, as without an assistant). A ``guide``
         constrains the output: the assistant drafts only allowed tokens, every verify row is masked with the
-        state after the drafts before it, and only the verified tokens advance it. ``media`` (the processor's
-        tensors for the prompt's images and audio) sends the prefill through the multimodal model; every pass
-        after it, and the assistant, read the keys/values it left, as for text. With ``reuse`` the
-        request starts from the longest stored prefix of its prompt and offers its own prompt's state after
+        state after the drafts before it, and only the verified tokens advance it. ``media`` (the prompt's images
+        and audio: their spans and the processor's tensors) sends a prefill whose tokens hold a media item
+        through the multimodal model, with the tensors of exactly those items; every pass after it, and the
+        assistant, read the keys/values it left, as for text. With ``reuse`` the request starts from the longest
+        stored prefix of its prompt (which never ends inside a media item) and offers its own prompt's state after
         the prefill; the first round reports how many prompt tokens it did not process again.
         """
         if policy is None or self.drafter is None:
@@ -160,16 +162,22 @@ class SpeculativeDecoder:
         match = reuse.cache.lookup(prompt_ids, reuse.spans) if reuse is not None else None
         # The prompt's last token is always processed here, so its hidden state and logits come from this pass.
         reused = 0 if match is None else min(match.length, len(prompt_ids) - 1)
-        if media and reuse is not None and any(span.end > reused for span in reuse.spans):
-            # A media item among the tokens to process: the whole prompt goes through the multimodal model,
-            # which takes its media from position 0 (its entry serves the next request whole).
-            match, reused = None, 0
+        new_media = None
+        if media is not None and any(item.end > reused for item in media.items):
+            # Media items among the tokens to process go through the multimodal model with the cached state.
+            new_media = media.tensors_from(reused)
+            if new_media is None:
+                # Their tensors cannot be told apart from those of the reused items (a prompt stored whole and
+                # ending with an item, which the one-token-short restore would split, or a processor tensor of
+                # unknown layout): the whole prompt goes through the multimodal model, as from scratch.
+                match, reused = None, 0
+                new_media = media.tensors_from(0)
         if reuse is not None and match is not None and reused > 0:
             reuse.states.restore(cache, match.state, reused)
         with self.lock:
             new_ids = torch.tensor([prompt_ids[reused:]], device=device)
-            if media and reused == 0:
-                out = self.target.prefill(new_ids, cache, media, keep_last=1)
+            if new_media is not None:
+                out = self.target.prefill(new_ids, cache, new_media, keep_last=1, start=reused)
             else:
                 out = self.target(new_ids, cache, start=reused, keep_last=1)
         count_forward("target")

@@ -181,7 +181,7 @@ class TransformersBackend:
             generator,
             request.count_forward,
             self._guide(params),
-            request.media.tensors if request.media is not None else None,
+            request.media,
             PromptReuse(
                 self.prefix_cache,
                 self.prefix_states,

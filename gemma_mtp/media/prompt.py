@@ -9,7 +9,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["MediaItem", "PromptMedia"]
+__all__ = ["ITEM_ROWS", "WHOLE_PROMPT", "MediaItem", "PromptMedia"]
+
+ITEM_ROWS: Mapping[str, str] = {
+    "pixel_values": "image",
+    "image_position_ids": "image",
+    "input_features": "audio",
+    "input_features_mask": "audio",
+}
+"""The processor's tensors that hold one row per item of a kind, in prompt order: an image's patches padded to its
+soft-token budget (the same width for every image of a prompt), a clip's frames padded to the prompt's longest clip,
+and their position ids and masks. Gemma 4's processor and the 12B's unified one lay them out alike."""
+
+WHOLE_PROMPT = frozenset({"mm_token_type_ids"})
+"""The processor's tensors over every prompt position (the modality of each token, which the bidirectional vision
+mask reads by absolute position)."""
 
 
 @dataclass(frozen=True)
@@ -50,3 +64,31 @@ class PromptMedia:
     @property
     def digests(self) -> tuple[str, ...]:
         return tuple(item.digest for item in self.items)
+
+    def tensors_from(self, start: int) -> dict[str, Any] | None:
+        """What a prefill of the prompt's tokens ``start..`` takes through the multimodal model (its first
+        ``start`` tokens already processed): the rows of exactly the items that lie there, and the tensors over the
+        whole prompt as they are.
+
+        ``None`` when that set cannot be told apart: an item that begins before ``start`` and ends after it (its
+        features are one piece), or a tensor whose layout is not known (:data:`ITEM_ROWS`, :data:`WHOLE_PROMPT`);
+        the caller then processes the whole prompt. Each kind's items after ``start`` are the last of that kind, so
+        their rows are the tensors' last rows.
+        """
+        if start == 0:
+            return dict(self.tensors)
+        if any(item.start < start < item.end for item in self.items):
+            return None
+        kinds: list[str] = [item.kind for item in self.items]
+        later: list[str] = [item.kind for item in self.items if item.start >= start]
+        taken: dict[str, Any] = {}
+        for name, tensor in self.tensors.items():
+            if name in WHOLE_PROMPT:
+                taken[name] = tensor
+                continue
+            kind = ITEM_ROWS.get(name)
+            if kind is None or len(tensor) != kinds.count(kind):
+                return None
+            if rows := later.count(kind):
+                taken[name] = tensor[len(tensor) - rows :]
+        return taken

@@ -578,21 +578,23 @@ def test_media_prompts_share_what_precedes_their_first_different_item(
         {"role": "user", "content": "Its colours?"},
     ]
     assert both(follow_up).cached_prompt_tokens == turn.prompt_tokens  # the image's keys/values included
-    # The same ids with another picture share at most the system prompt before it (the store's rule); a picture
-    # among the tokens to process sends the whole prompt through the multimodal model, so nothing is reused here.
+    # The same ids with another picture share the system prompt before it (a stored point) and nothing after it;
+    # the picture is processed with the system prompt's cached state.
     other = [system, asking(7, "What is in this picture?")]
-    assert both(other).cached_prompt_tokens == 0
+    system_end = first_message_end(warm.encode(other), warm.tokenizer.convert_tokens_to_ids("<|turn>"))
+    assert both(other).cached_prompt_tokens == system_end
     other_follow_up = [
         *other,
         {"role": "assistant", "content": REPLIES[0]},
         {"role": "user", "content": "Its colours?"},
     ]
     assert both(other_follow_up).cached_prompt_tokens == turn.prompt_tokens  # its own picture's state
-    # A new picture among the tokens to process: the whole prompt goes through the multimodal model ...
+    # A new picture among the tokens to process: only they go through the multimodal model ...
     another = [*follow_up, {"role": "assistant", "content": REPLIES[1]}, asking(3, "And this one?")]
-    assert both(another).cached_prompt_tokens == 0
+    added = both(another)
+    assert added.cached_prompt_tokens == len(warm.encode(follow_up))
     # ... and the turn after it starts from all of it.
     last = both(
         [*another, {"role": "assistant", "content": REPLIES[2]}, {"role": "user", "content": "Thanks."}]
     )
-    assert last.cached_prompt_tokens > turn.prompt_tokens
+    assert last.cached_prompt_tokens == added.prompt_tokens
