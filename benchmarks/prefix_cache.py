@@ -1,21 +1,28 @@
 """The prefix cache on vs off, side by side: an agent, a chat and a RAG chat engine that send their prompt again.
 
-Three workloads, each run with the cache on and off in alternation (on/off, then off/on, ...) in one process:
+Four workloads, each run with the cache on and off in alternation (on/off, then off/on, ...) in one process:
 
 * ``agent``: a LangChain ``create_agent`` agent on the testing kit's tool-use pair, a system prompt of ~1,000
   tokens and four tools, asked five things in one conversation (each a tool call and an answer: ten model steps);
 * ``chat``: a five-turn chat with a ~1,150-token system prompt on the packaged ``gemma-mtp-mini`` pair, 32-token
   answers;
 * ``rag``: a LlamaIndex ``context`` chat engine on ``gemma-mtp-mini`` whose retriever returns a ~2,000-token
-  document set whole, asked five follow-up questions.
+  document set whole, asked five follow-up questions;
+* ``media``: a multimodal agent-like chat on the testing kit's multimodal pair (dense, agreeing, images), a
+  ~1,000-token system prompt and a new screenshot with a question at each of five steps (transformers backend
+  only: vLLM's CPU build cannot load a multimodal Gemma 4 checkpoint, ``docs/multimodal.md``).
 
 Each step's time to first token, its prompt tokens and those read from the cache, and each run's whole time are
 recorded with the acceptance of the assistant's drafts. The transformers backend keeps the weights once for both
 settings (``prefix_cache_bytes=0`` shares them); the vLLM backend runs two engines, prefix caching on and off::
 
-    python benchmarks/prefix_cache.py measure --backend transformers --threads 1 --json docs/data/prefix-cache-transformers.json
+    python benchmarks/prefix_cache.py measure --backend transformers --threads 1 --scenarios agent chat rag \
+        --json docs/data/prefix-cache-transformers.json
+    python benchmarks/prefix_cache.py measure --backend transformers --threads 1 --scenarios media \
+        --json docs/data/prefix-cache-media.json
     .venv-vllm/bin/python benchmarks/prefix_cache.py measure --backend vllm --json docs/data/prefix-cache-vllm.json
-    python benchmarks/prefix_cache.py publish docs/data/prefix-cache-transformers.json docs/data/prefix-cache-vllm.json
+    python benchmarks/prefix_cache.py publish docs/data/prefix-cache-transformers.json \
+        docs/data/prefix-cache-media.json docs/data/prefix-cache-vllm.json
 
 ``publish`` writes the "Prefix cache" section of ``docs/benchmarks.md`` and its plot.
 """
@@ -35,11 +42,14 @@ from gemma_mtp import Runtime, SamplingParams
 from gemma_mtp.benchmarking import describe_machine
 from gemma_mtp.benchmarking.publish import section_markers, write_page_section
 from gemma_mtp.benchmarking.tables import markdown_table
-from gemma_mtp.testing import tool_use_dir
+from gemma_mtp.testing import KitMedia, tiny_pair, tool_use_dir
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 SECTION = "prefix-cache"
-SCENARIOS = ("agent", "chat", "rag")
+SCENARIOS = ("agent", "chat", "rag", "media")
+TEXT_SCENARIOS = ("agent", "chat", "rag")
+"""What the vLLM backend runs (its CPU build cannot load a multimodal checkpoint)."""
+PAIR_OF = {"agent": "tool_use", "chat": "mini", "rag": "mini", "media": "media"}
 SETTINGS = ("on", "off")
 
 SENTENCES = (
@@ -58,6 +68,19 @@ QUESTIONS = (
     "When does the Lisbon office open?",
     "Do children pay on trains?",
     "How late can I change a booking?",
+)
+SCREEN_ASKS = (
+    "Here is the login page. Which field comes first?",
+    "I typed the name. What does the screen show now?",
+    "A dialog opened. Which button should I press?",
+    "The list loaded. Which row is selected?",
+    "Saved. Is there an error message anywhere?",
+)
+SCREEN_REPLIES = (
+    "The user name field; type the name there.",
+    "The password field is focused now.",
+    "Press OK to confirm the change.",
+    "The third row, highlighted in blue.",
 )
 AGENT_ASKS = (
     "Call get_weather with city='Paris'.",
@@ -165,25 +188,60 @@ def run_rag(rt: Runtime, draft_length: int | None) -> list[dict[str, Any]]:
     ]
 
 
+def screenshot(step: int, size: int = 224) -> Any:
+    """A deterministic stand-in for a screenshot: a background gradient and a window that moves at each step."""
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:size, 0:size]
+    pixels = np.stack([x * 255 // size, y * 255 // size, (x + y) * 127 // size], axis=-1).astype("uint8")
+    at = 16 + 36 * step
+    pixels[at : at + 60, at : at + 90] = (240, 240, 240)
+    pixels[at : at + 12, at : at + 90] = (30, 90, 200 - 30 * step)
+    return Image.fromarray(pixels)
+
+
+def run_media(rt: Runtime, draft_length: int | None) -> list[dict[str, Any]]:
+    """A computer-use agent's loop in chat form: every step sends the whole conversation again with a new
+    screenshot. The history keeps fixed replies (the kit pair's own answers are noise)."""
+    messages: list[dict[str, Any]] = [{"role": "system", "content": text_of(rt.tokenizer, 1000)}]
+    params = SamplingParams(max_new_tokens=32, ignore_eos=True, num_assistant_tokens=draft_length)
+    steps = []
+    for step, ask in enumerate(SCREEN_ASKS):
+        content = [{"type": "image", "image": screenshot(step)}, {"type": "text", "text": ask}]
+        messages.append({"role": "user", "content": content})
+        result = rt.chat(messages, params)
+        steps.append({**result.stats.as_dict(), "answer": result.content})
+        messages.append({"role": "assistant", "content": SCREEN_REPLIES[step % len(SCREEN_REPLIES)]})
+    return steps
+
+
 WORKLOADS: dict[str, Callable[[Runtime, int | None], list[dict[str, Any]]]] = {
     "agent": run_agent,
     "chat": run_chat,
     "rag": run_rag,
+    "media": run_media,
 }
 
 
 # -- measuring -------------------------------------------------------------------------------------------------
 
 
-def load_pairs(backend: str, engine_options: dict[str, Any]) -> dict[str, dict[str, Runtime]]:
-    """Per pair (``tool_use``, ``mini``): a runtime with the prefix cache on and one with it off."""
+def load_pairs(
+    backend: str, engine_options: dict[str, Any], names: Sequence[str]
+) -> dict[str, dict[str, Runtime]]:
+    """Per pair named (``tool_use``, ``mini``, ``media``): a runtime with the prefix cache on and one with it off."""
     tool_use = tool_use_dir()
-    pairs = {
+    pairs: dict[str, tuple[str, str | None]] = {
         "tool_use": (str(tool_use / "target"), str(tool_use / "assistant")),
         "mini": ("gemma-mtp-mini", None),
     }
+    if "media" in names:
+        kit = tiny_pair("dense", agreeing=True, media=KitMedia(audio=False))
+        pairs["media"] = (str(kit.target_dir), str(kit.assistant_dir))
     loaded: dict[str, dict[str, Runtime]] = {}
-    for name, (target, assistant) in pairs.items():
+    for name in names:
+        target, assistant = pairs[name]
         options = dict(engine_options) if backend == "vllm" else {"device": "cpu", "dtype": "float32"}
         loaded[name] = {
             setting: Runtime.load(
@@ -204,8 +262,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
         torch.set_num_threads(args.threads)
     engine_options = {"enforce_eager": True, "max_model_len": 4096, "dtype": "float32"}
-    runtimes = load_pairs(args.backend, engine_options)
-    pair_of = {"agent": "tool_use", "chat": "mini", "rag": "mini"}
+    runtimes = load_pairs(args.backend, engine_options, sorted({PAIR_OF[s] for s in args.scenarios}))
     runs: list[dict[str, Any]] = []
     for scenario in args.scenarios:
         for name, settings in (
@@ -213,7 +270,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             *((f"run {r + 1}", _order(r)) for r in range(args.repeats)),
         ):
             for setting in settings:
-                rt = runtimes[pair_of[scenario]][setting]
+                rt = runtimes[PAIR_OF[scenario]][setting]
                 rt.drop_cached_prefixes()  # every run starts cold; its later steps find what its earlier ones left
                 # A pinned draft length (vLLM's engine pins its own): the adaptive policy, which each setting's
                 # runtime learns separately, would otherwise draft differently in each, and rounding in verify
@@ -230,7 +287,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     runs.append(
                         {"scenario": scenario, "setting": setting, "elapsed_s": elapsed, "steps": steps}
                     )
-    any_rt = runtimes["mini"]["on"]
+    any_rt = next(iter(runtimes.values()))["on"]
     for settings in runtimes.values():
         for rt in settings.values():
             rt.close()
@@ -309,6 +366,8 @@ LABELS = {
     "agent": "LangChain agent, tool-use pair (~1,000-token system prompt, 4 tools)",
     "chat": "five-turn chat, gemma-mtp-mini (~1,150-token system prompt)",
     "rag": "LlamaIndex context chat engine, gemma-mtp-mini (~2,000-token documents)",
+    "media": "multimodal agent-like chat, the kit's multimodal pair (~1,000-token system prompt, a new "
+    "screenshot of 64 soft tokens per step)",
 }
 
 
@@ -325,11 +384,16 @@ def section(results: Sequence[dict[str, Any]], image: str) -> str:
         "assistant's drafts over all steps (the same tokens either way: greedy output does not change).",
         "",
     ]
+    backends = [result["backend"] for result in results]
     for result in results:
         machine = result["machine"]
         threads = f", {result['threads']} torch thread(s)" if result.get("threads") else ""
+        heading = f"### {result['backend']} backend"
+        if backends.count(result["backend"]) > 1:  # measured in more than one run: say which workloads
+            measured = dict.fromkeys(run["scenario"] for run in result["runs"])
+            heading += ": " + ", ".join(measured)
         lines += [
-            f"### {result['backend']} backend",
+            heading,
             "",
             f"{machine['cpu']} ({machine['cpu_cores']} cores, shared), accelerator: {machine['accelerator']}"
             f"{threads}; {machine['date']}; medians of {result['repeats']} runs per setting.",
@@ -378,8 +442,12 @@ def section(results: Sequence[dict[str, Any]], image: str) -> str:
         "each setting's runtime would learn separately, is left out); 'same answers' compares every step's answer "
         "over all runs of both settings (greedy decoding): on the mini pair one answer of the RAG workload has a near tie "
         "(ending after 28 tokens or going on) that is decided differently from run to run in either setting, the "
-        "cache-off runs included, with the same prompt and draft length: rounding, not the cache. The tests hold "
-        "the cache to exact equality on the kit pairs (`tests/unit/runtime/test_prefix_cache.py`).",
+        "cache-off runs included, with the same prompt and draft length: rounding, not the cache. In the "
+        "multimodal workload a step's new screenshot goes through the vision encoder and the model with the cached "
+        "state of the steps before it; with the cache off every step encodes every earlier screenshot again. The "
+        "multimodal run is a short one on a shared machine. The tests hold "
+        "the cache to exact equality on the kit pairs (`tests/unit/runtime/test_prefix_cache.py`, "
+        "`tests/unit/runtime/test_prefix_cache_media.py`).",
         "",
         f"![time to first token per step, prefix cache on and off]({image})",
         "",
@@ -394,7 +462,11 @@ def plot(results: Sequence[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    summaries = [(result["backend"], summarise(result)) for result in results]
+    # One row of plots per backend, whichever of its runs measured each workload.
+    by_backend: dict[str, list[dict[str, Any]]] = {}
+    for result in results:
+        by_backend.setdefault(result["backend"], []).extend(summarise(result))
+    summaries = list(by_backend.items())
     figure, axes = plt.subplots(
         len(summaries), len(SCENARIOS), figsize=(4.2 * len(SCENARIOS), 3.2 * len(summaries)), squeeze=False
     )
@@ -443,7 +515,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "measure", help="run the workloads, cache on and off, and write the results as JSON"
     )
     run.add_argument("--backend", choices=["transformers", "vllm"], default="transformers")
-    run.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
+    run.add_argument(
+        "--scenarios",
+        nargs="+",
+        choices=SCENARIOS,
+        help="the workloads to run (default: all four on the transformers backend, the text ones on vLLM)",
+    )
     run.add_argument("--repeats", type=int, default=3, help="runs per setting, in alternation (default: 3)")
     run.add_argument("--threads", type=int, help="torch CPU threads (transformers backend)")
     run.add_argument("--json", type=Path, required=True, help="where to write the results")
@@ -451,7 +528,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     out.add_argument("results", nargs="+", help="JSON files written by measure")
     out.add_argument("--output", type=Path, default=DOCS / "benchmarks.md")
     out.add_argument("--img-dir", type=Path, default=DOCS / "img")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.command == "measure":
+        if args.scenarios is None:
+            args.scenarios = list(SCENARIOS if args.backend == "transformers" else TEXT_SCENARIOS)
+        if args.backend == "vllm" and "media" in args.scenarios:
+            parser.error(
+                "the media workload runs on the transformers backend only: vLLM's CPU build cannot load a "
+                "multimodal Gemma 4 checkpoint (see docs/multimodal.md)"
+            )
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:

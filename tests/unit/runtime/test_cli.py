@@ -297,16 +297,18 @@ def test_run_benchmarks_writes_the_page_and_plots(pair_args, one_prompt, tmp_pat
         assert f"](img/{plot})" in text
 
 
+def load(name: str):
+    """The benchmark script ``benchmarks/<name>.py`` as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_constrained_benchmark_writes_its_section_and_the_full_page_keeps_it_and_the_concurrency_one(
     pair_args, one_prompt, tmp_path
 ) -> None:
-    def load(name: str):
-        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-
     page = tmp_path / "benchmarks.md"
     concurrency = (
         "<!-- concurrency -->\n## Concurrency\n\nmeasured in the vLLM environment\n<!-- /concurrency -->"
@@ -324,6 +326,33 @@ def test_constrained_benchmark_writes_its_section_and_the_full_page_keeps_it_and
     assert load("run_benchmarks").main([*argv, "--img-dir", str(tmp_path / "img")]) == 0
     rewritten = page.read_text()
     assert section in rewritten and concurrency in rewritten and "## Our loop and Hugging Face" in rewritten
+
+
+def test_prefix_cache_benchmark_measures_the_multimodal_workload_and_publishes_its_row(
+    tmp_path, capsys
+) -> None:
+    pytest.importorskip("matplotlib")
+    bench = load("prefix_cache")
+    results = tmp_path / "media.json"
+    argv = ["measure", "--scenarios", "media", "--repeats", "1", "--json", str(results)]
+    assert bench.main(argv) == 0
+    (row,) = bench.summarise(json.loads(results.read_text()))
+    # Every step after the first reads the steps before it, screenshots included, from the cache.
+    assert row["steps"] == 5 and row["same_answers"]
+    assert row["cached_prompt_tokens"][0] == 0
+    assert all(
+        0 < c < p for c, p in zip(row["cached_prompt_tokens"][1:], row["prompt_tokens"][1:], strict=True)
+    )
+    page = tmp_path / "benchmarks.md"
+    page.write_text("# Benchmarks\n\n## Reproduce\n\ny\n")
+    assert (
+        bench.main(["publish", str(results), "--output", str(page), "--img-dir", str(tmp_path / "img")]) == 0
+    )
+    assert "| multimodal agent-like chat, the kit's multimodal pair" in page.read_text()
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        bench.main(["measure", "--backend", "vllm", "--scenarios", "media", "--json", str(results)])
+    assert "transformers backend only" in capsys.readouterr().err
 
 
 def test_help_names_the_method_sweep_the_head_to_head_and_the_sweeps_defaults(capsys) -> None:
