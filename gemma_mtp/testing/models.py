@@ -240,7 +240,7 @@ def _multimodal_config(
             pooling_kernel_size=_POOL,
             mm_embed_dim=32,
             mm_posemb_size=64,
-            output_proj_dims=64,
+            output_proj_dims=32,  # what the final projection reads: the patch embedding, mm_embed_dim wide
         )
         audio = Gemma4UnifiedAudioConfig(audio_embed_dim=640) if media.audio else None
         return Gemma4UnifiedConfig(

@@ -265,6 +265,54 @@ def _request(rt: Runtime, messages: list[dict[str, Any]]) -> Any:
     return seen[-1]
 
 
+@pytest.mark.parametrize("bidirectional", [True, False], ids=["bidirectional-vision", "causal"])
+def test_unified_pictures_after_a_cached_prefix_without_the_processor(
+    bidirectional: bool, draft_inputs: list[DraftInput]
+) -> None:
+    """The 12B classes' encoder-free image path, whose processor needs torchvision: pictures made by hand (the
+    patches and positions its processor makes), one in the stored prompt and one in the new tokens."""
+    pair = tiny_pair(
+        "unified", agreeing=True, contextual=True, media=KitMedia(bidirectional_vision=bidirectional)
+    )
+    rt = Runtime.load(str(pair.target_dir), str(pair.assistant_dir), device="cpu", dtype="float32")
+    config = rt.target.config
+    patch = rt.target.model.embed_vision.patch_ln1.normalized_shape[0]
+    grid = torch.stack(torch.meshgrid(torch.arange(4), torch.arange(4), indexing="xy"), dim=-1).reshape(
+        1, 16, 2
+    )
+    text = rt.tokenizer.encode
+
+    def prompt(pictures: int) -> tuple[list[int], PromptMedia]:
+        ids = rt.encode("Compare the screens: ")
+        items = []
+        for index in range(pictures):
+            start = len(ids)
+            ids += [config.boi_token_id, *[config.image_token_id] * 16, config.eoi_token_id]
+            items.append(MediaItem("image", start, len(ids), 16, f"screen {index}", None))
+            ids += text(f" that was screen {index}.", add_special_tokens=False)
+        pixels = torch.randn(pictures, 16, patch, generator=torch.Generator().manual_seed(5))
+        types = (torch.tensor([ids]) == config.image_token_id).long()
+        tensors = {
+            "pixel_values": pixels,
+            "image_position_ids": grid.repeat(pictures, 1, 1),
+            "mm_token_type_ids": types,
+        }
+        return ids, PromptMedia(tuple(items), tensors)
+
+    first, second = prompt(1), prompt(2)
+    assert second[0][: len(first[0])] == first[0]
+    store: PrefixCache[Any] = PrefixCache(WARM_BYTES)
+    _decode(rt, *first, store, budget=2)
+    draft_inputs.clear()
+    warm, cached = _decode(rt, *second, store)
+    warm_calls = list(draft_inputs)
+    draft_inputs.clear()
+    cold, _ = _decode(rt, *second, PrefixCache(0))
+    assert cached == len(first[0])
+    assert [r.tokens for r in warm] == [r.tokens for r in cold]
+    assert_same_draft_inputs(warm_calls, draft_inputs)
+
+
 # -- the rows of the items that lie in the new tokens ----------------------------------------------------------
 
 
