@@ -6,22 +6,25 @@ A policy only ever sees rounds that are finished, so its decisions depend on tok
 never on the drafts being verified: greedy output stays identical to the target alone, and sampled output
 follows the target's distribution whatever the policy decides round by round.
 
-The default, :class:`AdaptiveDraft`, maximises expected tokens per second. For a draft length ``k`` it
-expects ``E(k) = 1 + a_1 + ... + a_k`` tokens per round, where ``a_i`` is the probability that the first
-``i`` drafts are all accepted (estimated per draft position from this request's recent rounds, seeded
-from the runtime's recent requests of the same kind: a similar temperature, and constrained or free).
-Each reached draft counts the probability it had of being accepted, which the acceptance rule knows
-exactly, rather than its 0-or-1 outcome: the same expectation with far less noise, so a few unlucky
-rounds do not talk the policy out of drafting that pays. It pays ``cost(k)``, the duration of rounds
-with ``k`` drafts on this runtime and device relative to other lengths, measured between consecutive rounds
-so that the machine's changing speed cancels (:class:`RoundCosts`). It drafts the ``k`` with the most
-``E(k) / cost(k)``; while drafting pays, a round next to it now and then (a plain round, one draft fewer or
-more, each within a budget of about 0.5% of decoding time) keeps those comparisons current. It decodes
-plainly (``k = 0``) when no draft length pays, with a one-token probe now and then so that drafting comes
-back when the text turns predictable. Those probes are budgeted too: a probe expected to cost ``x`` plain
-rounds' worth of time beyond the tokens it yields waits about ``x / PROBE_BUDGET`` plain rounds, so exploring
-takes about 1% of decoding time (less while probes keep failing: each failure doubles the wait). The same
-numbers decide between argmax drafts and drafts sampled from the assistant when sampling.
+The default, :class:`AdaptiveDraft`, maximises expected tokens per second ``E(k) / cost(k)``.
+``E(k) = 1 + a_1 + ... + a_k``, where ``a_i`` is the chance that the first ``i`` drafts are all accepted, from
+the request's recent rounds and, worth a few rounds, the runtime's recent requests of the same kind (similar
+temperature, constrained or free); a reached draft counts the chance of acceptance the acceptance rule gives
+it, not its 0-or-1 outcome. ``cost(k)`` is the relative duration of rounds with ``k`` drafts, measured between
+consecutive rounds so that the machine's changing speed cancels (:class:`RoundCosts`). The same numbers pick
+argmax or sampled drafts when sampling, and plain decoding (``k = 0``) where no draft pays.
+
+Exploration pays for itself. Each kind of request keeps an incumbent decision (a fresh runtime starts at the
+assistant's own length), replaced only by one whose cost was compared ``TRUSTED_TIMINGS`` times and that wins
+by more than the spread of their comparisons: one slow round decides nothing. Now and then a round tries an
+alternative between two rounds of the incumbent: plain decoding, one draft fewer or more, the other method.
+Tries go to alternatives that might still win (an optimistic estimate: ``OPTIMISM`` pseudo-acceptances, a cost
+as low as its comparisons allow), each waiting twice as long after every two comparisons and ``x /
+EXPLORATION_BUDGET`` rounds for an expected loss ``x``. While drafting pays, tries spend a credit that each
+round earns (``TRY_SHARE``): once one decision dominates, they take about 1% of the rounds. Every alternative
+still gets a try now and then, and one whose cost ratio surprises is tried again soon, so that a lasting change
+brings tries back. Decoding plainly, one-draft tries cost about ``EXPLORATION_BUDGET`` of decoding time,
+backing off while they fail, so that drafting comes back when the text turns predictable.
 """
 
 from __future__ import annotations
@@ -43,10 +46,10 @@ __all__ = [
     "DraftMethod",
     "DraftPolicy",
     "DraftTemperature",
+    "Exploration",
     "FixedDraft",
     "GrowShrinkDraft",
     "PolicyMemory",
-    "ProbeSchedule",
     "RequestKind",
     "RoundCosts",
     "policy_for",
@@ -60,9 +63,7 @@ COST_WINDOW = 16
 are what :class:`RoundCosts` fits."""
 TRUSTED_TIMINGS = 3
 """Comparisons with rounds of other lengths after which a draft length's own cost is used, rather than the
-fitted line."""
-SPEED_WINDOW = 8
-"""Recent rounds whose median ratio to their length's relative cost is the machine's current speed."""
+fitted line, and after which it may become the incumbent decision."""
 ROBUST_PASSES = 2
 """Passes of the relative cost fit (see ``RATIO_SPREAD``)."""
 RATIO_SPREAD = 0.1
@@ -72,14 +73,12 @@ once, at the edge of a slow stretch of the machine, can be off by far more."""
 FAINT_LINK = 1e-3
 """Weight of the link, at the ratio of their median raw seconds, between a length and the most timed one:
 it places a length never compared with another, and decides nothing where comparisons exist."""
-PLAIN_STEPS_TO_MEASURE = 3
-"""Plain decoding rounds a runtime times before it compares drafting against them."""
 REQUEST_DECAY = 0.97
-"""Weight a request's older rounds keep per new round (about the last 30 rounds count)."""
+"""Weight a request's older rounds keep per new round, drafting or not (about the last 30 rounds count)."""
 MEMORY_DECAY = 0.99
-"""Weight the runtime's memory keeps per new round (about the last 100 rounds of similar requests)."""
+"""Weight the runtime's memory keeps per new drafting round (about the last 100 rounds of similar requests)."""
 MEMORY_WEIGHT = 6.0
-"""How many rounds' worth of the runtime's memory a new request starts from."""
+"""Rounds' worth of the runtime's memory beside a request's own rounds in its estimates."""
 PRIOR_WEIGHT = 1.0
 """Pseudo-rounds behind the prior of every draft position's acceptance."""
 PRIOR_RATE = {True: 0.7, False: 0.5}
@@ -87,32 +86,30 @@ PRIOR_RATE = {True: 0.7, False: 0.5}
 temperature calibration knows no better (:meth:`PolicyMemory.prior`)."""
 DEEPER_PRIOR = 0.9
 """A draft position's rate is shrunk towards this fraction of the rate of the position before it."""
-PROBE_BUDGET = 0.01
-"""The share of decoding time that probing may cost while drafting does not pay: a probe expected to lose
-``x`` plain rounds' worth of time (its round's cost in plain rounds, less the tokens it is expected to
-yield) comes after ``x / PROBE_BUDGET`` plain rounds, so near break-even probes are frequent and cheap."""
-LONGEST_PROBE_GAP = 64
-"""Probes back off (doubling the gap after each failure) up to this many plain rounds."""
 OPTIMISM = 2.0
-"""Pseudo-acceptances added to the runtime's counts when asking whether an untried or little-tried
-alternative (one draft more, the other draft method) might beat the best decision: it is tried now and
-then while it might, and no longer once the evidence against it outweighs this much optimism."""
+"""Pseudo-acceptances per draft position in the optimistic estimate that decides whether an alternative might
+win: it is tried no longer once the evidence against it outweighs this much optimism."""
+COST_DOUBT = 0.4
+"""How much cheaper (log) than estimated a round might be in the optimistic estimate, over ``sqrt(1 +
+comparisons)``: 1.65x for a length never compared, 1.2x after six comparisons."""
 LONGER_MARGIN = 0.01
 """Decisions within this fraction of the best expected tokens per second count as ties; the shortest wins."""
-NEIGHBOUR_PROBE_EVERY = 10
-"""Every this many drafting rounds of a kind of request (counted across the runtime's requests), a round next
-to the best length may come instead of it: one draft more while it might pay or its cost is not established
-yet (fewer than ``TRUSTED_TIMINGS`` comparisons), which is evidence about the next draft position; else
-whichever of a plain round, one draft fewer and one draft more is due by :data:`NEIGHBOUR_BUDGET`."""
-NEIGHBOUR_BUDGET = 0.005
-"""The share of decoding time that each neighbour probe (a plain round, one draft fewer, one draft more) may
-cost while drafting pays: a probe expected to yield a fraction ``x`` fewer tokens per second than the best
-length comes after ``x / NEIGHBOUR_BUDGET`` drafting rounds. Their comparisons with the best length keep the
-relative costs that decide current: a comparison that went wrong (the machine changed speed between its two
-rounds) is outvoted rather than kept, a neighbour that looks worse than it is gets timed again, and drafting
-is judged against plain decoding by fresh comparisons."""
-METHOD_PROBE_EVERY = 12
-"""At most every this many rounds, draft by the other method, while it might pay."""
+EXPLORATION_BUDGET = 0.01
+"""A try expected to give a fraction ``x`` fewer tokens per second than the incumbent waits at least
+``x / EXPLORATION_BUDGET`` rounds: tries cost about this share of decoding time at most."""
+FIRST_WAIT = 2
+"""Rounds before an alternative's first try, and the least between two."""
+TRY_SHARE = 0.012
+"""While drafting pays, each round earns this much of a try (up to ``TRY_BURST``): once backed off, tries take
+this share of the rounds at most. Every alternative is tried at least every ``2 n / TRY_SHARE`` rounds
+(``n`` alternatives), so that a lasting change of costs is noticed."""
+TRY_BURST = 8.0
+"""Tries a kind may make at once: enough to time plain decoding and a fresh runtime's neighbouring lengths."""
+LONGEST_PLAIN_WAIT = 64
+"""Decoding plainly, each failed try doubles the wait for the next (from what the budget asks) up to this."""
+SURPRISE = 0.3
+"""A try whose round differs by more than this (log) from the fitted cost ratio with the round before it is
+tried again soon: a lasting change of costs is confirmed within a few tries, one slow round changes nothing."""
 
 
 @dataclass(frozen=True)
@@ -219,25 +216,17 @@ class GrowShrinkDraft:
 
 
 class RoundCosts:
-    """Measured seconds per round, by mode (greedy or sampling, draft method) and draft length.
+    """Measured seconds per round, by mode (greedy or sampling, draft method) and draft length; one per runtime.
 
-    One per runtime: every request adds its rounds' durations (from the round's decision until the
-    caller asks for the next round, less the time spent waiting for other requests' forward passes).
-
-    A round's duration depends on the machine's speed of the moment, which changes: it warms up, other
-    work shares it, clocks move. Decisions only compare lengths with each other, so what is kept is what a
-    round of one length costs relative to another, measured where the machine's speed cancels: between
-    consecutive rounds of one request (``previous`` in :meth:`observe`), milliseconds apart. The median
-    ratio of every pair of lengths that followed each other is fitted to one relative cost per length
-    (least squares on the logarithms), so lengths never drafted next to each other are compared through
-    the lengths between them. No unit drifts: a length drafted rarely (a longer probe, plain decoding
-    while drafting pays) is judged against its neighbours in time, whatever the load of that moment.
-    Seconds come back at the machine's current speed: the median, over the mode's last ``SPEED_WINDOW``
-    rounds, of each round's seconds over its length's relative cost.
-
-    A length compared fewer than ``TRUSTED_TIMINGS`` times is estimated from a straight line through the
-    compared ones (through plain decoding when only one draft length was compared). Rounds observed without
-    a previous round only give their raw seconds, which place a length never compared.
+    A round lasts from its decision until the caller asks for the next, less any wait for other requests'
+    forward passes. The machine's speed changes (it warms up, other work shares it), so what is kept is what a
+    round of one length costs relative to another, measured where that speed cancels: between consecutive
+    rounds of one request (``previous`` in :meth:`observe`). The median ratio of every pair of lengths that
+    followed each other is fitted to one relative cost per length (least squares on the logarithms), so that
+    lengths never drafted next to each other are compared through those between them, and no unit drifts.
+    Seconds come back in units of the most timed length's recent median (decisions use only ratios). A length compared fewer than ``TRUSTED_TIMINGS``
+    times is estimated from a straight line through the compared ones (through plain decoding when only one
+    draft length was compared); rounds without a previous round give raw seconds that place a new length.
     """
 
     def __init__(self, window: int = COST_WINDOW):
@@ -246,9 +235,7 @@ class RoundCosts:
         # (a, b) with a < b: the log ratios of b's seconds over a's in consecutive rounds
         self._ratios: dict[tuple[CostKey, CostKey], deque[float]] = {}
         self._compared: Counter[CostKey] = Counter()
-        self._recent: dict[bool, deque[tuple[CostKey, float]]] = {}  # each mode's last rounds
         self._fits: dict[bool, dict[CostKey, float]] = {}  # each mode's log relative costs, until a change
-        self._speeds: dict[bool, float] = {}  # each mode's seconds per unit, until its next round
         self._lock = threading.Lock()
 
     @staticmethod
@@ -267,8 +254,6 @@ class RoundCosts:
         key = self._key(greedy, method, length)
         with self._lock:
             self._timings.setdefault(key, deque(maxlen=self._window)).append(seconds)
-            self._recent.setdefault(greedy, deque(maxlen=SPEED_WINDOW)).append((key, seconds))
-            self._speeds.pop(greedy, None)
             compared = previous is not None and self._compare(greedy, key, seconds, *previous)
             if compared or not self._compared[key]:  # a new comparison, or raw seconds that place the length
                 self._fits.pop(greedy, None)
@@ -286,31 +271,34 @@ class RoundCosts:
         self._compared[other] += 1
         return True
 
-    def lengths(self, greedy: bool, method: DraftMethod) -> set[int]:
-        """The draft lengths (>= 1) timed for this mode."""
-        with self._lock:
-            return {key[2] for key in self._timings if key[0] == greedy and key[1] == method}
-
-    def count(self, greedy: bool, method: DraftMethod, length: int) -> int:
-        """Rounds of this length timed (the last ``COST_WINDOW`` at most)."""
-        with self._lock:
-            return len(self._timings.get(self._key(greedy, method, length), ()))
-
     def compared(self, greedy: bool, method: DraftMethod, length: int) -> int:
         """Times a round of this length followed or preceded a round of another length."""
         with self._lock:
             return self._compared[self._key(greedy, method, length)]
 
+    def pairs(self, greedy: bool, a: DraftDecision, b: DraftDecision) -> int:
+        """Recent comparisons (the last ``COST_WINDOW``) of rounds like ``a`` with rounds like ``b``."""
+        keys = sorted((self._key(greedy, a.method, a.length), self._key(greedy, b.method, b.length)))
+        with self._lock:
+            return len(self._ratios.get((keys[0], keys[1]), ()))
+
+    def relative(self, greedy: bool, method: DraftMethod, length: int) -> float | None:
+        """This length's fitted cost relative to the mode's other lengths (only ratios of two mean anything);
+        ``None`` while it was never timed."""
+        with self._lock:
+            x = self._fit(greedy).get(self._key(greedy, method, length))
+        return None if x is None else math.exp(x)
+
     def plain(self, greedy: bool) -> float | None:
-        """Estimated seconds of a plain decoding round at the machine's current speed, if measured."""
+        """Estimated seconds of a plain decoding round, if measured."""
         with self._lock:
             relative = self._fit(greedy)
             key = self._key(greedy, "argmax", 0)
             return math.exp(relative[key]) * self._speed(greedy) if key in relative else None
 
     def estimates(self, greedy: bool, method: DraftMethod, longest: int) -> list[float] | None:
-        """Estimated seconds of a round with ``1..longest`` drafts (index 0 = one draft), at the machine's
-        current speed; ``None`` while no draft length was measured for this mode."""
+        """Estimated seconds of a round with ``1..longest`` drafts (index 0 = one draft); ``None`` while no draft
+        length was measured for this mode."""
         with self._lock:
             relative = self._fit(greedy)
             if not relative:
@@ -324,6 +312,9 @@ class RoundCosts:
             }
         if not measured:
             return None
+        # Below the shortest length measured, no round costs less than plain decoding, or, while plain
+        # decoding is not timed, less than in proportion to its drafts.
+        shortest = min(measured)
         floor = math.exp(plain) if plain is not None else 0.0
         if len(measured) == 1:
             ((k1, (c1, _)),) = measured.items()
@@ -337,17 +328,14 @@ class RoundCosts:
             if k in measured and measured[k][1] >= TRUSTED_TIMINGS:
                 out.append(measured[k][0] * speed)
             else:
-                out.append(max(intercept + slope * k, floor) * speed)
+                least = floor if plain is not None else measured[shortest][0] * min(k, shortest) / shortest
+                out.append(max(intercept + slope * k, least) * speed)
         return out
 
     def _fit(self, greedy: bool) -> dict[CostKey, float]:
-        """Each length's log cost relative to the mode's most timed length (cached until a change).
-
-        Weighted least squares over the pairs' median log ratios, each weighted by its count, plus a faint
-        link from every length to the most timed one at the ratio of their median raw seconds: it decides
-        nothing where comparisons exist, and places a length that was never compared. Each of
-        ``ROBUST_PASSES`` passes trusts a pair less the further it lies from the last pass's fit.
-        """
+        """Each length's log cost relative to the mode's most timed one (cached until a change): weighted least
+        squares over the pairs' median log ratios (weight: their count) and ``FAINT_LINK``s, in ``ROBUST_PASSES``
+        passes, each trusting a pair less the further it lies from the last pass's fit."""
         fit = self._fits.get(greedy)
         if fit is not None:
             return fit
@@ -375,29 +363,19 @@ class RoundCosts:
         return fit
 
     def _speed(self, greedy: bool) -> float:
-        """Seconds per unit of relative cost now: the median over the mode's last rounds (cached until the
-        next round)."""
-        speed = self._speeds.get(greedy)
-        if speed is None:
-            relative = self._fit(greedy)
-            speed = statistics.median(
-                seconds / math.exp(relative[key]) for key, seconds in self._recent.get(greedy, ())
-            )
-            self._speeds[greedy] = speed
-        return speed
+        """Seconds per unit of relative cost: the most timed length's recent median."""
+        relative = self._fit(greedy)
+        key = max(relative, key=lambda k: len(self._timings[k]))
+        return statistics.median(self._timings[key]) / math.exp(relative[key])
 
 
 def _solve_links(
     size: int, anchor: int, links: list[tuple[int, int, float, float]], trust: list[float]
 ) -> list[float]:
-    """The ``x`` (with ``x[anchor] = 0``) that minimises the sum over ``links`` ``(a, b, ratio, weight)`` of
-    ``weight * trust * (x[b] - x[a] - ratio) ** 2``.
-
-    Its normal equations are the links' graph Laplacian with the anchor's row and column taken out: a
-    symmetric positive definite system (every length is linked to the anchor), which Gaussian elimination
-    solves without pivoting. A dozen unknowns at most, so plain Python: a LAPACK call would wake its
-    threads on a machine busy with the models' forward passes, which costs more than the solve.
-    """
+    """The ``x`` (``x[anchor] = 0``) minimising the sum over ``links`` ``(a, b, ratio, weight)`` of ``weight *
+    trust * (x[b] - x[a] - ratio) ** 2``: the links' graph Laplacian without the anchor, symmetric positive
+    definite, solved by Gaussian elimination in plain Python (a LAPACK call would wake threads that the
+    models' forward passes keep busy, for a dozen unknowns)."""
     free = {node: row for row, node in enumerate(n for n in range(size) if n != anchor)}
     n = len(free)
     matrix = [[0.0] * n for _ in range(n)]
@@ -442,23 +420,18 @@ def _weighted_line(values: dict[int, float], weights: dict[int, int]) -> tuple[f
 @dataclass
 class AcceptanceProfile:
     """Decayed counts per draft position: how often it was reached (all drafts before it accepted) and accepted.
-
-    ``rates`` turns them into conditional acceptance rates, each position's shrunk towards a little less
-    than the one before it (the first towards a prior), so that positions never drafted yet inherit
-    somewhat less than their neighbour's rate: longer drafts are tried, but not trusted untried.
-    """
+    ``rates`` shrinks each position's rate towards a little less than the one before it (the first towards a
+    prior), so that positions never drafted yet inherit somewhat less than their neighbour's rate."""
 
     reached: list[float] = field(default_factory=list)
     accepted: list[float] = field(default_factory=list)
 
-    def add(self, length: int, accepted: int, decay: float, chances: Sequence[float] = ()) -> None:
+    def add(self, length: int, accepted: int, chances: Sequence[float] = ()) -> None:
         """One round: ``length`` drafts, ``accepted`` of them accepted. With ``chances`` (each reached
         draft's probability of acceptance) a reached position counts its chance as accepted rather than
         the outcome: the same expectation, with much less variance."""
         if length == 0:
             return
-        self.reached = [r * decay for r in self.reached]
-        self.accepted = [a * decay for a in self.accepted]
         grow = length - len(self.reached)
         if grow > 0:
             self.reached += [0.0] * grow
@@ -470,18 +443,33 @@ class AcceptanceProfile:
             self.reached[i] += 1.0
             self.accepted[i] += chances[i]
 
+    def fade(self, decay: float) -> None:
+        """Older rounds keep ``decay`` of their weight."""
+        self.reached = [r * decay for r in self.reached]
+        self.accepted = [a * decay for a in self.accepted]
+
+    def plus(self, other: AcceptanceProfile) -> AcceptanceProfile:
+        """The evidence of both."""
+        size = max(len(self.reached), len(other.reached))
+        padded = [(p.reached + [0.0] * size)[:size] for p in (self, other)]
+        hits = [(p.accepted + [0.0] * size)[:size] for p in (self, other)]
+        return AcceptanceProfile(
+            [sum(c) for c in zip(*padded, strict=True)], [sum(c) for c in zip(*hits, strict=True)]
+        )
+
     @property
     def evidence(self) -> float:
         """Weighted rounds behind the first position's rate."""
         return self.reached[0] if self.reached else 0.0
 
     def scaled(self, most: float) -> AcceptanceProfile:
-        """A copy whose evidence is at most ``most`` rounds."""
-        factor = min(1.0, most / self.evidence) if self.evidence else 0.0
-        return AcceptanceProfile([r * factor for r in self.reached], [a * factor for a in self.accepted])
-
-    def copy(self) -> AcceptanceProfile:
-        return AcceptanceProfile(list(self.reached), list(self.accepted))
+        """A copy whose evidence at every position is at most ``most`` rounds (a deep position, reached
+        rarely, keeps its few rounds rather than shrinking with the first's)."""
+        factors = [min(1.0, most / r) if r else 0.0 for r in self.reached]
+        return AcceptanceProfile(
+            [r * f for r, f in zip(self.reached, factors, strict=True)],
+            [a * f for a, f in zip(self.accepted, factors, strict=True)],
+        )
 
     def rates(self, positions: int, prior: float, optimism: float = 0.0) -> list[float]:
         """Conditional acceptance rates of draft positions ``1..positions``; ``optimism`` pseudo-acceptances
@@ -497,17 +485,16 @@ class AcceptanceProfile:
 
 
 @dataclass
-class ProbeSchedule:
-    """When drafting stopped paying: plain rounds since the last probe, and how many to wait for the next;
-    while drafting pays: drafting rounds, and those since each neighbour probe (:data:`NEIGHBOUR_PROBE_EVERY`).
+class Exploration:
+    """What requests of one kind and draft settings share about exploring (see the module's docstring)."""
 
-    Shared by a runtime's requests of one kind, so that short requests probe too.
-    """
-
-    plain_run: int = 0
-    gap: int = 0
-    drafting: int = 0  # drafting rounds, which time the neighbour probes
-    waited: Counter[str] = field(default_factory=Counter)  # drafting rounds since each neighbour probe
+    incumbent: DraftDecision | None = None
+    rounds: int = 0
+    credit: float = TRY_BURST  # tries it may make now (see TRY_SHARE)
+    trials: int = 0  # tries made
+    tried: dict[DraftDecision, int] = field(default_factory=dict)
+    gaps: dict[DraftDecision, float] = field(default_factory=dict)  # waits between tries, decoding plainly
+    doubted: set[DraftDecision] = field(default_factory=set)  # its last try surprised
 
 
 class DraftTemperature(Protocol):
@@ -522,7 +509,7 @@ class DraftTemperature(Protocol):
 
 
 class PolicyMemory:
-    """What a runtime's requests share: round costs, acceptance by request kind and draft method, and probes.
+    """What a runtime's requests share: round costs, acceptance by request kind and draft method, exploration.
 
     ``calibration`` is the runtime's draft temperature calibration (:mod:`gemma_mtp.calibration`): the
     factor of a kind's temperature that its sampled drafts are drawn at. Acceptance of sampled drafts is
@@ -535,7 +522,7 @@ class PolicyMemory:
         self.costs = RoundCosts()
         self._calibration = calibration
         self._profiles: dict[tuple[RequestKind, str, float], AcceptanceProfile] = {}
-        self._probes: dict[RequestKind, ProbeSchedule] = {}
+        self._explorations: dict[tuple[object, ...], Exploration] = {}
         self._lock = threading.Lock()
 
     def factor(self, kind: RequestKind, method: DraftMethod) -> float:
@@ -555,21 +542,18 @@ class PolicyMemory:
                 return overlap
         return PRIOR_RATE[greedy]
 
-    def probe_schedule(self, kind: RequestKind) -> ProbeSchedule:
+    def exploration(self, key: tuple[object, ...]) -> Exploration:
+        """The exploration state of one kind of request and draft settings (``key``), shared by its requests."""
         with self._lock:
-            return self._probes.setdefault(kind, ProbeSchedule())
+            return self._explorations.setdefault(key, Exploration())
 
-    def profile(self, kind: RequestKind, method: DraftMethod, factor: float = 1.0) -> AcceptanceProfile:
-        """A request's starting profile: recent requests' of its kind, worth a few rounds."""
+    def evidence(
+        self, kind: RequestKind, method: DraftMethod, factor: float = 1.0, most: float = math.inf
+    ) -> AcceptanceProfile:
+        """The runtime's recent evidence for this kind (requests in progress included), worth ``most`` rounds."""
         with self._lock:
             shared = self._profiles.get((kind, method, factor))
-            return shared.scaled(MEMORY_WEIGHT) if shared else AcceptanceProfile()
-
-    def evidence(self, kind: RequestKind, method: DraftMethod, factor: float = 1.0) -> AcceptanceProfile:
-        """All the runtime's recent evidence for this kind (this request's rounds included), unscaled."""
-        with self._lock:
-            shared = self._profiles.get((kind, method, factor))
-            return shared.copy() if shared else AcceptanceProfile()
+            return shared.scaled(most) if shared else AcceptanceProfile()
 
     def add(
         self,
@@ -582,20 +566,23 @@ class PolicyMemory:
     ) -> None:
         with self._lock:
             profile = self._profiles.setdefault((kind, method, factor), AcceptanceProfile())
-            profile.add(length, accepted, MEMORY_DECAY, chances)
+            profile.fade(MEMORY_DECAY)
+            profile.add(length, accepted, chances)
 
 
 # -- the default policy ------------------------------------------------------------------------------
+
+_HOPEFUL, _SURPRISED, _UNKNOWN, _LOOKS_BETTER = range(4)
+"""Ranks of the alternatives due for a try (see :meth:`AdaptiveDraft._due`)."""
 
 
 class AdaptiveDraft:
     """The default: the draft length (0 allowed) and method with the most expected tokens per second.
 
     ``length`` pins the draft length; ``methods`` are the methods it may choose between (the first is
-    preferred until measured otherwise). ``start`` is the assistant's usual draft length: on a runtime
-    that has not timed them yet, the first rounds time plain decoding and drafts of 1 and ``start``
-    tokens, so that the cost of every other length can be estimated. ``constrained`` requests (a JSON
-    schema, regex, grammar or tools) share acceptance statistics with each other, apart from free text.
+    preferred until measured otherwise). ``start`` is the assistant's usual draft length, where a fresh
+    runtime starts drafting. ``constrained`` requests (a JSON schema, regex, grammar or tools) share
+    acceptance statistics with each other, apart from free text.
     """
 
     def __init__(
@@ -623,11 +610,12 @@ class AdaptiveDraft:
         # A seeded request samples its drafts at its own temperature (factor 1), whatever the calibration.
         self.calibrated = calibrated
         self.factors = {m: self._factor(m) for m in methods}
-        self.profiles = {m: memory.profile(self.kind, m, self.factors[m]) for m in methods}
+        self.own = {m: AcceptanceProfile() for m in methods}  # this request's rounds
         self.priors = {m: memory.prior(self.kind, m, self.factors[m]) for m in methods}
-        self._schedule = memory.probe_schedule(self.kind)
-        self._probing = False  # the last decision was a probe
-        self._rounds = 0
+        self.exploration = memory.exploration((self.kind, length, methods))
+        self._trying: DraftDecision | None = None  # the alternative the decided round tries
+        self._against = DraftDecision(0, methods[0])  # the incumbent it is tried against
+        self._tried_last = False
         self._previous: tuple[DraftDecision, float] | None = None  # the last round and its seconds
 
     @property
@@ -645,201 +633,213 @@ class AdaptiveDraft:
             factor = self._factor(method)
             if factor != self.factors[method]:
                 self.factors[method] = factor
-                self.profiles[method] = self.memory.profile(self.kind, method, factor)
+                self.own[method] = AcceptanceProfile()
             self.priors[method] = self.memory.prior(self.kind, method, factor)
 
+    def profile(self, method: DraftMethod) -> AcceptanceProfile:
+        """This request's evidence of ``method``'s acceptance: its own rounds (older ones fade, whether they
+        drafted or not: the text moves on) and the runtime's recent requests of its kind, worth a few rounds."""
+        return self.own[method].plus(
+            self.memory.evidence(self.kind, method, self.factors[method], MEMORY_WEIGHT)
+        )
+
     def decide(self, room: int) -> DraftDecision:
-        self._rounds += 1
         self._follow_calibration()
-        primary = self.methods[0]
+        self.exploration.rounds += 1
+        self._trying = None
         if room <= 0:
-            return DraftDecision(0, primary)
-        schedule = self._schedule
-        if 0 < schedule.plain_run < schedule.gap:  # drafting did not pay; nothing was learnt since
-            schedule.plain_run += 1
-            return DraftDecision(0, primary)
-        costs = self.memory.costs
-        if self.length is None and costs.count(self.greedy, primary, 0) < PLAIN_STEPS_TO_MEASURE:
-            return DraftDecision(0, primary)  # measure plain decoding first
+            return DraftDecision(0, self.methods[0])
         longest = min(self.longest if self.length is None else self.length, room)
-        timed = {method: costs.lengths(self.greedy, method) for method in self.methods}
-        for method, lengths in timed.items():  # time each method at two draft lengths before comparing
-            for length in (self.length,) if self.length is not None else (1, max(2, self.start)):
-                if length not in lengths and (length <= room or not lengths):
-                    return DraftDecision(min(length, room), method)
-        if self.length is None:  # lengths beyond the longest timed one are reached by the longer probe
-            longest = min(longest, max(max(lengths, default=0) for lengths in timed.values()) + 1)
-        candidates = self._candidates(longest, only=None, drafting=False, optimistic=False)
-        best, best_rate = self._top(candidates)
-        other = self._method_to_probe(best, best_rate, longest)
-        if other is not None:
-            return other
-        if best.length > 0 or self.length is not None:
-            schedule.plain_run = 0
-            schedule.gap = 0
-            schedule.drafting += 1
-            return best if self.length is not None else self._neighbour(best, best_rate, candidates, longest)
-        if schedule.plain_run == 0 and schedule.gap == 0:  # drafting just stopped paying
-            schedule.gap = self._probe_wait(self._probe_method(longest))
-        schedule.plain_run += 1
-        if schedule.plain_run <= schedule.gap:
-            return best
-        schedule.plain_run = 0
-        self._probing = True
-        return DraftDecision(1, self._probe_method(longest))
+        rates = self._candidates(longest)
+        incumbent = self._incumbent(rates, longest)
+        if self._tried_last:  # a try is compared with the incumbent's rounds on both sides of it
+            return DraftDecision(min(self._against.length, longest), self._against.method)
+        self._trying, self._against = self._due(incumbent, rates, longest), incumbent
+        return self._trying or incumbent
 
-    def _probe_wait(self, method: DraftMethod) -> int:
-        """Plain rounds before a one-token probe by ``method``, from what it is expected to lose
-        (:data:`PROBE_BUDGET`): at least 1, at most :data:`LONGEST_PROBE_GAP`.
+    def _incumbent(self, rates: dict[DraftDecision, float], longest: int) -> DraftDecision:
+        """The kind's incumbent decision, replaced by the best established one when that one is better by more
+        than the spread of their recent comparisons with each other: one slow round must not flip a decision,
+        a difference many comparisons confirm does. A round with less room leaves it in place."""
+        current = self.exploration.incumbent or DraftDecision(self.length or self.start, self.methods[0])
+        if current.length > longest:
+            return DraftDecision(longest, current.method)
+        if current in rates:  # else not timed yet
+            best = self._top({d: r for d, r in rates.items() if d == current or self._established(d)})
+            spread = RATIO_SPREAD * math.sqrt(
+                2.0 / max(1, self.memory.costs.pairs(self.greedy, best, current))
+            )
+            if rates[best] > rates[current] * math.exp(spread):
+                current = best
+        self.exploration.incumbent = current
+        return current
 
-        The loss is judged optimistically (the runtime's evidence for this kind of request plus
-        ``OPTIMISM`` pseudo-acceptances), so a kind with little evidence probes soon, one with none at
-        once, and one whose evidence is ample at what its acceptance says.
-        """
-        costs = self.memory.costs
-        plain = costs.plain(self.greedy)
-        seconds = costs.estimates(self.greedy, method, 1)
-        evidence = self.memory.evidence(self.kind, method, self.factors[method])
-        if plain is None or seconds is None or not evidence.evidence:
-            return 1
-        accepted = evidence.rates(1, self.priors[method], OPTIMISM)[0]
-        loss = max(seconds[0] / plain - 1.0 - accepted, 0.0)
-        return min(max(1, math.ceil(loss / PROBE_BUDGET)), LONGEST_PROBE_GAP)
+    def _established(self, decision: DraftDecision) -> bool:
+        """Whether ``decision``'s cost was compared often enough to act on."""
+        return self.memory.costs.compared(self.greedy, decision.method, decision.length) >= TRUSTED_TIMINGS
 
-    def _first_acceptance(self, method: DraftMethod) -> float:
-        """This request's estimated chance that a first draft by ``method`` is accepted."""
-        return self.profiles[method].rates(1, self.priors[method])[0]
+    def _known(self, decision: DraftDecision) -> bool:
+        """Whether the runtime has evidence of ``decision``'s acceptance (plain decoding needs none)."""
+        evidence = self.memory.evidence(self.kind, decision.method, self.factors[decision.method])
+        return decision.length == 0 or evidence.evidence > 0
 
-    def _probe_method(self, longest: int) -> DraftMethod:
-        """The method that might pay most. Each failed probe adds evidence against its method, so while
-        neither is accepted the methods take turns, and one unlucky method does not hide the other."""
-        return self._best(longest, drafting=True, optimistic=True)[0].method
+    def _alternatives(
+        self, incumbent: DraftDecision, hopes: dict[DraftDecision, float], longest: int
+    ) -> list[DraftDecision]:
+        """The decisions next to ``incumbent``: plain decoding, one draft fewer or more, the other method; when
+        plain decoding is the incumbent, one draft by a method never tried, else by the one that might pay
+        most (so that methods take turns while they fail)."""
+        if incumbent.length == 0:
+            singles = [DraftDecision(1, m) for m in self.methods]
+            unknown = [d for d in singles if not self._known(d)]
+            return unknown[:1] or [max(singles, key=lambda d: hopes.get(d, 0.0))]
+        out = [DraftDecision(incumbent.length, m) for m in self.methods if m != incumbent.method]
+        if self.length is None:
+            out += [DraftDecision(0, self.methods[0]), DraftDecision(incumbent.length + 1, incumbent.method)]
+            out += [DraftDecision(incumbent.length - 1, incumbent.method)] if incumbent.length > 1 else []
+        return [d for d in out if d.length <= longest]
 
-    def _method_to_probe(self, best: DraftDecision, best_rate: float, longest: int) -> DraftDecision | None:
-        """Now and then, the other method's best draft, while the runtime's evidence says it might pay more."""
-        if len(self.methods) < 2 or best.length == 0 or self._rounds % METHOD_PROBE_EVERY:
+    def _due(
+        self, incumbent: DraftDecision, rates: dict[DraftDecision, float], longest: int
+    ) -> DraftDecision | None:
+        """The alternative to try this round, if any: one that looks better for this request or whose loss is
+        unknown first (they may overdraw the credit), then one overdue or whose last try surprised, then the
+        one that might gain most. While drafting pays, tries spend the credit ``TRY_SHARE`` earns."""
+        exploration = self.exploration
+        exploration.credit = min(TRY_BURST, exploration.credit + TRY_SHARE)
+        hopes = self._candidates(longest, optimism=OPTIMISM)
+        alternatives = self._alternatives(incumbent, hopes, longest)
+        best = self._top(rates) if rates else incumbent
+        if best not in alternatives and best != incumbent:  # the best estimate, not established yet
+            alternatives.append(best)
+        overdue = 2 * len(alternatives) / TRY_SHARE if incumbent.length else LONGEST_PLAIN_WAIT
+        typical = self._candidates(longest, optimism=0.0)
+        due = []
+        for decision in alternatives:
+            waited = exploration.rounds - exploration.tried.setdefault(decision, exploration.rounds)
+            wait, rank = self._schedule(decision, incumbent, rates, typical, hopes)
+            rank = max(rank, (_SURPRISED, 0.0)) if waited >= overdue else rank
+            if waited >= min(wait, overdue) and (exploration.credit >= 1.0 or rank[0] >= _UNKNOWN):
+                due.append((rank, waited, decision))
+        if not due:
             return None
-        for method in self.methods:
-            if method == best.method:
-                continue
-            if self._best(longest, only=method, drafting=True, optimistic=True)[1] > best_rate:
-                return self._best(longest, only=method, drafting=True)[0]
-        return None
+        chosen = max(due, key=lambda item: item[:2])[2]
+        exploration.tried[chosen] = exploration.rounds
+        exploration.trials += 1
+        exploration.credit -= 1.0 if incumbent.length else 0.0
+        return chosen
 
-    def _neighbour(
+    def _schedule(
         self,
-        best: DraftDecision,
-        best_rate: float,
-        candidates: list[tuple[float, DraftDecision]],
-        longest: int,
-    ) -> DraftDecision:
-        """A drafting round's decision: ``best``, or every :data:`NEIGHBOUR_PROBE_EVERY` rounds a probe next to
-        it (``candidates`` are every decision's expected tokens per second)."""
-        schedule = self._schedule
-        schedule.waited.update(("plain", "shorter", "longer"))
-        if schedule.drafting % NEIGHBOUR_PROBE_EVERY:
-            return best
-        probes = {"plain": DraftDecision(0, best.method)}
-        if best.length > 1:
-            probes["shorter"] = DraftDecision(best.length - 1, best.method)
-        if best.length < longest:
-            probes["longer"] = longer = DraftDecision(best.length + 1, best.method)
-            if self._untimed(longer) or self._might_beat(longer, best_rate, longest):
-                schedule.waited["longer"] = 0
-                return longer
-        rates = {d.length: rate for rate, d in candidates if d.length == 0 or d.method == best.method}
-        for name, probe in probes.items():
-            if schedule.waited[name] * NEIGHBOUR_BUDGET >= 1.0 - rates.get(probe.length, 0.0) / best_rate:
-                schedule.waited[name] = 0
-                return probe
-        return best
+        decision: DraftDecision,
+        incumbent: DraftDecision,
+        rates: dict[DraftDecision, float],
+        typical: dict[DraftDecision, float],
+        hopes: dict[DraftDecision, float],
+    ) -> tuple[float, tuple[int, float]]:
+        """Rounds between ``decision``'s tries, and its rank among those due. Whether it might win is judged on
+        the runtime's evidence for the kind (``typical``, ``hopes``): a question about the kind of request, not
+        about the stretch of text one request is in."""
+        best, rate = typical.get(incumbent), typical.get(decision)
+        mine, theirs = rates.get(decision), rates.get(incumbent)
+        if mine is not None and theirs is not None and mine > theirs and not self._established(decision):
+            return 0.0, (_LOOKS_BETTER, 0.0)
+        if best is None or rate is None or not self._known(decision):
+            return FIRST_WAIT, (_UNKNOWN, 0.0)
+        if decision in self.exploration.doubted:
+            return FIRST_WAIT, (_SURPRISED, 0.0)
+        if not incumbent.length:  # decoding plainly: the text may turn predictable at any time
+            return self.exploration.gaps.get(decision) or self._budgeted(decision, hopes), (_HOPEFUL, 0.0)
+        hope = hopes[decision] / best
+        if hope <= 1.0 + LONGER_MARGIN:
+            return math.inf, (_HOPEFUL, 0.0)  # ruled out: maintenance tries only
+        # Each try doubles the wait (two comparisons with the incumbent); a costly one waits for the budget.
+        compared = self.memory.costs.pairs(self.greedy, decision, incumbent)
+        return max(FIRST_WAIT * 2.0 ** (compared / 2), (1.0 - rate / best) / EXPLORATION_BUDGET), (
+            _HOPEFUL,
+            hope,
+        )
 
-    def _untimed(self, decision: DraftDecision) -> bool:
-        """Whether ``decision``'s draft length was compared too few times with its neighbours to judge its
-        cost by its own: one unlucky comparison would otherwise rule it out for good (directly or by the
-        line through it), while a few more rounds of it cost next to nothing."""
-        return self.memory.costs.compared(self.greedy, decision.method, decision.length) < TRUSTED_TIMINGS
+    def _budgeted(self, decision: DraftDecision, hopes: dict[DraftDecision, float]) -> float:
+        """Decoding plainly, the rounds for a try's expected loss (judged optimistically, so that a kind with
+        little evidence tries soon) to cost ``EXPLORATION_BUDGET`` of decoding time."""
+        plain, hope = hopes.get(DraftDecision(0, self.methods[0])), hopes.get(decision)
+        loss = 1.0 - hope / plain if plain and hope else 0.0
+        return min(max(FIRST_WAIT, loss / EXPLORATION_BUDGET), LONGEST_PLAIN_WAIT)
 
-    def _might_beat(self, decision: DraftDecision, best_rate: float, longest: int) -> bool:
-        """Whether ``decision``'s optimistic expected tokens per second exceeds ``best_rate``."""
-        candidates = self._candidates(longest, only=decision.method, drafting=True, optimistic=True)
-        return any(rate > best_rate for rate, d in candidates if d == decision)
+    def _top(self, rates: dict[DraftDecision, float]) -> DraftDecision:
+        """The decision with the most expected tokens per second. Of the decisions within ``LONGER_MARGIN``
+        of the best, the shortest: when the estimates are that close, the shorter draft risks less."""
+        top = max(rates.values())
+        close = [(d, r) for d, r in rates.items() if r * (1.0 + LONGER_MARGIN) >= top]
+        return min(close, key=lambda c: (c[0].length, -c[1]))[0]
 
-    def _best(
-        self,
-        longest: int,
-        *,
-        only: DraftMethod | None = None,
-        drafting: bool = False,
-        optimistic: bool = False,
-    ) -> tuple[DraftDecision, float]:
-        """The decision with the most expected tokens per second, and that rate (``drafting``: k >= 1).
+    def _candidates(self, longest: int, *, optimism: float | None = None) -> dict[DraftDecision, float]:
+        """Expected tokens per second of each decision, from the lengths' estimated round costs and this
+        request's profile, or (``optimism`` given) the runtime's evidence for the kind with that many
+        pseudo-acceptances per draft position and, when optimistic, each cost as low as ``COST_DOUBT`` allows."""
+        costs = self.memory.costs
 
-        Of the decisions within ``LONGER_MARGIN`` of the best, the shortest: when the estimates are that
-        close, the shorter draft (or no draft) risks less.
-        """
-        return self._top(self._candidates(longest, only=only, drafting=drafting, optimistic=optimistic))
+        def doubt(method: DraftMethod, length: int) -> float:
+            compared = costs.compared(self.greedy, method, length)
+            return math.exp(-COST_DOUBT / math.sqrt(1 + compared)) if optimism else 1.0
 
-    def _top(self, candidates: list[tuple[float, DraftDecision]]) -> tuple[DraftDecision, float]:
-        """The best of ``candidates`` (see :meth:`_best`)."""
-        if not candidates:
-            return DraftDecision(0, self.methods[0]), 0.0
-        top = max(rate for rate, _ in candidates)
-        close = [c for c in candidates if c[0] * (1.0 + LONGER_MARGIN) >= top]
-        rate, best = min(close, key=lambda c: (c[1].length, -c[0]))
-        return best, rate
-
-    def _candidates(
-        self, longest: int, *, only: DraftMethod | None, drafting: bool, optimistic: bool
-    ) -> list[tuple[float, DraftDecision]]:
-        """Expected tokens per second of each decision, from this request's profile and the lengths' estimated
-        round costs, or (``optimistic``) from the runtime's whole evidence with ``OPTIMISM``
-        pseudo-acceptances per draft position."""
-        plain = self.memory.costs.plain(self.greedy)
+        plain = costs.plain(self.greedy)
         pinned = self.length is not None
-        candidates: list[tuple[float, DraftDecision]] = []
-        if not (drafting or pinned or plain is None):
-            candidates.append((1.0 / plain, DraftDecision(0, self.methods[0])))
-        for method in (only,) if only else self.methods:
-            seconds = self.memory.costs.estimates(self.greedy, method, longest)
+        candidates: dict[DraftDecision, float] = {}
+        if not pinned and plain is not None:
+            candidates[DraftDecision(0, self.methods[0])] = 1.0 / (plain * doubt(self.methods[0], 0))
+        for method in self.methods:
+            seconds = costs.estimates(self.greedy, method, longest)
             if seconds is None:
                 continue
-            prior = self.priors[method]
-            if optimistic:
-                evidence = self.memory.evidence(self.kind, method, self.factors[method])
-                rates = evidence.rates(longest, prior, OPTIMISM)
+            if optimism is None:
+                rates = self.profile(method).rates(longest, self.priors[method])
             else:
-                rates = self.profiles[method].rates(longest, prior)
-            expected = 1.0
-            reach = 1.0
+                evidence = self.memory.evidence(self.kind, method, self.factors[method])
+                rates = evidence.rates(longest, self.priors[method], optimism)
+            expected = reach = 1.0
             for k, rate in enumerate(rates, 1):
                 reach *= rate
                 expected += reach
                 if not pinned or k == longest:
-                    candidates.append((expected / seconds[k - 1], DraftDecision(k, method)))
+                    candidates[DraftDecision(k, method)] = expected / (seconds[k - 1] * doubt(method, k))
         return candidates
 
     def record(
         self, decision: DraftDecision, accepted: int, seconds: float, chances: Sequence[float] = ()
     ) -> None:
+        if self._trying is not None:
+            self._judge_try(self._trying, accepted, seconds)
+        self._tried_last, self._trying = self._trying is not None, None
         self.memory.costs.observe(self.greedy, decision.method, decision.length, seconds, self._previous)
         self._previous = (decision, seconds)
+        for profile in self.own.values():
+            profile.fade(REQUEST_DECAY)
         if decision.length:
-            self.profiles[decision.method].add(decision.length, accepted, REQUEST_DECAY, chances)
+            self.own[decision.method].add(decision.length, accepted, chances)
             factor = self.factors[decision.method]
             self.memory.add(self.kind, decision.method, decision.length, accepted, factor, chances)
-        if self._probing:
-            self._probing = False
-            self._schedule.gap = self._gap_after_probe(decision.method, accepted > 0)
 
-    def _gap_after_probe(self, method: DraftMethod, accepted: bool) -> int:
-        """The next probe waits what it is expected to lose (:meth:`_probe_wait`); a failure doubles the
-        wait so far, and a success shortens it to its estimated chance: a success the estimate did not
-        expect hints that the text turned predictable, and the next probes tell sooner."""
-        wait = self._probe_wait(method)
-        if accepted:
-            return max(1, math.ceil(wait * self._first_acceptance(method)))
-        return min(max(wait, 2 * self._schedule.gap), LONGEST_PROBE_GAP)
+    def _judge_try(self, decision: DraftDecision, accepted: int, seconds: float) -> None:
+        """Before a try's evidence counts. Decoding plainly, a failed try doubles the wait for the next and an
+        accepted one shortens it to the budget's wait times its chance. A try whose round, against the one
+        before, differs from the fitted relative cost by more than ``SURPRISE`` is tried again soon."""
+        exploration = self.exploration
+        if exploration.incumbent is not None and exploration.incumbent.length == 0:
+            budgeted = self._budgeted(decision, self._candidates(decision.length, optimism=OPTIMISM))
+            evidence = self.memory.evidence(self.kind, decision.method, self.factors[decision.method])
+            gap = exploration.gaps.get(decision, budgeted)
+            chance = evidence.rates(1, self.priors[decision.method])[0]
+            wait = budgeted * chance if accepted else min(max(budgeted, 2 * gap), LONGEST_PLAIN_WAIT)
+            exploration.gaps[decision] = max(FIRST_WAIT, wait)
+        exploration.doubted.discard(decision)
+        if self._previous is not None:
+            (before, earlier), costs = self._previous, self.memory.costs
+            mine = costs.relative(self.greedy, decision.method, decision.length)
+            theirs = costs.relative(self.greedy, before.method, before.length)
+            if mine and theirs and abs(math.log(seconds / earlier / (mine / theirs))) > SURPRISE:
+                exploration.doubted.add(decision)
 
 
 def policy_for(params: SamplingParams, memory: PolicyMemory, default_length: int) -> DraftPolicy:

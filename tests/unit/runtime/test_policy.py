@@ -19,9 +19,10 @@ import pytest
 from gemma_mtp import SamplingParams
 from gemma_mtp.policy import (
     COST_WINDOW,
-    LONGEST_PROBE_GAP,
-    NEIGHBOUR_BUDGET,
+    LONGEST_PLAIN_WAIT,
     PRIOR_RATE,
+    TRY_BURST,
+    TRY_SHARE,
     AcceptanceProfile,
     AdaptiveDraft,
     DraftDecision,
@@ -101,7 +102,7 @@ def test_drops_to_plain_decoding_when_nothing_is_accepted() -> None:
     assert len(drafting) <= 12, Counter(d.length for d in late)
     assert all(late[i].length == 1 for i in drafting), "only one-token probes once drafting stopped paying"
     gaps = [b - a for a, b in itertools.pairwise(drafting)]
-    assert gaps and max(gaps) > LONGEST_PROBE_GAP // 2, gaps  # the probes back off
+    assert gaps and max(gaps) > LONGEST_PLAIN_WAIT // 2, gaps  # the probes back off
 
 
 def test_comes_back_when_drafts_start_being_accepted() -> None:
@@ -205,21 +206,96 @@ def test_notices_when_drafting_stops_paying_because_its_rounds_got_dearer() -> N
     before = run(policy, {"argmax": rates}, 400, cost=cost)
     assert Counter(d.length for d in before[200:])[0] < 20
     after = run(policy, {"argmax": rates}, 600, seed=1, cost=dearer)
-    assert Counter(d.length for d in after[300:])[0] >= 0.9 * 300, Counter(d.length for d in after)
+    assert Counter(d.length for d in after[400:])[0] >= 0.9 * 200, Counter(d.length for d in after)
 
 
-def test_plain_and_shorter_rounds_while_drafting_pays_stay_within_their_budget() -> None:
-    """Each of the two comparison probes (one draft fewer, a plain round) costs about ``NEIGHBOUR_BUDGET``
-    of decoding time: frequent when the shorter decision is nearly as good, rare when it is far worse."""
-    rates = [0.9]
-    fixed = {k: expected_rate(rates, k, cpu_like_cost) for k in range(0, 17)}
-    best_k = max(fixed, key=lambda k: fixed[k])
-    late = Counter(d.length for d in run(greedy_policy(), {"argmax": rates}, 3000)[1000:])
-    plain_loss = 1.0 - fixed[0] / fixed[best_k]
-    budgeted = 2000 * NEIGHBOUR_BUDGET / plain_loss  # plain rounds that cost the budget
-    assert 0.5 * budgeted <= late[0] <= 1.5 * budgeted, (late, budgeted)
-    achieved = sum(n * fixed[k] for k, n in late.items()) / sum(late.values())
-    assert achieved >= 0.95 * fixed[best_k], (late, achieved / fixed[best_k])
+def runtime_rounds(
+    rates: Sequence[float],
+    cost: Callable[[int], float],
+    *,
+    requests: int,
+    rounds: int = 16,
+    seed: int = 0,
+    slow: Callable[[int, int], float] = lambda index, length: 1.0,
+    start: int = 5,
+) -> list[tuple[DraftDecision, bool]]:
+    """One runtime's greedy requests (a fresh policy each, sharing the runtime's memory) on a machine whose
+    round times vary by +-10% (times ``slow(round index, length)``): each round's decision, and whether it
+    tried an alternative to the incumbent decision."""
+    rng = random.Random(seed)
+    memory = PolicyMemory()
+    out = []
+    for _ in range(requests):
+        policy = AdaptiveDraft(memory, temperature=0.0, longest=16, methods=("argmax",), start=start)
+        for _ in range(rounds):
+            decision = policy.decide(room=32)
+            trying = decision != policy.exploration.incumbent
+            seconds = cost(decision.length) * rng.uniform(0.9, 1.1) * slow(len(out), decision.length)
+            policy.record(decision, accepted_count(rng, rates, decision.length), seconds)
+            out.append((decision, trying))
+    return out
+
+
+DOMINATING = [0.9, 0.9, 0.9, 0.2]
+"""Three drafts are accepted nine times in ten, a fourth rarely: three drafts beat two by 14% and four by 6%."""
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_dominating_length_leaves_few_tries(seed: int) -> None:
+    """Once the evidence shows one length dominates, tries of its alternatives (plain decoding, one draft
+    fewer or more) take about ``TRY_SHARE`` of the rounds: over 60 requests (960 rounds, from a fresh
+    runtime) at most ~2%, while the runtime keeps within 3% of the best length's rate, its first rounds
+    included."""
+    fixed = {k: expected_rate(DOMINATING, k, cpu_like_cost) for k in range(0, 17)}
+    assert max(fixed, key=lambda k: fixed[k]) == 3 and fixed[4] < 0.95 * fixed[3]
+    rounds = runtime_rounds(DOMINATING, cpu_like_cost, requests=60, seed=seed)
+    tries = sum(trying for _, trying in rounds)
+    assert tries <= 0.025 * len(rounds), tries
+    assert sum(trying for _, trying in rounds[320:]) <= TRY_SHARE * 640 + TRY_BURST, "backed off"
+    achieved = sum(fixed[d.length] for d, _ in rounds) / len(rounds)
+    assert achieved >= 0.97 * fixed[3], (achieved / fixed[3], Counter(d.length for d, _ in rounds))
+    assert Counter(d.length for d, _ in rounds[320:])[3] >= 0.9 * 640
+
+
+def test_one_slow_round_does_not_flip_a_decision_a_lasting_slowdown_of_drafting_does() -> None:
+    """Rounds three times slower now and then (another job on the machine) leave a pair whose drafts are
+    accepted nine times in ten drafting; drafting rounds that stay 2.5 times dearer (the assistant's device
+    now shared) turn a pair accepting seven in ten to plain decoding."""
+
+    def now_and_then(index: int, length: int) -> float:
+        return 3.0 if index % 37 == 0 else 1.0
+
+    rounds = runtime_rounds([0.9], cpu_like_cost, requests=40, slow=now_and_then)
+    assert sum(d.length == 0 and not trying for d, trying in rounds) == 0, "never talked out of drafting"
+
+    def dearer_drafts(index: int, length: int) -> float:
+        return 2.5 if length and index >= 320 else 1.0
+
+    rounds = runtime_rounds([0.7], cpu_like_cost, requests=60, slow=dearer_drafts)
+    assert sum(d.length > 0 for d, _ in rounds[:320]) >= 0.9 * 320
+    assert sum(d.length == 0 for d, _ in rounds[760:]) >= 0.9 * 200, Counter(
+        d.length for d, _ in rounds[320:]
+    )
+
+
+@pytest.mark.parametrize(
+    ("rates", "cost", "start"),
+    [([0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5], cpu_like_cost, 5), ([0.8, 0.82, 0.65, 0.8], kit_like_cost, 3)],
+    ids=["mini-like", "kit-like"],
+)
+def test_a_fresh_runtime_drafts_at_once_and_keeps_close_to_the_best_length(
+    rates: list[float], cost: Callable[[int], float], start: int
+) -> None:
+    """Four requests of 16 rounds on a fresh runtime, its exploration included: on average over seeds
+    within 4% of the best fixed length's rate, and drafting from the first round."""
+    fixed = {k: expected_rate(rates, k, cost) for k in range(0, 17)}
+    best = max(fixed.values())
+    achieved = []
+    for seed in range(20):
+        rounds = runtime_rounds(rates, cost, requests=4, seed=seed, start=start)
+        assert rounds[0][0].length == start
+        achieved.append(sum(fixed[d.length] for d, _ in rounds) / len(rounds) / best)
+    assert sum(achieved) / len(achieved) >= 0.96, sorted(achieved)
 
 
 def test_stays_with_plain_decoding_when_drafts_barely_pay_less_than_they_cost() -> None:
@@ -278,7 +354,7 @@ def test_a_new_request_starts_from_the_runtimes_recent_requests() -> None:
     first = newcomer.decide(room=32)
     assert first.length >= 3, first
     cold = greedy_policy(PolicyMemory())
-    assert cold.decide(room=32).length == 0  # a fresh runtime times plain decoding first
+    assert cold.decide(room=32).length == 4  # a fresh runtime drafts the assistant's own length at once
 
 
 def test_pinned_length_only_chooses_the_method() -> None:
@@ -375,7 +451,6 @@ def test_round_costs_compare_lengths_by_consecutive_rounds_whatever_the_machine_
     estimate = costs.estimates(True, "argmax", 4)
     assert plain is not None and estimate is not None
     assert [e / plain for e in estimate] == pytest.approx([truth[k] for k in (1, 2, 3, 4)], rel=0.06)
-    assert plain == pytest.approx(speed * factor, rel=0.1)  # seconds at the machine's speed now
 
 
 def test_round_costs_outvote_a_comparison_made_as_the_machine_changed_speed() -> None:
@@ -401,7 +476,7 @@ def test_round_costs_without_plain_rounds_keep_seconds() -> None:
     assert costs.plain(True) is None
     estimate = costs.estimates(True, "argmax", 3)
     assert estimate is not None and estimate[2] == pytest.approx(0.020)
-    assert costs.count(True, "argmax", 3) == 3 and costs.lengths(True, "argmax") == {3}
+    assert estimate[0] == pytest.approx(0.020 / 3), "shorter, in proportion to its drafts at most"
 
 
 def test_grow_shrink_follows_full_acceptance() -> None:
@@ -512,21 +587,13 @@ def test_probes_cost_about_their_budget(rate: float) -> None:
     probes = [i for i, d in enumerate(decisions) if d.length]
     assert probes, "it keeps probing"
     spent = sum(plain_or_probe_cost(d.length, d.method) for d in decisions)
-    expected_tokens = sum(1 + (rate if d.length and d.method == "sampled" else 0.0) for d in decisions)
+    expected_tokens = sum(
+        expected_rate(rates[d.method], d.length, lambda k, m=d.method: 1.0) for d in decisions
+    )
     plain_time = expected_tokens * plain_or_probe_cost(0)
     assert spent <= 1.015 * plain_time, spent / plain_time
     gaps = [b - a for a, b in itertools.pairwise(probes)]
-    assert max(gaps) <= LONGEST_PROBE_GAP + 1, gaps
-
-
-def test_probes_come_more_often_the_less_they_lose() -> None:
-    def probe_rounds(rate: float) -> int:
-        decisions = run(
-            sampling_policy(), {"sampled": [rate], "argmax": [0.0]}, 2000, cost=plain_or_probe_cost
-        )
-        return sum(d.length > 0 for d in decisions[500:])
-
-    assert probe_rounds(0.55) > 2 * probe_rounds(0.4) > 0
+    assert max(gaps) <= LONGEST_PLAIN_WAIT + 2, gaps
 
 
 def test_a_kind_of_request_without_evidence_probes_at_once() -> None:
@@ -542,8 +609,9 @@ def test_a_kind_of_request_without_evidence_probes_at_once() -> None:
         memory, temperature=0.0, longest=16, methods=("argmax",), start=4, constrained=True
     )
     decisions = run(constrained, {"argmax": [0.0]}, 40, cost=costly)
-    assert [d.length for d in decisions[:2]] == [0, 1]
-    assert sum(d.length for d in decisions[2:]) <= 2, "then it waits what a failing probe loses"
+    assert decisions[0].length == 0, "the costs it knows say plain decoding"
+    assert any(d.length for d in decisions[1:4]), "its own acceptance is unknown: it tries at once"
+    assert sum(d.length for d in decisions[4:]) <= 3, "then it waits what a failing try loses"
 
 
 @dataclass
@@ -579,7 +647,7 @@ def test_sampled_drafts_acceptance_is_learnt_per_draft_temperature() -> None:
     assert sum(d.length for d in run(policy, {"sampled": [0.9], "argmax": [0.0]}, 50)) > 50
     calibration.now = 1.0
     policy.decide(room=32)
-    assert policy.profiles["sampled"].rates(1, 0.5)[0] < 0.3, "back at factor 1, the old evidence holds"
+    assert policy.profile("sampled").rates(1, 0.5)[0] < 0.3, "back at factor 1, the old evidence holds"
 
 
 @pytest.mark.parametrize("overlap", [None, 0.9])
@@ -612,12 +680,12 @@ def test_chances_count_as_acceptance_where_the_outcomes_are_noisy() -> None:
     first drafts that each had 0.6 of being accepted say 0.6, not 0."""
     profile = AcceptanceProfile()
     for _ in range(4):
-        profile.add(3, 0, 1.0, [0.6])
+        profile.add(3, 0, [0.6])
     assert profile.reached == [4.0, 0.0, 0.0]
     assert profile.accepted == pytest.approx([2.4, 0.0, 0.0])
-    profile.add(3, 3, 1.0, [0.9, 0.8, 0.7])
+    profile.add(3, 3, [0.9, 0.8, 0.7])
     assert profile.reached == [5.0, 1.0, 1.0]
     assert profile.accepted == pytest.approx([3.3, 0.8, 0.7])
-    profile.add(2, 1, 1.0)  # without chances, the outcomes
+    profile.add(2, 1)  # without chances, the outcomes
     assert profile.reached == [6.0, 2.0, 1.0]
     assert profile.accepted == pytest.approx([4.3, 0.8, 0.7])
