@@ -27,10 +27,10 @@ from gemma_mtp.cli import CLIError, common_options, load_runtime, read_prompts
 from gemma_mtp.testing import VARIANTS, tiny_pair
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-KEPT_SECTIONS = ("constrained-decoding", "concurrency", "multimodal", "prefix-cache")
+KEPT_SECTIONS = ("constrained-decoding", "concurrency", "multimodal", "prefix-cache", "policy-rotation")
 """Sections of the page that other commands write (``benchmarks/constrained.py``, ``gemma-mtp bench
---concurrency`` in the vLLM environment, ``benchmarks/prefix_cache.py``); a run of this script keeps them as they
-are."""
+--concurrency`` in the vLLM environment, ``benchmarks/prefix_cache.py``, ``benchmarks/policy_rotation.py``); a run
+of this script keeps them as they are."""
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -25,7 +25,6 @@ from typing import Any, TextIO
 
 from gemma_mtp import __version__
 from gemma_mtp.modeling import DRAFT_POSITIONS
-from gemma_mtp.params import SamplingParams
 from gemma_mtp.runtime import Prompt, Runtime
 
 __all__ = [
@@ -249,46 +248,15 @@ def _stream_llama_index(rt: Runtime, max_tokens: int) -> None:
 
 
 def _speed_report(rt: Runtime, max_tokens: int) -> bool:
-    """Decode the demo's questions greedily with and without the assistant; print the report; say if they matched."""
-    from gemma_mtp.benchmarking import as_chat
+    """Decode the demo's questions greedily with and without the assistant, in alternation over a few runs;
+    print the report; say if the outputs matched."""
+    from gemma_mtp.benchmarking.demo import measure_demo
 
-    params = SamplingParams(max_new_tokens=max_tokens)
-    totals = {True: [0, 0.0], False: [0, 0.0]}
-    drafted = accepted = generated = rounds = matched = 0
-    questions = (DEMO_QUESTION, DEMO_QUERY)
-    for question in questions:
-        ids = rt.encode(as_chat(question))
-        results = {}
-        for use_assistant in (True, False):
-            start = time.perf_counter()
-            results[use_assistant] = rt.generate(ids, params, use_assistant=use_assistant)
-            totals[use_assistant][0] += len(results[use_assistant].token_ids)
-            totals[use_assistant][1] += time.perf_counter() - start
-        stats = results[True].stats
-        drafted += stats.drafted_tokens
-        accepted += stats.accepted_tokens
-        generated += stats.generated_tokens
-        rounds += stats.rounds
-        matched += results[True].token_ids == results[False].token_ids
-    with_rate = totals[True][0] / totals[True][1]
-    without_rate = totals[False][0] / totals[False][1]
-    all_match = matched == len(questions)
-    _section("Report (greedy; the same questions with and without the assistant)")
-    rows = [
-        ("acceptance rate", f"{accepted / drafted if drafted else 0.0:.2f}"),
-        ("mean tokens per target pass", f"{generated / rounds if rounds else 0.0:.2f}"),
-        ("tokens/s with the assistant", f"{with_rate:.1f}"),
-        ("tokens/s target alone", f"{without_rate:.1f}"),
-        ("speed-up", f"{with_rate / without_rate:.2f}×"),
-        (
-            "greedy outputs match",
-            f"{'yes' if all_match else 'NO'} ({matched}/{len(questions)} questions, token for token)",
-        ),
-    ]
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"{name.ljust(width)}  {value}")
-    return all_match
+    report = measure_demo(rt, (DEMO_QUESTION, DEMO_QUERY), max_tokens)
+    _section("Report (greedy; the same questions with and without the assistant, in alternation)")
+    print(report.format_text())
+    matched, questions = report.matched
+    return matched == questions
 
 
 def _check_demo_extras() -> None:
@@ -432,14 +400,20 @@ def _tune(args: argparse.Namespace) -> int:
     machine = describe_machine(rt.device)
     print("\n".join(machine.lines()) + "\n")
     print(report.format_text())
+    print()
+    for t in report.temperatures:
+        best, pin = report.best(t), report.pin_advice(t)
+        if pin is not None:
+            print(
+                f"at temperature {t:g} the best fixed setting beat the default policy beyond the runs' noise; to "
+                f"pin it: SamplingParams({pin}), or num_assistant_tokens={best.draft_length} on the adapters"
+            )
+        else:
+            print(
+                f"at temperature {t:g} the default draft policy needs no settings: the best fixed setting was not "
+                "faster beyond the runs' noise" + ("" if report.head_to_head else " (no head-to-head runs)")
+            )
     best = report.best(min(report.temperatures))
-    pin = f"num_assistant_tokens={best.draft_length}" + (
-        f", sample_drafts={best.method == 'sampled'}" if best.temperature > 0 else ""
-    )
-    print(
-        "\nthe default draft policy needs no settings; to pin the best fixed setting instead: "
-        f"SamplingParams({pin}), or num_assistant_tokens={best.draft_length} on the adapters"
-    )
     positions = _draft_positions(rt, prompts, args.max_new_tokens, best.draft_length)
     _write_json(args.json, {"machine": machine.as_dict(), **report.as_dict(), "draft_positions": positions})
     return 0
@@ -456,10 +430,11 @@ def _draft_positions(
 
     report = compare_draft_positions(rt, prompts, max_new_tokens=max_new_tokens, draft_length=draft_length)
     print("\n" + report.format_text())
-    if report.best != rt.draft_position:
+    better = report.better_than(rt.draft_position)
+    if better is not None:
         print(
-            f"this assistant accepts more at draft position {report.best!r}: "
-            f"pass --draft-position {report.best} (Runtime.load(..., draft_position={report.best!r}))"
+            f"this assistant accepts more at draft position {better!r}, beyond the noise of these prompts: "
+            f"pass --draft-position {better} (Runtime.load(..., draft_position={better!r}))"
         )
     return report.as_dict()
 
@@ -478,10 +453,16 @@ def _verify(args: argparse.Namespace) -> int:
         check_budget(reference, prompts, args.max_new_tokens)
     try:
         report = verify_greedy(
-            rt, prompts, max_new_tokens=args.max_new_tokens, tolerance=args.tolerance, reference=reference
+            rt,
+            prompts,
+            max_new_tokens=args.max_new_tokens,
+            tolerance=args.tolerance,
+            reference=reference,
+            progress=_progress(sys.stderr),
         )
     except ValueError as err:
         raise CLIError(str(err)) from err
+    _end_progress(sys.stderr)
     print(report.format_text(rt.tokenizer.decode))
     positions = _draft_positions(rt, prompts, args.max_new_tokens, None)
     _write_json(args.json, {**report.as_dict(), "draft_positions": positions})

@@ -522,7 +522,7 @@ class PolicyMemory:
         self.costs = RoundCosts()
         self._calibration = calibration
         self._profiles: dict[tuple[RequestKind, str, float], AcceptanceProfile] = {}
-        self._explorations: dict[tuple[object, ...], Exploration] = {}
+        self.explorations: dict[tuple[object, ...], Exploration] = {}  # by kind and draft settings
         self._lock = threading.Lock()
 
     def factor(self, kind: RequestKind, method: DraftMethod) -> float:
@@ -545,7 +545,7 @@ class PolicyMemory:
     def exploration(self, key: tuple[object, ...]) -> Exploration:
         """The exploration state of one kind of request and draft settings (``key``), shared by its requests."""
         with self._lock:
-            return self._explorations.setdefault(key, Exploration())
+            return self.explorations.setdefault(key, Exploration())
 
     def evidence(
         self, kind: RequestKind, method: DraftMethod, factor: float = 1.0, most: float = math.inf

@@ -264,6 +264,18 @@ class Runtime:
         usage = getattr(self._backend, "prefix_cache_usage", None)
         return usage() if usage is not None else None
 
+    def fresh(self) -> Runtime:
+        """A runtime on the same loaded weights that has learnt nothing yet: its draft policy's memory, its draft
+        temperature calibration and its prefix cache start empty, as in a new process, so that a benchmark
+        measures the policy's first rounds without loading the models again. Engines without such state return
+        ``self``."""
+        derive = getattr(self._backend, "fresh", None)
+        if derive is None:
+            return self
+        fresh = type(self)(derive(), name=self._name)
+        fresh.media_settings = self.media_settings
+        return fresh
+
     @property
     def draft_position(self) -> DraftPosition:
         """Where the assistant's query sits: ``"last_accepted"`` (n - 1) or ``"pending"`` (n).

@@ -123,6 +123,11 @@ class TransformersBackend:
         serve both."""
         return self.sharing_weights(draft_position, self.prefix_cache.capacity_bytes)
 
+    def fresh(self) -> TransformersBackend:
+        """The same weights and forward-pass lock, with nothing learnt: its own draft policy memory, draft
+        temperature calibration and an empty prefix cache of the same bound."""
+        return type(self)(self.pair, self.draft_position, self.lock, self.prefix_cache.capacity_bytes)
+
     def sharing_weights(
         self, draft_position: DraftPosition | None, prefix_cache_bytes: int | None
     ) -> TransformersBackend:

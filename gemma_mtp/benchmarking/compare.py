@@ -1,8 +1,9 @@
 """``gemma-mtp bench``: our loop and Hugging Face ``generate``, with and without the assistant, side by side.
 
 All four methods decode the same prompts greedily with the same token budget and end-of-generation ids,
-one after the other for each prompt (so a change in machine load hits them alike), for several runs;
-the report gives medians over runs. The Hugging Face reference is ``target.generate`` alone and
+one after the other for each prompt in an order that rotates from prompt to prompt and run to run (so a
+change in machine load hits them alike), for several runs; the report gives medians over runs, the range of
+the runs' speed-ups, and says when a speed-up cannot be trusted (:mod:`gemma_mtp.benchmarking.trust`). The Hugging Face reference is ``target.generate`` alone and
 ``target.generate(assistant_model=assistant)``, transformers' own MTP path, at batch size 1 with the
 same draft length. Its target and assistant forward passes are counted with forward hooks; its
 acceptance rate is derived from them (each verify pass yields one token of the target's plus the
@@ -25,6 +26,7 @@ from transformers.generation.streamers import BaseStreamer
 from gemma_mtp.benchmarking.measure import PeakMemory, elapsed_since, synchronize
 from gemma_mtp.benchmarking.naming import assistant_label, model_label
 from gemma_mtp.benchmarking.tables import markdown_table, plural, text_table
+from gemma_mtp.benchmarking.trust import Spread, speedup_doubts
 from gemma_mtp.params import SamplingParams
 from gemma_mtp.runtime import Prompt, Runtime
 
@@ -78,9 +80,15 @@ class MethodSummary:
     time_to_first_token_s: float
     peak_memory_bytes: int
     matches_target_only: bool
+    speedup_range: tuple[float, float] = (0.0, 0.0)  # lowest and highest of the runs' speed-ups
+    doubts: tuple[str, ...] = ()  # why its speed-up cannot be trusted (empty: it can)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+    @property
+    def speedup_text(self) -> str:
+        return Spread(self.speedup, *self.speedup_range).times()
 
 
 @dataclass
@@ -125,7 +133,7 @@ class ComparisonReport:
             [
                 s.label,
                 f"{s.tokens_per_s:.1f}",
-                f"{s.speedup:.2f}×",
+                s.speedup_text + (" ?" if s.doubts else ""),
                 f"{s.speedup_vs_hf_target:.2f}×",
                 "—" if s.acceptance_rate is None else f"{s.acceptance_rate:.2f}",
                 f"{s.tokens_per_target_forward:.2f}",
@@ -140,21 +148,29 @@ class ComparisonReport:
         return (
             f"{self.model} + {self.assistant} on {self.device} ({self.dtype}); greedy, {plural(self.prompts, 'prompt')}, "
             f"up to {self.max_new_tokens} new tokens, draft length {self.draft_length}, "
-            f"medians of {plural(self.runs, 'run')}; peak memory: {self.memory_kind}"
+            f"medians of {plural(self.runs, 'run')} (range of the runs' speed-ups in brackets); "
+            f"peak memory: {self.memory_kind}"
         )
+
+    def notes(self) -> list[str]:
+        """The doubts about the speed-ups, one line per method (marked ``?`` in the table)."""
+        return [f"? {s.label}: {doubt}" for s in self.summaries for doubt in s.doubts]
 
     def format_text(self) -> str:
         mtp, hf = self.summary("mtp"), self.summary("hf_assisted")
         headline = (
-            f"speed-up with the assistant: {mtp.speedup:.2f}× over our target-only loop, "
+            f"speed-up with the assistant: {mtp.speedup_text} over our target-only loop, "
             f"{mtp.tokens_per_s / hf.tokens_per_s:.2f}× over transformers' assisted generate"
         )
+        if mtp.doubts:
+            headline = "speed-up with the assistant: not measured, see the note"
         cached = sum(s.cached_prompt_tokens for s in self.samples)
         reuse = (
             f"prompt tokens read from the prefix cache: {cached} (it is emptied before each request of ours, "
             "as generate keeps none, so every method processes every prompt whole)"
         )
-        return "\n".join([self.describe(), "", text_table(self._HEADERS, self.rows()), "", headline, reuse])
+        table = text_table(self._HEADERS, self.rows())
+        return "\n".join([self.describe(), "", table, *self.notes(), "", headline, reuse])
 
     def format_markdown(self) -> str:
         return markdown_table(self._HEADERS, self.rows())
@@ -290,31 +306,35 @@ class _Runner:
 def _summarise(
     samples: list[Sample], runs: int, reference: dict[int, tuple[int, ...]]
 ) -> list[MethodSummary]:
-    def per_run_rate(method: str) -> float:
+    def run_rates(method: str) -> list[float]:
         rates = []
         for run in range(runs):
             mine = [s for s in samples if s.method == method and s.run == run]
             rates.append(sum(s.new_tokens for s in mine) / sum(s.elapsed_s for s in mine))
-        return statistics.median(rates)
+        return rates
 
-    rates = {method: per_run_rate(method) for method in METHODS}
+    per_run = {method: run_rates(method) for method in METHODS}
+    rates = {method: statistics.median(values) for method, values in per_run.items()}
     summaries = []
     for method, label in METHODS.items():
         mine = [s for s in samples if s.method == method]
         drafted = sum(s.drafted for s in mine)
+        speedups = Spread.of([a / b for a, b in zip(per_run[method], per_run["target_only"], strict=True)])
+        per_pass = sum(s.new_tokens for s in mine) / sum(s.target_forwards for s in mine)
         summaries.append(
             MethodSummary(
                 method=method,
                 label=label,
                 tokens_per_s=rates[method],
-                speedup=rates[method] / rates["target_only"],
+                speedup=speedups.median,
                 speedup_vs_hf_target=rates[method] / rates["hf_target"],
                 acceptance_rate=sum(s.accepted for s in mine) / drafted if drafted else None,
-                tokens_per_target_forward=sum(s.new_tokens for s in mine)
-                / sum(s.target_forwards for s in mine),
+                tokens_per_target_forward=per_pass,
                 time_to_first_token_s=statistics.median(s.time_to_first_token_s for s in mine),
                 peak_memory_bytes=max(s.peak_memory_bytes for s in mine),
                 matches_target_only=all(s.token_ids == reference[s.prompt_index] for s in mine),
+                speedup_range=(speedups.low, speedups.high),
+                doubts=tuple(speedup_doubts(speedups.median, per_pass)) if method != "target_only" else (),
             )
         )
     return summaries
@@ -368,11 +388,13 @@ def compare_methods(
             progress(f"warm-up: {METHODS[method]}")
         runner(method, encoded[0], -1, 0)
     samples: list[Sample] = []
+    methods = list(METHODS)
     for run in range(runs):
         for index, ids in enumerate(encoded):
             if progress:
                 progress(f"run {run + 1}/{runs}, prompt {index + 1}/{len(encoded)}")
-            samples += [runner(method, ids, run, index) for method in METHODS]
+            shift = (run + index) % len(methods)
+            samples += [runner(method, ids, run, index) for method in methods[shift:] + methods[:shift]]
     reference = {s.prompt_index: s.token_ids for s in samples if s.method == "target_only" and s.run == 0}
     return ComparisonReport(
         model=model_label(runtime.model_name),

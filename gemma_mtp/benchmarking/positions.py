@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gemma_mtp.benchmarking.tables import text_table
+from gemma_mtp.benchmarking.trust import rates_differ
 from gemma_mtp.modeling import DRAFT_POSITIONS, DraftPosition, checkpoint_draft_position
 from gemma_mtp.params import SamplingParams
 from gemma_mtp.runtime import Prompt, Runtime
@@ -52,6 +53,15 @@ class DraftPositionReport:
     @property
     def best(self) -> DraftPosition:
         return max(self.results, key=lambda r: r.acceptance_rate).draft_position
+
+    def better_than(self, position: DraftPosition) -> DraftPosition | None:
+        """The convention that accepts more than ``position``, when the difference of acceptance rates exceeds
+        twice its standard error (:func:`gemma_mtp.benchmarking.trust.rates_differ`); ``None`` otherwise."""
+        mine = next(r for r in self.results if r.draft_position == position)
+        best = next(r for r in self.results if r.draft_position == self.best)
+        if best is mine or not rates_differ(best.accepted, best.drafted, mine.accepted, mine.drafted):
+            return None
+        return best.draft_position
 
     def format_text(self) -> str:
         rows = []

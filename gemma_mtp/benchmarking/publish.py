@@ -184,7 +184,8 @@ def write_markdown(
         "",
         comparison.format_markdown(),
         "",
-        f"With the assistant our loop decodes **{mtp.speedup:.2f}×** as fast as the target alone, and "
+        *(f"{line}  " for line in comparison.notes()),
+        f"With the assistant our loop decodes **{mtp.speedup_text}** as fast as the target alone, and "
         f"**{mtp.tokens_per_s / hf.tokens_per_s:.2f}×** as fast as transformers' own assisted `generate` with the "
         "same pair and draft length. *same tokens* compares each method's greedy output with our target-only "
         "loop's, prompt by prompt. The Hugging Face rows count forward passes with hooks; their acceptance is "

@@ -20,6 +20,12 @@ sampled from it). At every temperature the default draft policy (no draft settin
 0 included, and method per round) is measured alongside; then a head-to-head pass decodes every prompt
 with the target alone, the default policy and the best fixed setting back to back, for several runs, and
 reports their ratios run by run.
+
+Settings are decoded back to back per prompt in an order that rotates from prompt to prompt and run to run;
+speed-ups are medians of the runs' ratios with their range. A figure its own numbers contradict (a speed-up
+above the tokens per target pass, a model far from the measurement, a policy that hardly drafted) is flagged
+rather than printed as a result, and pinning the best fixed setting is advised only when the head-to-head
+shows it faster than the default policy beyond the runs' noise (:mod:`gemma_mtp.benchmarking.trust`).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from transformers import DynamicCache
 from gemma_mtp.benchmarking.measure import elapsed_since, synchronize
 from gemma_mtp.benchmarking.naming import model_label
 from gemma_mtp.benchmarking.tables import markdown_table, plural, text_table
+from gemma_mtp.benchmarking.trust import Difference, Spread, paired_difference, speedup_doubts
 from gemma_mtp.modeling import Drafter, TargetOutput, TargetStep
 from gemma_mtp.params import SamplingParams
 from gemma_mtp.policy import DraftMethod
@@ -98,9 +105,16 @@ class SweepPoint:
     model_speedup: float
     measured_speedup: float
     tokens_per_s: float
+    speedup_range: tuple[float, float] = (0.0, 0.0)  # lowest and highest of the runs' speed-ups
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {**self.__dict__, "doubts": self.doubts}
+
+    @property
+    def doubts(self) -> list[str]:
+        return speedup_doubts(
+            self.measured_speedup, self.measured_tokens_per_round, modelled=self.model_speedup
+        )
 
 
 @dataclass(frozen=True)
@@ -115,17 +129,30 @@ class PolicyPoint:
     plain_round_share: float  # decode rounds without drafts
     mean_draft_length: float  # over the rounds with drafts
     method_share: dict[str, float]  # of the rounds with drafts
+    speedup_range: tuple[float, float] = (0.0, 0.0)
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {**self.__dict__, "doubts": self.doubts}
+
+    @property
+    def doubts(self) -> list[str]:
+        return speedup_doubts(
+            self.measured_speedup, self.measured_tokens_per_round, drafting_share=1.0 - self.plain_round_share
+        )
+
+    @property
+    def speedup_text(self) -> str:
+        text = Spread(self.measured_speedup, *self.speedup_range).times()
+        return f"not measured ({text})" if self.doubts else text
 
     def describe(self) -> str:
         methods = ", ".join(f"{m} {share:.0%}" for m, share in sorted(self.method_share.items()))
         return (
-            f"{self.measured_speedup:.2f}× the target alone; acceptance {self.acceptance_rate:.2f}, "
+            f"{self.speedup_text} the target alone; acceptance {self.acceptance_rate:.2f}, "
             f"{self.measured_tokens_per_round:.2f} tokens/round, {self.plain_round_share:.0%} of rounds without "
             f"drafts, {self.mean_draft_length:.1f} drafts when drafting"
             + (f" ({methods})" if methods else "")
+            + "".join(f"; note: {doubt}" for doubt in self.doubts)
         )
 
 
@@ -155,12 +182,19 @@ class HeadToHead:
     def policy_vs_fixed(self) -> float:
         return self.policy_speedup / self.fixed_speedup
 
+    @property
+    def fixed_over_policy(self) -> Difference:
+        """How much faster the best fixed setting ran than the default policy, run by run."""
+        return paired_difference(self.fixed_speedups, self.policy_speedups)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             **self.__dict__,
             "policy_speedup": self.policy_speedup,
             "fixed_speedup": self.fixed_speedup,
             "policy_vs_fixed": self.policy_vs_fixed,
+            "fixed_beats_policy_beyond_noise": self.fixed_over_policy.real
+            and self.fixed_over_policy.ratio > 1,
         }
 
 
@@ -189,8 +223,21 @@ class SweepReport:
         return sorted({p.temperature for p in self.points})
 
     def best(self, temperature: float) -> SweepPoint:
-        """The fixed setting (draft length and method) with the highest measured speed-up at this temperature."""
-        return max((p for p in self.points if p.temperature == temperature), key=lambda p: p.measured_speedup)
+        """The fixed setting (draft length and method) with the highest measured speed-up at this temperature,
+        of those whose figures can be trusted (of all, when none can)."""
+        points = [p for p in self.points if p.temperature == temperature]
+        trusted = [p for p in points if not p.doubts] or points
+        return max(trusted, key=lambda p: p.measured_speedup)
+
+    def pin_advice(self, temperature: float) -> str | None:
+        """The settings that pin the best fixed setting, when the head-to-head showed it faster than the default
+        policy beyond the runs' noise; ``None`` otherwise."""
+        duel = next((h for h in self.head_to_head if h.temperature == temperature), None)
+        if duel is None or not duel.fixed_over_policy.real or duel.fixed_over_policy.ratio <= 1.0:
+            return None
+        best = self.best(temperature)
+        sampled = f", sample_drafts={best.method == 'sampled'}" if temperature > 0 else ""
+        return f"num_assistant_tokens={best.draft_length}{sampled}"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -239,7 +286,7 @@ class SweepReport:
                 f"{p.model_round_s * 1000:.1f}",
                 f"{p.measured_round_s * 1000:.1f}",
                 f"{p.model_speedup:.2f}×",
-                f"{p.measured_speedup:.2f}×",
+                Spread(p.measured_speedup, *p.speedup_range).times() + (" ?" if p.doubts else ""),
             ]
             for p in self.points
             if p.temperature == temperature
@@ -259,12 +306,25 @@ class SweepReport:
         out = []
         for t in self.temperatures:
             best = self.best(t)
+            figures = (
+                f"{best.measured_speedup:.2f}× measured, {best.model_speedup:.2f}× modelled"
+                if not best.doubts
+                else "no setting's figures can be trusted, see the notes"
+            )
             out.append(
                 f"best fixed setting at temperature {t:g}: {setting_label(best.draft_length, best.method)} "
-                f"({best.measured_speedup:.2f}× measured, {best.model_speedup:.2f}× modelled); "
-                f"default policy {self.policy[t].measured_speedup:.2f}×"
+                f"({figures}); default policy {self.policy[t].speedup_text}"
             )
         return out
+
+    def notes(self, temperature: float) -> list[str]:
+        """Why figures of this temperature's table (marked ``?``) cannot be trusted."""
+        return [
+            f"? k={p.draft_length} {p.method}: {doubt}"
+            for p in self.points
+            if p.temperature == temperature
+            for doubt in p.doubts
+        ]
 
     _H2H_HEADERS = (
         "temperature",
@@ -273,6 +333,7 @@ class SweepReport:
         "best fixed vs target alone",
         "policy vs best fixed",
         "acceptance (policy / fixed)",
+        "difference",
     )
 
     def head_to_head_rows(self) -> list[list[str]]:
@@ -287,6 +348,7 @@ class SweepReport:
                 spread(h.fixed_speedups),
                 f"{h.policy_vs_fixed:.2f}×",
                 f"{h.policy_acceptance:.2f} / {h.fixed_acceptance:.2f}",
+                "beyond noise" if h.fixed_over_policy.real else "within noise",
             ]
             for h in self.head_to_head
         ]
@@ -304,7 +366,8 @@ class SweepReport:
             "(prefill and first token excluded)",
         ]
         for t in self.temperatures:
-            out += ["", self._section_title(t), text_table(self._HEADERS, self.rows(t)), self._policy_line(t)]
+            out += ["", self._section_title(t), text_table(self._HEADERS, self.rows(t)), *self.notes(t)]
+            out.append(self._policy_line(t))
         out += ["", *self._verdict()]
         if self.head_to_head:
             out += ["", self.describe_head_to_head(), text_table(self._H2H_HEADERS, self.head_to_head_rows())]
@@ -318,6 +381,7 @@ class SweepReport:
                 "",
                 markdown_table(self._HEADERS, self.rows(t)),
                 "",
+                *(f"{note}  " for note in self.notes(t)),
                 f"{self._policy_line(t)}.",
                 "",
             ]
@@ -426,14 +490,20 @@ class _Pool:
             a / d if d else 0.0 for a, d in zip(self.accepted_at or [], self.drafted_at or [], strict=True)
         ]
 
+    def speedups(self, plain: _Pool) -> Spread:
+        """This setting's speed-up over ``plain`` run by run: the median and range."""
+        return Spread.of([self.rate(r) / plain.rate(r) for r in self.decode_s if plain.decode_s.get(r)])
+
     def policy_point(self, temperature: float, plain: _Pool) -> PolicyPoint:
         drafting = {m: n for m, n in self.rounds_by_method.items() if m != "none" and n}
         drafting_rounds = sum(drafting.values())
+        speedups = self.speedups(plain)
         return PolicyPoint(
             temperature=temperature,
             acceptance_rate=self.acceptance_rate,
             measured_tokens_per_round=self.tokens_per_round,
-            measured_speedup=self.tokens_per_s / plain.tokens_per_s,
+            measured_speedup=speedups.median,
+            speedup_range=(speedups.low, speedups.high),
             tokens_per_s=self.tokens_per_s,
             plain_round_share=self.rounds_by_method.get("none", 0) / self.decode_rounds
             if self.decode_rounds
@@ -524,7 +594,8 @@ def sweep(
             for index, ids in enumerate(encoded):
                 if progress:
                     progress(f"run {run + 1}/{runs}: temperature {t:g}, prompt {index + 1}/{len(encoded)}")
-                for name, params, _, _ in settings[t]:
+                shift = (run + index) % len(settings[t])
+                for name, params, _, _ in settings[t][shift:] + settings[t][:shift]:
                     pools[(t, name)].add(run, decode(params, t, ids, seed + 1000 * run + index))
     assert costs is not None  # runs >= 1
     points = []
@@ -536,6 +607,7 @@ def sweep(
             pool = pools[(t, name)]
             by_position = pool.by_position
             expected = 1.0 + sum(by_position)
+            speedups = pool.speedups(plain)
             points.append(
                 SweepPoint(
                     temperature=float(t),
@@ -548,8 +620,9 @@ def sweep(
                     model_round_s=costs.round_s(k),
                     measured_round_s=pool.round_s,
                     model_speedup=expected * costs.verify_s[1] / costs.round_s(k),
-                    measured_speedup=pool.tokens_per_s / plain.tokens_per_s,
+                    measured_speedup=speedups.median,
                     tokens_per_s=pool.tokens_per_s,
+                    speedup_range=(speedups.low, speedups.high),
                 )
             )
     report = SweepReport(

@@ -11,7 +11,7 @@ which points at a bug.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -161,11 +161,13 @@ def verify_greedy(
     max_new_tokens: int = 64,
     tolerance: float | None = None,
     reference: Runtime | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> VerifyReport:
     """Decode each prompt greedily with the assistant and with ``reference`` (default: the same target) alone.
 
     ``tolerance`` defaults by the target's dtype (:data:`DEFAULT_TOLERANCES`). A different ``reference``
     model (sharing the tokenizer) is compared the same way, which is how a real divergence is shown.
+    ``progress`` is told which prompt is being decoded.
     """
     if not prompts:
         raise ValueError("Pass at least one prompt.")
@@ -182,6 +184,8 @@ def verify_greedy(
     params = SamplingParams(max_new_tokens=max_new_tokens)
     verdicts = []
     for index, prompt in enumerate(prompts):
+        if progress:
+            progress(f"prompt {index + 1}/{len(prompts)}: {prompt_preview(prompt)}")
         ids = runtime.encode(prompt)
         mine = runtime.generate(ids, params).token_ids
         theirs = reference.generate(ids, params, use_assistant=False).token_ids

@@ -210,3 +210,16 @@ def test_copies_of_a_runtime_are_the_runtime(agreeing: Runtime) -> None:
 
     assert copy.copy(agreeing) is agreeing
     assert copy.deepcopy({"rt": agreeing})["rt"] is agreeing
+
+
+def test_a_fresh_runtime_shares_the_weights_and_has_learnt_nothing(agreeing: Runtime) -> None:
+    agreeing.generate("Once upon a time", SamplingParams(max_new_tokens=12))
+    assert agreeing.engine.policy_memory.explorations  # type: ignore[attr-defined]
+    fresh = agreeing.fresh()
+    assert fresh is not agreeing and fresh.target is agreeing.target and fresh.assistant is agreeing.assistant
+    assert fresh.model_name == agreeing.model_name and fresh.draft_position == agreeing.draft_position
+    assert not fresh.engine.policy_memory.explorations  # type: ignore[attr-defined]
+    again = fresh.generate("Once upon a time", SamplingParams(max_new_tokens=12))
+    assert (
+        again.token_ids == agreeing.generate("Once upon a time", SamplingParams(max_new_tokens=12)).token_ids
+    )
