@@ -1,10 +1,9 @@
 """Draft policies: how many tokens the assistant drafts each round (0 allowed), and how.
 
-The round loop asks its policy before every round (:meth:`DraftPolicy.decide`) and tells it the outcome
-afterwards (:meth:`DraftPolicy.record`: how many drafts the target accepted, how long the round took).
-A policy only ever sees rounds that are finished, so its decisions depend on tokens already emitted and
-never on the drafts being verified: greedy output stays identical to the target alone, and sampled output
-follows the target's distribution whatever the policy decides round by round.
+The round loop asks its policy before every round (:meth:`DraftPolicy.decide`) and tells it the outcome after
+(:meth:`DraftPolicy.record`). A policy sees finished rounds only, so its decisions depend on tokens already
+emitted, never on the drafts being verified: greedy output stays the target alone's, sampled output follows the
+target's distribution, whatever the policy decides.
 
 The default, :class:`AdaptiveDraft`, maximises expected tokens per second ``E(k) / cost(k)``.
 ``E(k) = 1 + a_1 + ... + a_k``, where ``a_i`` is the chance that the first ``i`` drafts are all accepted, from
@@ -86,6 +85,9 @@ PRIOR_RATE = {True: 0.7, False: 0.5}
 temperature calibration knows no better (:meth:`PolicyMemory.prior`)."""
 DEEPER_PRIOR = 0.9
 """A draft position's rate is shrunk towards this fraction of the rate of the position before it."""
+JUDGE_EVERY = 8
+"""Rounds of a kind between two judgements of its alternatives on the runtime's (slowly moving) evidence, unless a
+try or a new incumbent calls for one sooner."""
 OPTIMISM = 2.0
 """Pseudo-acceptances per draft position in the optimistic estimate that decides whether an alternative might
 win: it is tried no longer once the evidence against it outweighs this much optimism."""
@@ -138,9 +140,8 @@ class DraftPolicy(Protocol):
     def record(
         self, decision: DraftDecision, accepted: int, seconds: float, chances: Sequence[float] = ()
     ) -> None:
-        """The outcome of a round decided by :meth:`decide`: drafts accepted and its duration; ``chances``,
-        when known, the probability each reached draft had of being accepted (see
-        :class:`gemma_mtp.sampling.Acceptance`)."""
+        """A round's outcome: drafts accepted, its duration and, when known, each reached draft's chance of
+        acceptance (:class:`gemma_mtp.sampling.Acceptance`)."""
 
 
 CostKey = tuple[bool, str, int]
@@ -169,9 +170,8 @@ class FixedDraft:
 
     @property
     def description(self) -> str:
-        if self.length == 0:
-            return "no drafts (target alone)"
-        return f"fixed: {self.length} {self.method} drafts per round"
+        plain = "no drafts (target alone)"
+        return f"fixed: {self.length} {self.method} drafts per round" if self.length else plain
 
     def decide(self, room: int) -> DraftDecision:
         return DraftDecision(min(self.length, room), self.method)
@@ -204,12 +204,9 @@ class GrowShrinkDraft:
     def record(
         self, decision: DraftDecision, accepted: int, seconds: float, chances: Sequence[float] = ()
     ) -> None:
-        if decision.length == 0:
-            return
-        if accepted == decision.length:
-            self._length = min(self._length + 2, self.longest)
-        else:
-            self._length = max(1, self._length - 1)
+        if decision.length:
+            full = accepted == decision.length
+            self._length = min(self._length + 2, self.longest) if full else max(1, self._length - 1)
 
 
 # -- what the adaptive policy measures ---------------------------------------------------------------
@@ -267,8 +264,7 @@ class RoundCosts:
             return False
         pair, sign = ((other, key), 1.0) if other < key else ((key, other), -1.0)
         self._ratios.setdefault(pair, deque(maxlen=self._window)).append(sign * math.log(seconds / earlier))
-        self._compared[key] += 1
-        self._compared[other] += 1
+        self._compared.update((key, other))
         return True
 
     def compared(self, greedy: bool, method: DraftMethod, length: int) -> int:
@@ -283,8 +279,7 @@ class RoundCosts:
             return len(self._ratios.get((keys[0], keys[1]), ()))
 
     def relative(self, greedy: bool, method: DraftMethod, length: int) -> float | None:
-        """This length's fitted cost relative to the mode's other lengths (only ratios of two mean anything);
-        ``None`` while it was never timed."""
+        """This length's fitted cost relative to the mode's others (``None`` while never timed)."""
         with self._lock:
             x = self._fit(greedy).get(self._key(greedy, method, length))
         return None if x is None else math.exp(x)
@@ -572,6 +567,7 @@ class PolicyMemory:
 
 # -- the default policy ------------------------------------------------------------------------------
 
+Rates = dict[DraftDecision, float]
 _HOPEFUL, _SURPRISED, _UNKNOWN, _LOOKS_BETTER = range(4)
 """Ranks of the alternatives due for a try (see :meth:`AdaptiveDraft._due`)."""
 
@@ -617,6 +613,8 @@ class AdaptiveDraft:
         self._against = DraftDecision(0, methods[0])  # the incumbent it is tried against
         self._tried_last = False
         self._previous: tuple[DraftDecision, float] | None = None  # the last round and its seconds
+        # when last judged, the runtime's estimates (plain, optimistic), the methods with evidence
+        self._judged: tuple[object, Rates, Rates, set[str]] = (None, {}, {}, set())
 
     @property
     def description(self) -> str:
@@ -665,11 +663,10 @@ class AdaptiveDraft:
         if current.length > longest:
             return DraftDecision(longest, current.method)
         if current in rates:  # else not timed yet
-            best = self._top({d: r for d, r in rates.items() if d == current or self._established(d)})
-            spread = RATIO_SPREAD * math.sqrt(
-                2.0 / max(1, self.memory.costs.pairs(self.greedy, best, current))
-            )
-            if rates[best] > rates[current] * math.exp(spread):
+            better = {d: r for d, r in rates.items() if r > rates[current] and self._established(d)}
+            best = self._top({**better, current: rates[current]})
+            compared = self.memory.costs.pairs(self.greedy, best, current)
+            if rates[best] > rates[current] * math.exp(RATIO_SPREAD * math.sqrt(2.0 / max(1, compared))):
                 current = best
         self.exploration.incumbent = current
         return current
@@ -679,9 +676,8 @@ class AdaptiveDraft:
         return self.memory.costs.compared(self.greedy, decision.method, decision.length) >= TRUSTED_TIMINGS
 
     def _known(self, decision: DraftDecision) -> bool:
-        """Whether the runtime has evidence of ``decision``'s acceptance (plain decoding needs none)."""
-        evidence = self.memory.evidence(self.kind, decision.method, self.factors[decision.method])
-        return decision.length == 0 or evidence.evidence > 0
+        """Whether the runtime had evidence of ``decision``'s acceptance when last judged (plain needs none)."""
+        return decision.length == 0 or decision.method in self._judged[3]
 
     def _alternatives(
         self, incumbent: DraftDecision, hopes: dict[DraftDecision, float], longest: int
@@ -707,13 +703,21 @@ class AdaptiveDraft:
         one that might gain most. While drafting pays, tries spend the credit ``TRY_SHARE`` earns."""
         exploration = self.exploration
         exploration.credit = min(TRY_BURST, exploration.credit + TRY_SHARE)
-        hopes = self._candidates(longest, optimism=OPTIMISM)
-        alternatives = self._alternatives(incumbent, hopes, longest)
         best = self._top(rates) if rates else incumbent
+        longest = min(longest, max(incumbent.length + 1, best.length))  # the alternatives' lengths at most
+        key = (exploration.rounds // JUDGE_EVERY, exploration.trials, incumbent, longest)
+        if self._judged[0] != key:
+            typical, hopes = (
+                self._candidates(longest, optimism=0.0),
+                self._candidates(longest, optimism=OPTIMISM),
+            )
+            evidence = {m: self.memory.evidence(self.kind, m, self.factors[m]).evidence for m in self.methods}
+            self._judged = (key, typical, hopes, {m for m, n in evidence.items() if n})
+        _, typical, hopes, _ = self._judged
+        alternatives = self._alternatives(incumbent, hopes, longest)
         if best not in alternatives and best != incumbent:  # the best estimate, not established yet
             alternatives.append(best)
         overdue = 2 * len(alternatives) / TRY_SHARE if incumbent.length else LONGEST_PLAIN_WAIT
-        typical = self._candidates(longest, optimism=0.0)
         due = []
         for decision in alternatives:
             waited = exploration.rounds - exploration.tried.setdefault(decision, exploration.rounds)
@@ -754,11 +758,8 @@ class AdaptiveDraft:
         if hope <= 1.0 + LONGER_MARGIN:
             return math.inf, (_HOPEFUL, 0.0)  # ruled out: maintenance tries only
         # Each try doubles the wait (two comparisons with the incumbent); a costly one waits for the budget.
-        compared = self.memory.costs.pairs(self.greedy, decision, incumbent)
-        return max(FIRST_WAIT * 2.0 ** (compared / 2), (1.0 - rate / best) / EXPLORATION_BUDGET), (
-            _HOPEFUL,
-            hope,
-        )
+        doubling = FIRST_WAIT * 2.0 ** (self.memory.costs.pairs(self.greedy, decision, incumbent) / 2)
+        return max(doubling, (1.0 - rate / best) / EXPLORATION_BUDGET), (_HOPEFUL, hope)
 
     def _budgeted(self, decision: DraftDecision, hopes: dict[DraftDecision, float]) -> float:
         """Decoding plainly, the rounds for a try's expected loss (judged optimistically, so that a kind with
@@ -781,8 +782,8 @@ class AdaptiveDraft:
         costs = self.memory.costs
 
         def doubt(method: DraftMethod, length: int) -> float:
-            compared = costs.compared(self.greedy, method, length)
-            return math.exp(-COST_DOUBT / math.sqrt(1 + compared)) if optimism else 1.0
+            compared = costs.compared(self.greedy, method, length) if optimism else math.inf
+            return math.exp(-COST_DOUBT / math.sqrt(1 + compared))
 
         plain = costs.plain(self.greedy)
         pinned = self.length is not None
@@ -800,8 +801,7 @@ class AdaptiveDraft:
                 rates = evidence.rates(longest, self.priors[method], optimism)
             expected = reach = 1.0
             for k, rate in enumerate(rates, 1):
-                reach *= rate
-                expected += reach
+                reach, expected = reach * rate, expected + reach * rate
                 if not pinned or k == longest:
                     candidates[DraftDecision(k, method)] = expected / (seconds[k - 1] * doubt(method, k))
         return candidates
