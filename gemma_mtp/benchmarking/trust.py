@@ -114,12 +114,6 @@ class Difference:
     def real(self) -> bool:
         return self.runs >= MIN_RUNS and abs(math.log(self.ratio)) > math.log(self.noise)
 
-    def describe(self) -> str:
-        verdict = "beyond" if self.real else "within"
-        return (
-            f"{self.ratio:.3f}× over {self.runs} paired runs, {verdict} their noise (±{self.noise - 1:.1%})"
-        )
-
 
 def paired_difference(a: Sequence[float], b: Sequence[float]) -> Difference:
     """``a`` against ``b``: rates of two settings, run by run (the same prompts, back to back)."""
