@@ -34,6 +34,7 @@ import threading
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import zip_longest
 from typing import Literal, Protocol
 
 from gemma_mtp.params import SamplingParams
@@ -107,6 +108,8 @@ this share of the rounds at most. Every alternative is tried at least every ``2 
 (``n`` alternatives), so that a lasting change of costs is noticed."""
 TRY_BURST = 8.0
 """Tries a kind may make at once: enough to time plain decoding and a fresh runtime's neighbouring lengths."""
+FRESH_ROOM = 32
+"""Decoding plainly, a request with this many tokens of budget left tries one draft early: its text is new."""
 LONGEST_PLAIN_WAIT = 64
 """Decoding plainly, each failed try doubles the wait for the next (from what the budget asks) up to this."""
 SURPRISE = 0.3
@@ -445,12 +448,11 @@ class AcceptanceProfile:
 
     def plus(self, other: AcceptanceProfile) -> AcceptanceProfile:
         """The evidence of both."""
-        size = max(len(self.reached), len(other.reached))
-        padded = [(p.reached + [0.0] * size)[:size] for p in (self, other)]
-        hits = [(p.accepted + [0.0] * size)[:size] for p in (self, other)]
-        return AcceptanceProfile(
-            [sum(c) for c in zip(*padded, strict=True)], [sum(c) for c in zip(*hits, strict=True)]
-        )
+        both = [
+            [x + y for x, y in zip_longest(a, b, fillvalue=0.0)]
+            for a, b in ((self.reached, other.reached), (self.accepted, other.accepted))
+        ]
+        return AcceptanceProfile(*both)
 
     @property
     def evidence(self) -> float:
@@ -611,10 +613,10 @@ class AdaptiveDraft:
         self.exploration = memory.exploration((self.kind, length, methods))
         self._trying: DraftDecision | None = None  # the alternative the decided round tries
         self._against = DraftDecision(0, methods[0])  # the incumbent it is tried against
-        self._tried_last = False
+        self._tried_last, self._room = False, 0
         self._previous: tuple[DraftDecision, float] | None = None  # the last round and its seconds
         # when last judged, the runtime's estimates (plain, optimistic), the methods with evidence
-        self._judged: tuple[object, Rates, Rates, set[str]] = (None, {}, {}, set())
+        self._judged: tuple[object, Rates, Rates, set[DraftMethod]] = (None, {}, {}, set())
 
     @property
     def description(self) -> str:
@@ -637,9 +639,8 @@ class AdaptiveDraft:
     def profile(self, method: DraftMethod) -> AcceptanceProfile:
         """This request's evidence of ``method``'s acceptance: its own rounds (older ones fade, whether they
         drafted or not: the text moves on) and the runtime's recent requests of its kind, worth a few rounds."""
-        return self.own[method].plus(
-            self.memory.evidence(self.kind, method, self.factors[method], MEMORY_WEIGHT)
-        )
+        memory = self.memory.evidence(self.kind, method, self.factors[method], MEMORY_WEIGHT)
+        return self.own[method].plus(memory)
 
     def decide(self, room: int) -> DraftDecision:
         self._follow_calibration()
@@ -647,7 +648,7 @@ class AdaptiveDraft:
         self._trying = None
         if room <= 0:
             return DraftDecision(0, self.methods[0])
-        longest = min(self.longest if self.length is None else self.length, room)
+        longest, self._room = min(self.longest if self.length is None else self.length, room), room
         rates = self._candidates(longest)
         incumbent = self._incumbent(rates, longest)
         if self._tried_last:  # a try is compared with the incumbent's rounds on both sides of it
@@ -707,12 +708,9 @@ class AdaptiveDraft:
         longest = min(longest, max(incumbent.length + 1, best.length))  # the alternatives' lengths at most
         key = (exploration.rounds // JUDGE_EVERY, exploration.trials, incumbent, longest)
         if self._judged[0] != key:
-            typical, hopes = (
-                self._candidates(longest, optimism=0.0),
-                self._candidates(longest, optimism=OPTIMISM),
-            )
-            evidence = {m: self.memory.evidence(self.kind, m, self.factors[m]).evidence for m in self.methods}
-            self._judged = (key, typical, hopes, {m for m, n in evidence.items() if n})
+            typical = self._candidates(longest, optimism=0.0)
+            known = {m for m in self.methods if self.memory.evidence(self.kind, m, self.factors[m]).evidence}
+            self._judged = (key, typical, self._candidates(longest, optimism=OPTIMISM), known)
         _, typical, hopes, _ = self._judged
         alternatives = self._alternatives(incumbent, hopes, longest)
         if best not in alternatives and best != incumbent:  # the best estimate, not established yet
@@ -753,6 +751,8 @@ class AdaptiveDraft:
         if decision in self.exploration.doubted:
             return FIRST_WAIT, (_SURPRISED, 0.0)
         if not incumbent.length:  # decoding plainly: the text may turn predictable at any time
+            if not self.own[decision.method].reached and self._room >= FRESH_ROOM:  # a new request's own text
+                return FIRST_WAIT, (_UNKNOWN, 0.0)
             return self.exploration.gaps.get(decision) or self._budgeted(decision, hopes), (_HOPEFUL, 0.0)
         hope = hopes[decision] / best
         if hope <= 1.0 + LONGER_MARGIN:
