@@ -753,7 +753,7 @@ class AdaptiveDraft:
         if not incumbent.length:  # decoding plainly: the text may turn predictable at any time
             if not self.own[decision.method].reached and self._room >= FRESH_ROOM:  # a new request's own text
                 return FIRST_WAIT, (_UNKNOWN, 0.0)
-            return self.exploration.gaps.get(decision) or self._budgeted(decision, hopes), (_HOPEFUL, 0.0)
+            return self.exploration.gaps.get(decision) or self._budgeted(decision, typical), (_HOPEFUL, 0.0)
         hope = hopes[decision] / best
         if hope <= 1.0 + LONGER_MARGIN:
             return math.inf, (_HOPEFUL, 0.0)  # ruled out: maintenance tries only
@@ -761,11 +761,11 @@ class AdaptiveDraft:
         doubling = FIRST_WAIT * 2.0 ** (self.memory.costs.pairs(self.greedy, decision, incumbent) / 2)
         return max(doubling, (1.0 - rate / best) / EXPLORATION_BUDGET), (_HOPEFUL, hope)
 
-    def _budgeted(self, decision: DraftDecision, hopes: dict[DraftDecision, float]) -> float:
-        """Decoding plainly, the rounds for a try's expected loss (judged optimistically, so that a kind with
-        little evidence tries soon) to cost ``EXPLORATION_BUDGET`` of decoding time."""
-        plain, hope = hopes.get(DraftDecision(0, self.methods[0])), hopes.get(decision)
-        loss = 1.0 - hope / plain if plain and hope else 0.0
+    def _budgeted(self, decision: DraftDecision, typical: dict[DraftDecision, float]) -> float:
+        """Decoding plainly, the rounds for a try's expected loss, on the runtime's evidence, to cost
+        ``EXPLORATION_BUDGET`` of decoding time."""
+        plain, rate = typical.get(DraftDecision(0, self.methods[0])), typical.get(decision)
+        loss = 1.0 - rate / plain if plain and rate else 0.0
         return min(max(FIRST_WAIT, loss / EXPLORATION_BUDGET), LONGEST_PLAIN_WAIT)
 
     def _top(self, rates: dict[DraftDecision, float]) -> DraftDecision:
@@ -827,7 +827,7 @@ class AdaptiveDraft:
         before, differs from the fitted relative cost by more than ``SURPRISE`` is tried again soon."""
         exploration = self.exploration
         if exploration.incumbent is not None and exploration.incumbent.length == 0:
-            budgeted = self._budgeted(decision, self._candidates(decision.length, optimism=OPTIMISM))
+            budgeted = self._budgeted(decision, self._candidates(decision.length, optimism=0.0))
             evidence = self.memory.evidence(self.kind, decision.method, self.factors[decision.method])
             gap = exploration.gaps.get(decision, budgeted)
             chance = evidence.rates(1, self.priors[decision.method])[0]
