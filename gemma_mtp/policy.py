@@ -63,7 +63,7 @@ COST_WINDOW = 16
 are what :class:`RoundCosts` fits."""
 TRUSTED_TIMINGS = 3
 """Comparisons with rounds of other lengths after which a draft length's own cost is used, rather than the
-fitted line, and after which it may become the incumbent decision."""
+fitted line, and after which (and as many rounds counted of its method) it may become the incumbent."""
 ROBUST_PASSES = 2
 """Passes of the relative cost fit (see ``RATIO_SPREAD``)."""
 RATIO_SPREAD = 0.1
@@ -673,8 +673,13 @@ class AdaptiveDraft:
         return current
 
     def _established(self, decision: DraftDecision) -> bool:
-        """Whether ``decision``'s cost was compared often enough to act on."""
-        return self.memory.costs.compared(self.greedy, decision.method, decision.length) >= TRUSTED_TIMINGS
+        """Whether ``decision``'s cost was compared, and its method's acceptance counted, often enough to act on."""
+        evidence = self.memory.evidence(self.kind, decision.method, self.factors[decision.method]).evidence
+        counted = decision.length == 0 or evidence >= TRUSTED_TIMINGS
+        return (
+            counted
+            and self.memory.costs.compared(self.greedy, decision.method, decision.length) >= TRUSTED_TIMINGS
+        )
 
     def _known(self, decision: DraftDecision) -> bool:
         """Whether the runtime had evidence of ``decision``'s acceptance when last judged (plain needs none)."""
