@@ -495,8 +495,7 @@ class Exploration:
 
 
 class DraftTemperature(Protocol):
-    """What the policy reads from the runtime's draft temperature calibration
-    (:class:`gemma_mtp.calibration.DraftCalibration`)."""
+    """What the policy reads from the runtime's draft temperature calibration (:mod:`gemma_mtp.calibration`)."""
 
     def factor(self, kind: RequestKind) -> float:
         """The factor of a kind's temperature that its sampled drafts are drawn at."""
@@ -524,9 +523,8 @@ class PolicyMemory:
 
     def factor(self, kind: RequestKind, method: DraftMethod) -> float:
         """The factor of the temperature that this kind's drafts by ``method`` are sampled at (1.0 for argmax)."""
-        if method != "sampled" or self._calibration is None:
-            return 1.0
-        return self._calibration.factor(kind)
+        calibration = self._calibration if method == "sampled" else None
+        return calibration.factor(kind) if calibration is not None else 1.0
 
     def prior(self, kind: RequestKind, method: DraftMethod, factor: float = 1.0) -> float:
         """The chance that a first draft is accepted, before this kind's drafts by ``method`` at ``factor``
@@ -675,11 +673,8 @@ class AdaptiveDraft:
     def _established(self, decision: DraftDecision) -> bool:
         """Whether ``decision``'s cost was compared, and its method's acceptance counted, often enough to act on."""
         evidence = self.memory.evidence(self.kind, decision.method, self.factors[decision.method]).evidence
-        counted = decision.length == 0 or evidence >= TRUSTED_TIMINGS
-        return (
-            counted
-            and self.memory.costs.compared(self.greedy, decision.method, decision.length) >= TRUSTED_TIMINGS
-        )
+        compared = self.memory.costs.compared(self.greedy, decision.method, decision.length)
+        return min(compared, evidence if decision.length else compared) >= TRUSTED_TIMINGS
 
     def _known(self, decision: DraftDecision) -> bool:
         """Whether the runtime had evidence of ``decision``'s acceptance when last judged (plain needs none)."""
