@@ -721,7 +721,8 @@ class AdaptiveDraft:
             waited = exploration.rounds - exploration.tried.setdefault(decision, exploration.rounds)
             wait, rank = self._schedule(decision, incumbent, rates, typical, hopes)
             rank = max(rank, (_SURPRISED, 0.0)) if waited >= overdue else rank
-            if waited >= min(wait, overdue) and (exploration.credit >= 1.0 or rank[0] >= _UNKNOWN):
+            budgeted = exploration.credit >= 1.0 or rank[0] >= _UNKNOWN or not incumbent.length
+            if waited >= min(wait, overdue) and budgeted:
                 due.append((rank, waited, decision))
         if not due:
             return None
@@ -769,8 +770,7 @@ class AdaptiveDraft:
         return min(max(FIRST_WAIT, loss / EXPLORATION_BUDGET), LONGEST_PLAIN_WAIT)
 
     def _top(self, rates: dict[DraftDecision, float]) -> DraftDecision:
-        """The decision with the most expected tokens per second. Of the decisions within ``LONGER_MARGIN``
-        of the best, the shortest: when the estimates are that close, the shorter draft risks less."""
+        """The decision with the most expected tokens per second; of those within ``LONGER_MARGIN``, the shortest."""
         top = max(rates.values())
         close = [(d, r) for d, r in rates.items() if r * (1.0 + LONGER_MARGIN) >= top]
         return min(close, key=lambda c: (c[0].length, -c[1]))[0]
