@@ -219,6 +219,7 @@ def test_a_fresh_runtime_shares_the_weights_and_has_learnt_nothing(agreeing: Run
     assert fresh is not agreeing and fresh.target is agreeing.target and fresh.assistant is agreeing.assistant
     assert fresh.model_name == agreeing.model_name and fresh.draft_position == agreeing.draft_position
     assert not fresh.engine.policy_memory.explorations  # type: ignore[attr-defined]
+    assert fresh.engine.prefix_cache is not agreeing.engine.prefix_cache  # type: ignore[attr-defined]
     again = fresh.generate("Once upon a time", SamplingParams(max_new_tokens=12))
     assert (
         again.token_ids == agreeing.generate("Once upon a time", SamplingParams(max_new_tokens=12)).token_ids
