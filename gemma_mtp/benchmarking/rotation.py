@@ -2,8 +2,9 @@
 
 Each rotation runs every setting once, in an order that moves by one setting from one rotation to the next,
 each run on a fresh runtime (the same loaded weights, nothing learnt yet: :meth:`Runtime.fresh`) decoding
-the same prompts with ``ignore_eos`` to the same number of tokens. A run's rate is all its tokens over its
-whole time, so the policy's first rounds on a fresh runtime count. Ratios are taken within a rotation
+the same prompts with ``ignore_eos`` to the same number of tokens. The runs of a rotation are interleaved
+prompt by prompt (:class:`_Runs`), so that the machine's slow stretches fall on every setting alike. A run's
+rate is all its tokens over its decoding time, so the policy's first rounds on a fresh runtime count. Ratios are taken within a rotation
 (the policy against that rotation's runs of the best fixed length and of the target alone) and reported as
 medians over rotations with their range.
 
@@ -186,29 +187,45 @@ class RotationReport:
 
 
 @dataclass
-class _Run:
-    """Decodes every prompt once with one setting on a fresh runtime, and times the whole."""
+class _Runs:
+    """One rotation's runs at one temperature: every setting on its own fresh runtime, interleaved prompt by
+    prompt.
+
+    Each setting decodes the first prompt, then each the second, and so on, in the rotation's order; a run's
+    time is the sum of its own decodes. A slow stretch of the machine (seconds long on a shared one) then
+    falls on every setting of the rotation alike instead of on whichever ran during it, while each runtime
+    still sees the prompts in order, as one user's requests, from its first round.
+    """
 
     runtime: Runtime
     encoded: list[list[int]]
     max_new_tokens: int
 
-    def __call__(self, temperature: float, setting: str, rotation: int) -> RunResult:
-        fresh = self.runtime.fresh()
-        params = SamplingParams(max_new_tokens=self.max_new_tokens, ignore_eos=True, temperature=temperature)
-        if setting.startswith("k="):
-            params = params.with_overrides(num_assistant_tokens=int(setting[2:]))
-        tokens = rounds = drafted = accepted = 0
-        synchronize(fresh.device)
-        start = time.perf_counter()
+    def __call__(self, temperature: float, settings: Sequence[str], rotation: int) -> list[RunResult]:
+        base = SamplingParams(max_new_tokens=self.max_new_tokens, ignore_eos=True, temperature=temperature)
+        runtimes = {name: self.runtime.fresh() for name in settings}
+        params = {
+            name: base.with_overrides(num_assistant_tokens=int(name[2:])) if name.startswith("k=") else base
+            for name in settings
+        }
+        totals = {name: [0, 0.0, 0, 0, 0] for name in settings}  # tokens, seconds, rounds, drafted, accepted
         for ids in self.encoded:
-            stats = fresh.generate(ids, params, use_assistant=setting != ALONE).stats
-            tokens += stats.generated_tokens
-            rounds += stats.rounds
-            drafted += stats.drafted_tokens
-            accepted += stats.accepted_tokens
-        seconds = elapsed_since(start, fresh.device)
-        return RunResult(temperature, setting, rotation, tokens, seconds, rounds, drafted, accepted)
+            for name in settings:
+                fresh = runtimes[name]
+                synchronize(fresh.device)
+                start = time.perf_counter()
+                stats = fresh.generate(ids, params[name], use_assistant=name != ALONE).stats
+                seconds = elapsed_since(start, fresh.device)
+                total = totals[name]
+                total[0] += stats.generated_tokens
+                total[1] += seconds
+                total[2] += stats.rounds
+                total[3] += stats.drafted_tokens
+                total[4] += stats.accepted_tokens
+        return [
+            RunResult(temperature, name, rotation, int(t[0]), float(t[1]), int(t[2]), int(t[3]), int(t[4]))
+            for name, t in totals.items()
+        ]
 
 
 def rotate(
@@ -224,9 +241,8 @@ def rotate(
     """Run the rotations (see the module's docstring) after one untimed warm-up of each model."""
     if rotations < 1 or not prompts or not temperatures:
         raise ValueError("Pass at least one rotation, one prompt and one temperature.")
-    run = _Run(runtime, [runtime.encode(p) for p in prompts], max_new_tokens)
-    run(0.0, POLICY, -1)
-    run(0.0, ALONE, -1)
+    runs = _Runs(runtime, [runtime.encode(p) for p in prompts], max_new_tokens)
+    runs(0.0, [POLICY, ALONE], -1)
     settings = {
         float(t): [ALONE, *(fixed_label(k) for k in draft_lengths), POLICY] if t == 0 else [ALONE, POLICY]
         for t in temperatures
@@ -235,10 +251,9 @@ def rotate(
     for rotation in range(rotations):
         for t, names in settings.items():
             shift = rotation % len(names)
-            for name in names[shift:] + names[:shift]:
-                if progress:
-                    progress(f"rotation {rotation + 1}/{rotations}: T {t:g}, {name}")
-                results.append(run(t, name, rotation))
+            if progress:
+                progress(f"rotation {rotation + 1}/{rotations}: T {t:g}")
+            results.extend(runs(t, names[shift:] + names[:shift], rotation))
     return RotationReport(
         model=model_label(runtime.model_name),
         prompts=len(prompts),
