@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "Every setting in the same rotation, a fresh runtime per run (its first rounds included), "
                 "ignore_eos so that every run decodes the same number of tokens. On "
                 + "; ".join(machine.lines()[:2])
-                + (f". {args.note}." if args.note else "."),
+                + (f". {args.note[:1].upper()}{args.note[1:]}." if args.note else "."),
                 *sections,
                 f"```bash\n{command}\n```",
                 end,
