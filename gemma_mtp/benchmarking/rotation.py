@@ -27,7 +27,7 @@ from gemma_mtp.benchmarking.tables import markdown_table, plural, text_table
 from gemma_mtp.benchmarking.trust import Spread
 from gemma_mtp.params import SamplingParams
 from gemma_mtp.runtime import Prompt, Runtime
-from gemma_mtp.stats import RoundStats
+from gemma_mtp.stats import RoundStats, SpeculationTotals
 
 __all__ = ["LongRun", "RotationReport", "RunResult", "long_run", "rotate"]
 
@@ -208,23 +208,28 @@ class _Runs:
             name: base.with_overrides(num_assistant_tokens=int(name[2:])) if name.startswith("k=") else base
             for name in settings
         }
-        totals = {name: [0, 0.0, 0, 0, 0] for name in settings}  # tokens, seconds, rounds, drafted, accepted
+        seconds = dict.fromkeys(settings, 0.0)
+        totals = dict.fromkeys(settings, SpeculationTotals())
         for ids in self.encoded:
             for name in settings:
                 fresh = runtimes[name]
                 synchronize(fresh.device)
                 start = time.perf_counter()
                 stats = fresh.generate(ids, params[name], use_assistant=name != ALONE).stats
-                seconds = elapsed_since(start, fresh.device)
-                total = totals[name]
-                total[0] += stats.generated_tokens
-                total[1] += seconds
-                total[2] += stats.rounds
-                total[3] += stats.drafted_tokens
-                total[4] += stats.accepted_tokens
+                seconds[name] += elapsed_since(start, fresh.device)
+                totals[name] += SpeculationTotals.of_request(stats.as_dict())
         return [
-            RunResult(temperature, name, rotation, int(t[0]), float(t[1]), int(t[2]), int(t[3]), int(t[4]))
-            for name, t in totals.items()
+            RunResult(
+                temperature,
+                name,
+                rotation,
+                tokens=totals[name].generated_tokens,
+                seconds=seconds[name],
+                rounds=totals[name].rounds,
+                drafted=totals[name].drafted_tokens,
+                accepted=totals[name].accepted_tokens,
+            )
+            for name in settings
         ]
 
 
