@@ -13,9 +13,10 @@ it, not its 0-or-1 outcome. ``cost(k)`` is the relative duration of rounds with 
 consecutive rounds so that the machine's changing speed cancels (:class:`RoundCosts`). The same numbers pick
 argmax or sampled drafts when sampling, and plain decoding (``k = 0``) where no draft pays.
 
-Exploration pays for itself. Each kind of request keeps an incumbent decision (a fresh runtime starts at the
-assistant's own length), replaced only by one whose cost was compared ``TRUSTED_TIMINGS`` times and that wins
-by more than the spread of their comparisons: one slow round decides nothing. Now and then a round tries an
+Exploration pays for itself. Each kind of request keeps an incumbent decision (a fresh runtime starts greedy
+requests at the assistant's own length, sampling ones at one draft), replaced only by one whose cost was
+compared ``TRUSTED_TIMINGS`` times and that wins by more than the spread of their comparisons: one slow round
+decides nothing. Drafting replaces plain decoding only by a further ``PLAIN_PREMIUM``. Now and then a round tries an
 alternative between two rounds of the incumbent: plain decoding, one draft fewer or more, the other method.
 Tries go to alternatives that might still win (an optimistic estimate: ``OPTIMISM`` pseudo-acceptances, a cost
 as low as its comparisons allow), each waiting twice as long after every two comparisons and ``x /
@@ -23,7 +24,8 @@ EXPLORATION_BUDGET`` rounds for an expected loss ``x``. While drafting pays, tri
 round earns (``TRY_SHARE``): once one decision dominates, they take about 1% of the rounds. Every alternative
 still gets a try now and then, and one whose cost ratio surprises is tried again soon, so that a lasting change
 brings tries back. Decoding plainly, one-draft tries cost about ``EXPLORATION_BUDGET`` of decoding time,
-backing off while they fail, so that drafting comes back when the text turns predictable.
+backing off while they fail and coming sooner after an unlikely acceptance, so that drafting comes back when
+the text turns predictable. A request estimates its rates every ``RATES_EVERY`` rounds, or sooner for a try.
 """
 
 from __future__ import annotations
@@ -86,6 +88,9 @@ PRIOR_RATE = {True: 0.7, False: 0.5}
 temperature calibration knows no better (:meth:`PolicyMemory.prior`)."""
 DEEPER_PRIOR = 0.9
 """A draft position's rate is shrunk towards this fraction of the rate of the position before it."""
+RATES_EVERY = 4
+"""Rounds of a request between two estimates of its rates (fewer when a try is due): one costs too much of a
+short round to make every round."""
 JUDGE_EVERY = 8
 """Rounds of a kind between two judgements of its alternatives on the runtime's (slowly moving) evidence, unless a
 try or a new incumbent calls for one sooner."""
@@ -97,6 +102,10 @@ COST_DOUBT = 0.4
 comparisons)``: 1.65x for a length never compared, 1.2x after six comparisons."""
 LONGER_MARGIN = 0.01
 """Decisions within this fraction of the best expected tokens per second count as ties; the shortest wins."""
+PLAIN_PREMIUM = 0.03
+"""Drafting must beat plain decoding by this much more (log) to replace it as the incumbent: its rate is an
+estimate from a few rounds, plain decoding's is known, and near break-even the rounds drafted on a lucky
+estimate cost more than they win."""
 EXPLORATION_BUDGET = 0.01
 """A try expected to give a fraction ``x`` fewer tokens per second than the incumbent waits at least
 ``x / EXPLORATION_BUDGET`` rounds: tries cost about this share of decoding time at most."""
@@ -146,6 +155,12 @@ class DraftPolicy(Protocol):
         """A round's outcome: drafts accepted, its duration and, when known, each reached draft's chance of
         acceptance (:class:`gemma_mtp.sampling.Acceptance`)."""
 
+
+Rates = dict[DraftDecision, float]
+"""Expected tokens per second (or an estimate of them) of each decision."""
+
+Timed = tuple[DraftDecision, float]
+"""A round's decision and its seconds."""
 
 CostKey = tuple[bool, str, int]
 """A round's mode and length for :class:`RoundCosts`: greedy or not, draft method (``"none"``), length."""
@@ -224,9 +239,10 @@ class RoundCosts:
     rounds of one request (``previous`` in :meth:`observe`). The median ratio of every pair of lengths that
     followed each other is fitted to one relative cost per length (least squares on the logarithms), so that
     lengths never drafted next to each other are compared through those between them, and no unit drifts.
-    Seconds come back in units of the most timed length's recent median (decisions use only ratios). A length compared fewer than ``TRUSTED_TIMINGS``
-    times is estimated from a straight line through the compared ones (through plain decoding when only one
-    draft length was compared); rounds without a previous round give raw seconds that place a new length.
+    Costs come back relative to the most timed length when last fitted: decisions use only ratios. A length
+    compared fewer than ``TRUSTED_TIMINGS`` times is estimated from a straight line through the compared ones
+    (through plain decoding when only one draft length was compared); rounds without a previous round give raw
+    seconds that place a new length.
     """
 
     def __init__(self, window: int = COST_WINDOW):
@@ -236,6 +252,7 @@ class RoundCosts:
         self._ratios: dict[tuple[CostKey, CostKey], deque[float]] = {}
         self._compared: Counter[CostKey] = Counter()
         self._fits: dict[bool, dict[CostKey, float]] = {}  # each mode's log relative costs, until a change
+        self._lines: dict[tuple[bool, DraftMethod, int], list[float] | None] = {}  # see estimates
         self._lock = threading.Lock()
 
     @staticmethod
@@ -243,12 +260,7 @@ class RoundCosts:
         return (greedy, method if length else "none", length)
 
     def observe(
-        self,
-        greedy: bool,
-        method: DraftMethod,
-        length: int,
-        seconds: float,
-        previous: tuple[DraftDecision, float] | None = None,
+        self, greedy: bool, method: DraftMethod, length: int, seconds: float, previous: Timed | None = None
     ) -> None:
         """One round's seconds; ``previous``, the decision and seconds of the same request's round before it."""
         key = self._key(greedy, method, length)
@@ -257,6 +269,7 @@ class RoundCosts:
             compared = previous is not None and self._compare(greedy, key, seconds, *previous)
             if compared or not self._compared[key]:  # a new comparison, or raw seconds that place the length
                 self._fits.pop(greedy, None)
+                self._lines.clear()
 
     def _compare(
         self, greedy: bool, key: CostKey, seconds: float, before: DraftDecision, earlier: float
@@ -287,27 +300,23 @@ class RoundCosts:
             x = self._fit(greedy).get(self._key(greedy, method, length))
         return None if x is None else math.exp(x)
 
-    def plain(self, greedy: bool) -> float | None:
-        """Estimated seconds of a plain decoding round, if measured."""
-        with self._lock:
-            relative = self._fit(greedy)
-            key = self._key(greedy, "argmax", 0)
-            return math.exp(relative[key]) * self._speed(greedy) if key in relative else None
-
     def estimates(self, greedy: bool, method: DraftMethod, longest: int) -> list[float] | None:
-        """Estimated seconds of a round with ``1..longest`` drafts (index 0 = one draft); ``None`` while no draft
-        length was measured for this mode."""
+        """Estimated relative costs of rounds with ``1..longest`` drafts (index 0 = one draft); ``None`` while no
+        draft length was measured for this mode. Kept with the fit, until a change."""
         with self._lock:
-            relative = self._fit(greedy)
-            if not relative:
-                return None
-            speed = self._speed(greedy)
-            plain = relative.get(self._key(greedy, method, 0))
-            measured = {
-                key[2]: (math.exp(x), self._compared[key] or len(self._timings[key]))
-                for key, x in relative.items()
-                if key[1] == method and key[2] > 0
-            }
+            line = (greedy, method, longest)
+            if line not in self._lines:
+                self._lines[line] = self._estimate(greedy, method, longest)
+            return self._lines[line]
+
+    def _estimate(self, greedy: bool, method: DraftMethod, longest: int) -> list[float] | None:
+        relative = self._fit(greedy)
+        plain = relative.get(self._key(greedy, method, 0))
+        measured = {
+            key[2]: (math.exp(x), self._compared[key] or len(self._timings[key]))
+            for key, x in relative.items()
+            if key[1] == method and key[2] > 0
+        }
         if not measured:
             return None
         # Below the shortest length measured, no round costs less than plain decoding, or, while plain
@@ -324,10 +333,10 @@ class RoundCosts:
         out = []
         for k in range(1, longest + 1):
             if k in measured and measured[k][1] >= TRUSTED_TIMINGS:
-                out.append(measured[k][0] * speed)
+                out.append(measured[k][0])
             else:
                 least = floor if plain is not None else measured[shortest][0] * min(k, shortest) / shortest
-                out.append(max(intercept + slope * k, least) * speed)
+                out.append(max(intercept + slope * k, least))
         return out
 
     def _fit(self, greedy: bool) -> dict[CostKey, float]:
@@ -359,12 +368,6 @@ class RoundCosts:
         fit = {key: solution[index[key]] for key in keys}
         self._fits[greedy] = fit
         return fit
-
-    def _speed(self, greedy: bool) -> float:
-        """Seconds per unit of relative cost: the most timed length's recent median."""
-        relative = self._fit(greedy)
-        key = max(relative, key=lambda k: len(self._timings[k]))
-        return statistics.median(self._timings[key]) / math.exp(relative[key])
 
 
 def _solve_links(
@@ -430,10 +433,8 @@ class AcceptanceProfile:
         the outcome: the same expectation, with much less variance."""
         if length == 0:
             return
-        grow = length - len(self.reached)
-        if grow > 0:
-            self.reached += [0.0] * grow
-            self.accepted += [0.0] * grow
+        grow = [0.0] * (length - len(self.reached))
+        self.reached, self.accepted = self.reached + grow, self.accepted + grow
         reached = min(accepted + 1, length)
         if len(chances) != reached:
             chances = [1.0] * accepted + [0.0] * (reached - accepted)
@@ -567,7 +568,6 @@ class PolicyMemory:
 
 # -- the default policy ------------------------------------------------------------------------------
 
-Rates = dict[DraftDecision, float]
 _HOPEFUL, _SURPRISED, _UNKNOWN, _LOOKS_BETTER = range(4)
 """Ranks of the alternatives due for a try (see :meth:`AdaptiveDraft._due`)."""
 
@@ -611,8 +611,8 @@ class AdaptiveDraft:
         self.exploration = memory.exploration((self.kind, length, methods))
         self._trying: DraftDecision | None = None  # the alternative the decided round tries
         self._against = DraftDecision(0, methods[0])  # the incumbent it is tried against
-        self._tried_last, self._room = False, 0
-        self._previous: tuple[DraftDecision, float] | None = None  # the last round and its seconds
+        self._tried_last, self._room, self._steady = False, 0, 0  # _steady: rounds until the next judgement
+        self._previous: Timed | None = None  # the last round
         # when last judged, the runtime's estimates (plain, optimistic), the methods with evidence
         self._judged: tuple[object, Rates, Rates, set[DraftMethod]] = (None, {}, {}, set())
 
@@ -625,14 +625,12 @@ class AdaptiveDraft:
         return self.memory.factor(self.kind, method) if self.calibrated else 1.0
 
     def _follow_calibration(self) -> None:
-        """When the draft temperature moved, sampled drafts' acceptance is learnt afresh at the new one;
-        the prior of a first draft's acceptance follows the calibration's overlaps round by round."""
+        """When the draft temperature moved, sampled drafts' acceptance is learnt afresh at the new one, from
+        the next round on (the prior of a first draft's acceptance follows the calibration at every estimate)."""
         for method in self.methods:
             factor = self._factor(method)
             if factor != self.factors[method]:
-                self.factors[method] = factor
-                self.own[method] = AcceptanceProfile()
-            self.priors[method] = self.memory.prior(self.kind, method, factor)
+                self.factors[method], self.own[method], self._steady = factor, AcceptanceProfile(), 0
 
     def profile(self, method: DraftMethod) -> AcceptanceProfile:
         """This request's evidence of ``method``'s acceptance: its own rounds (older ones fade, whether they
@@ -643,21 +641,25 @@ class AdaptiveDraft:
     def decide(self, room: int) -> DraftDecision:
         self._follow_calibration()
         self.exploration.rounds += 1
+        self.exploration.credit = min(TRY_BURST, self.exploration.credit + TRY_SHARE)
         self._trying = None
         if room <= 0:
             return DraftDecision(0, self.methods[0])
         longest, self._room = min(self.longest if self.length is None else self.length, room), room
-        rates = self._candidates(longest)
-        incumbent = self._incumbent(rates, longest)
-        if self._tried_last:  # a try is compared with the incumbent's rounds on both sides of it
+        self._steady -= 1
+        if self._tried_last or self._steady > 0:  # a try is compared with incumbent rounds on both sides
             return DraftDecision(min(self._against.length, longest), self._against.method)
+        self.priors = {m: self.memory.prior(self.kind, m, self.factors[m]) for m in self.methods}
+        known = self.exploration.incumbent or DraftDecision(self.length or self.start, self.methods[0])
+        rates = self._candidates(min(longest, 2 * known.length + 6))  # a request looks so far ahead at once
+        incumbent = self._incumbent(rates, longest)
         self._trying, self._against = self._due(incumbent, rates, longest), incumbent
         return self._trying or incumbent
 
-    def _incumbent(self, rates: dict[DraftDecision, float], longest: int) -> DraftDecision:
+    def _incumbent(self, rates: Rates, longest: int) -> DraftDecision:
         """The kind's incumbent decision, replaced by the best established one when that one is better by more
-        than the spread of their recent comparisons with each other: one slow round must not flip a decision,
-        a difference many comparisons confirm does. A round with less room leaves it in place."""
+        than the spread of their recent comparisons (plain decoding: and ``PLAIN_PREMIUM``): one slow round must
+        not flip a decision, a difference many comparisons confirm does. Less room leaves it in place."""
         current = self.exploration.incumbent or DraftDecision(self.length or self.start, self.methods[0])
         if current.length > longest:
             return DraftDecision(longest, current.method)
@@ -665,7 +667,8 @@ class AdaptiveDraft:
             better = {d: r for d, r in rates.items() if r > rates[current] and self._established(d)}
             best = self._top({**better, current: rates[current]})
             compared = self.memory.costs.pairs(self.greedy, best, current)
-            if rates[best] > rates[current] * math.exp(RATIO_SPREAD * math.sqrt(2.0 / max(1, compared))):
+            margin = RATIO_SPREAD * math.sqrt(2.0 / max(1, compared)) + PLAIN_PREMIUM * (current.length == 0)
+            if rates[best] > rates[current] * math.exp(margin):
                 current = best
         self.exploration.incumbent = current
         return current
@@ -674,15 +677,13 @@ class AdaptiveDraft:
         """Whether ``decision``'s cost was compared, and its method's acceptance counted, often enough to act on."""
         evidence = self.memory.evidence(self.kind, decision.method, self.factors[decision.method]).evidence
         compared = self.memory.costs.compared(self.greedy, decision.method, decision.length)
-        return min(compared, evidence if decision.length else compared) >= TRUSTED_TIMINGS
+        return min(compared, round(evidence) if decision.length else compared) >= TRUSTED_TIMINGS
 
     def _known(self, decision: DraftDecision) -> bool:
         """Whether the runtime had evidence of ``decision``'s acceptance when last judged (plain needs none)."""
         return decision.length == 0 or decision.method in self._judged[3]
 
-    def _alternatives(
-        self, incumbent: DraftDecision, hopes: dict[DraftDecision, float], longest: int
-    ) -> list[DraftDecision]:
+    def _alternatives(self, incumbent: DraftDecision, hopes: Rates, longest: int) -> list[DraftDecision]:
         """The decisions next to ``incumbent``: plain decoding, one draft fewer or more, the other method; when
         plain decoding is the incumbent, one draft by a method never tried, else by the one that might pay
         most (so that methods take turns while they fail)."""
@@ -696,17 +697,14 @@ class AdaptiveDraft:
             out += [DraftDecision(incumbent.length - 1, incumbent.method)] if incumbent.length > 1 else []
         return [d for d in out if d.length <= longest]
 
-    def _due(
-        self, incumbent: DraftDecision, rates: dict[DraftDecision, float], longest: int
-    ) -> DraftDecision | None:
+    def _due(self, incumbent: DraftDecision, rates: Rates, longest: int) -> DraftDecision | None:
         """The alternative to try this round, if any: one that looks better for this request or whose loss is
         unknown first (they may overdraw the credit), then one overdue or whose last try surprised, then the
         one that might gain most. While drafting pays, tries spend the credit ``TRY_SHARE`` earns."""
         exploration = self.exploration
-        exploration.credit = min(TRY_BURST, exploration.credit + TRY_SHARE)
         best = self._top(rates) if rates else incumbent
         longest = min(longest, max(incumbent.length + 1, best.length))  # the alternatives' lengths at most
-        key = (exploration.rounds // JUDGE_EVERY, exploration.trials, incumbent, longest)
+        key = (exploration.rounds // JUDGE_EVERY, incumbent, longest)
         if self._judged[0] != key:
             typical = self._candidates(longest, optimism=0.0)
             known = {m for m in self.methods if self.memory.evidence(self.kind, m, self.factors[m]).evidence}
@@ -716,7 +714,7 @@ class AdaptiveDraft:
         if best not in alternatives and best != incumbent:  # the best estimate, not established yet
             alternatives.append(best)
         overdue = 2 * len(alternatives) / TRY_SHARE if incumbent.length else LONGEST_PLAIN_WAIT
-        due = []
+        due, self._steady = [], RATES_EVERY
         for decision in alternatives:
             waited = exploration.rounds - exploration.tried.setdefault(decision, exploration.rounds)
             wait, rank = self._schedule(decision, incumbent, rates, typical, hopes)
@@ -724,6 +722,8 @@ class AdaptiveDraft:
             budgeted = exploration.credit >= 1.0 or rank[0] >= _UNKNOWN or not incumbent.length
             if waited >= min(wait, overdue) and budgeted:
                 due.append((rank, waited, decision))
+            waits = (min(wait, overdue) - waited, 0.0 if budgeted else (1.0 - exploration.credit) / TRY_SHARE)
+            self._steady = min(self._steady, max(1, math.ceil(max(waits))))  # rounds before anything is due
         if not due:
             return None
         chosen = max(due, key=lambda item: item[:2])[2]
@@ -733,12 +733,7 @@ class AdaptiveDraft:
         return chosen
 
     def _schedule(
-        self,
-        decision: DraftDecision,
-        incumbent: DraftDecision,
-        rates: dict[DraftDecision, float],
-        typical: dict[DraftDecision, float],
-        hopes: dict[DraftDecision, float],
+        self, decision: DraftDecision, incumbent: DraftDecision, rates: Rates, typical: Rates, hopes: Rates
     ) -> tuple[float, tuple[int, float]]:
         """Rounds between ``decision``'s tries, and its rank among those due. Whether it might win is judged on
         the runtime's evidence for the kind (``typical``, ``hopes``): a question about the kind of request, not
@@ -762,20 +757,26 @@ class AdaptiveDraft:
         doubling = FIRST_WAIT * 2.0 ** (self.memory.costs.pairs(self.greedy, decision, incumbent) / 2)
         return max(doubling, (1.0 - rate / best) / EXPLORATION_BUDGET), (_HOPEFUL, hope)
 
-    def _budgeted(self, decision: DraftDecision, typical: dict[DraftDecision, float]) -> float:
+    def _budgeted(self, decision: DraftDecision, typical: Rates) -> float:
         """Decoding plainly, the rounds for a try's expected loss, on the runtime's evidence, to cost
         ``EXPLORATION_BUDGET`` of decoding time."""
         plain, rate = typical.get(DraftDecision(0, self.methods[0])), typical.get(decision)
-        loss = 1.0 - rate / plain if plain and rate else 0.0
+        tokens = 1.0 + self._chance(decision.method)  # a one-draft try's, whose round takes tokens / rate
+        loss = tokens * (plain / rate - 1.0) if plain and rate else 0.0  # in plain rounds
         return min(max(FIRST_WAIT, loss / EXPLORATION_BUDGET), LONGEST_PLAIN_WAIT)
 
-    def _top(self, rates: dict[DraftDecision, float]) -> DraftDecision:
+    def _chance(self, method: DraftMethod) -> float:
+        """The runtime's estimate of the chance that a first draft by ``method`` is accepted."""
+        evidence = self.memory.evidence(self.kind, method, self.factors[method])
+        return evidence.rates(1, self.priors[method])[0]
+
+    def _top(self, rates: Rates) -> DraftDecision:
         """The decision with the most expected tokens per second; of those within ``LONGER_MARGIN``, the shortest."""
         top = max(rates.values())
         close = [(d, r) for d, r in rates.items() if r * (1.0 + LONGER_MARGIN) >= top]
         return min(close, key=lambda c: (c[0].length, -c[1]))[0]
 
-    def _candidates(self, longest: int, *, optimism: float | None = None) -> dict[DraftDecision, float]:
+    def _candidates(self, longest: int, *, optimism: float | None = None) -> Rates:
         """Expected tokens per second of each decision, from the lengths' estimated round costs and this
         request's profile, or (``optimism`` given) the runtime's evidence for the kind with that many
         pseudo-acceptances per draft position and, when optimistic, each cost as low as ``COST_DOUBT`` allows."""
@@ -785,14 +786,14 @@ class AdaptiveDraft:
             compared = costs.compared(self.greedy, method, length) if optimism else math.inf
             return math.exp(-COST_DOUBT / math.sqrt(1 + compared))
 
-        plain = costs.plain(self.greedy)
+        plain = costs.relative(self.greedy, self.methods[0], 0)
         pinned = self.length is not None
-        candidates: dict[DraftDecision, float] = {}
+        candidates: Rates = {}
         if not pinned and plain is not None:
             candidates[DraftDecision(0, self.methods[0])] = 1.0 / (plain * doubt(self.methods[0], 0))
         for method in self.methods:
-            seconds = costs.estimates(self.greedy, method, longest)
-            if seconds is None:
+            relative = costs.estimates(self.greedy, method, longest)
+            if relative is None:
                 continue
             if optimism is None:
                 rates = self.profile(method).rates(longest, self.priors[method])
@@ -803,7 +804,7 @@ class AdaptiveDraft:
             for k, rate in enumerate(rates, 1):
                 reach, expected = reach * rate, expected + reach * rate
                 if not pinned or k == longest:
-                    candidates[DraftDecision(k, method)] = expected / (seconds[k - 1] * doubt(method, k))
+                    candidates[DraftDecision(k, method)] = expected / (relative[k - 1] * doubt(method, k))
         return candidates
 
     def record(
@@ -827,11 +828,10 @@ class AdaptiveDraft:
         before, differs from the fitted relative cost by more than ``SURPRISE`` is tried again soon."""
         exploration = self.exploration
         if exploration.incumbent is not None and exploration.incumbent.length == 0:
-            budgeted = self._budgeted(decision, self._candidates(decision.length, optimism=0.0))
-            evidence = self.memory.evidence(self.kind, decision.method, self.factors[decision.method])
-            gap = exploration.gaps.get(decision, budgeted)
-            chance = evidence.rates(1, self.priors[decision.method])[0]
-            wait = budgeted * chance if accepted else min(max(budgeted, 2 * gap), LONGEST_PLAIN_WAIT)
+            budgeted = self._budgeted(decision, self._judged[1])
+            chance = min(self._chance(decision.method), 0.5)  # an even chance's acceptance says nothing new
+            gap = 2 * max(budgeted / 2, exploration.gaps.get(decision, budgeted))
+            wait = budgeted * chance / (1.0 - chance) if accepted else min(gap, LONGEST_PLAIN_WAIT)
             exploration.gaps[decision] = max(FIRST_WAIT, wait)
         exploration.doubted.discard(decision)
         if self._previous is not None:
@@ -876,5 +876,5 @@ def policy_for(params: SamplingParams, memory: PolicyMemory, default_length: int
         longest=params.max_assistant_tokens,
         methods=methods,
         length=pinned,
-        start=default_length,
+        start=default_length if params.greedy else 1,
     )

@@ -379,19 +379,11 @@ def test_round_costs_estimate_untimed_lengths_from_a_line() -> None:
         costs.observe(True, "argmax", 0, 0.010)
         costs.observe(True, "argmax", 1, 0.015)
         costs.observe(True, "argmax", 4, 0.021)
-    estimate = costs.estimates(True, "argmax", 8)
-    assert estimate is not None
-    assert estimate[0] == pytest.approx(0.015) and estimate[3] == pytest.approx(0.021)
-    assert estimate[7] == pytest.approx(0.029)  # 0.013 + 0.002 k
-    assert costs.plain(True) == pytest.approx(0.010)
+    estimate, plain = costs.estimates(True, "argmax", 8), costs.relative(True, "argmax", 0)
+    assert estimate is not None and plain is not None
+    assert estimate[0] / plain == pytest.approx(1.5) and estimate[3] / plain == pytest.approx(2.1)
+    assert estimate[7] / plain == pytest.approx(2.9)  # 1.3 + 0.2 k
     assert costs.estimates(False, "sampled", 4) is None
-
-
-def test_round_costs_are_robust_to_an_outlier() -> None:
-    costs = RoundCosts()
-    for seconds in (0.010, 0.011, 0.500, 0.010, 0.012):
-        costs.observe(True, "argmax", 0, seconds)
-    assert costs.plain(True) == pytest.approx(0.011)
 
 
 def alternate(
@@ -405,27 +397,27 @@ def alternate(
             previous = (DraftDecision(length, method), duration)
 
 
-def test_round_costs_follow_the_machine_speed_through_plain_rounds() -> None:
-    """A draft length timed while the machine was slow is estimated at the speed plain rounds show now."""
+def test_round_costs_are_robust_to_an_outlier() -> None:
+    """One comparison made as the machine stalled (a round 30x slower) moves nothing: pairs count by median."""
     costs = RoundCosts()
-    alternate(costs, False, "sampled", {0: 0.020, 1: 0.032}, 3)
-    for _ in range(COST_WINDOW):  # the machine warms up: plain rounds now take half the time
-        costs.observe(False, "sampled", 0, 0.010)
-    estimate = costs.estimates(False, "sampled", 1)
-    assert estimate is not None and estimate[0] == pytest.approx(0.016, rel=1e-3)
+    alternate(costs, True, "argmax", {0: 0.010, 1: 0.015}, 3)
+    costs.observe(True, "argmax", 1, 0.500, (DraftDecision(0, "argmax"), 0.010))
+    one, plain = costs.relative(True, "argmax", 1), costs.relative(True, "argmax", 0)
+    assert one is not None and plain is not None and one / plain == pytest.approx(1.5)
 
 
-def test_round_costs_follow_the_machine_speed_through_the_rounds_it_keeps_drafting() -> None:
-    """While one draft length is drafted, its rounds tell the machine's speed: plain decoding and the other
-    lengths, timed before the machine slowed down, are estimated at today's speed, not at their old one."""
+@pytest.mark.parametrize("drafted", [0, 2], ids=["plain-rounds", "drafting-rounds"])
+def test_round_costs_keep_relative_costs_whatever_the_machine_speed_does_next(drafted: int) -> None:
+    """Lengths compared while the machine was fast keep their relative costs while it then runs at another
+    speed with only one length (plain decoding, or two drafts) timed: raw seconds of a compared length do
+    not move the fit, which only the comparisons between consecutive rounds make."""
     costs = RoundCosts()
     alternate(costs, True, "argmax", {0: 0.010, 1: 0.015, 2: 0.020}, 3)
-    for _ in range(COST_WINDOW):  # the machine slows to half its speed; only two drafts are timed
-        costs.observe(True, "argmax", 2, 0.040)
-    estimate = costs.estimates(True, "argmax", 2)
-    assert estimate is not None
-    assert estimate == pytest.approx([0.030, 0.040], rel=1e-3)
-    assert costs.plain(True) == pytest.approx(0.020, rel=1e-3)
+    for _ in range(COST_WINDOW):  # the machine slows to half its speed
+        costs.observe(True, "argmax", drafted, 0.040 if drafted else 0.020)
+    estimate, plain = costs.estimates(True, "argmax", 2), costs.relative(True, "argmax", 0)
+    assert estimate is not None and plain is not None
+    assert [e / plain for e in estimate] == pytest.approx([1.5, 2.0], rel=1e-3)
 
 
 def test_round_costs_compare_lengths_by_consecutive_rounds_whatever_the_machine_speed() -> None:
@@ -447,7 +439,7 @@ def test_round_costs_compare_lengths_by_consecutive_rounds_whatever_the_machine_
         seconds = truth[length] * speed * factor * rng.uniform(0.95, 1.1)
         costs.observe(True, "argmax", length, seconds, previous)
         previous = (DraftDecision(length, "argmax"), seconds)
-    plain = costs.plain(True)
+    plain = costs.relative(True, "argmax", 0)
     estimate = costs.estimates(True, "argmax", 4)
     assert plain is not None and estimate is not None
     assert [e / plain for e in estimate] == pytest.approx([truth[k] for k in (1, 2, 3, 4)], rel=0.06)
@@ -463,20 +455,20 @@ def test_round_costs_outvote_a_comparison_made_as_the_machine_changed_speed() ->
     costs.observe(True, "argmax", 1, 0.016)
     costs.observe(True, "argmax", 3, 0.024 * 1.8, (DraftDecision(1, "argmax"), 0.016))  # the machine slowed
     costs.observe(True, "argmax", 3, 0.024)  # and recovered
-    estimate = costs.estimates(True, "argmax", 3)
-    assert estimate is not None
-    assert estimate == pytest.approx([0.016, 0.020, 0.024], rel=0.03)
+    estimate, plain = costs.estimates(True, "argmax", 3), costs.relative(True, "argmax", 0)
+    assert estimate is not None and plain is not None
+    assert [e / plain for e in estimate] == pytest.approx([1.6, 2.0, 2.4], rel=0.03)
 
 
-def test_round_costs_without_plain_rounds_keep_seconds() -> None:
-    """A pinned draft length never decodes plainly; its rounds still give estimates, in seconds."""
+def test_round_costs_without_plain_rounds_still_estimate() -> None:
+    """A pinned draft length never decodes plainly; its rounds still give estimates of the other lengths."""
     costs = RoundCosts()
     for _ in range(3):
         costs.observe(True, "argmax", 3, 0.020)
-    assert costs.plain(True) is None
+    assert costs.relative(True, "argmax", 0) is None
     estimate = costs.estimates(True, "argmax", 3)
-    assert estimate is not None and estimate[2] == pytest.approx(0.020)
-    assert estimate[0] == pytest.approx(0.020 / 3), "shorter, in proportion to its drafts at most"
+    assert estimate is not None
+    assert estimate[0] == pytest.approx(estimate[2] / 3), "shorter, in proportion to its drafts at most"
 
 
 def test_grow_shrink_follows_full_acceptance() -> None:
@@ -594,6 +586,35 @@ def test_probes_cost_about_their_budget(rate: float) -> None:
     assert spent <= 1.015 * plain_time, spent / plain_time
     gaps = [b - a for a, b in itertools.pairwise(probes)]
     assert max(gaps) <= LONGEST_PLAIN_WAIT + 2, gaps
+
+
+def test_a_fresh_runtime_near_break_even_loses_little_to_plain_decoding() -> None:
+    """Sampling where one draft is accepted 45% of the time for 1.6x a plain round (the mini pair on a CPU,
+    10% slower than plain decoding): four requests of 64 rounds on a fresh runtime, its first rounds and
+    tries included, decode within 2.5% of plain decoding's rate on average, drafting in at most one round in
+    eight. A lucky run of accepted tries does not talk the runtime into drafting (``PLAIN_PREMIUM``)."""
+    achieved, drafting = [], []
+    for seed in range(20):
+        rng, memory, spent, tokens, drafted = random.Random(seed), PolicyMemory(), 0.0, 0, 0
+        for _ in range(4):
+            policy = AdaptiveDraft(
+                memory, temperature=0.7, longest=16, methods=("sampled", "argmax"), start=1
+            )
+            for _ in range(64):
+                decision = policy.decide(room=32)
+                rates = {"sampled": [0.45], "argmax": [0.2]}[decision.method]
+                accepted = accepted_count(rng, rates, decision.length)
+                seconds = plain_or_probe_cost(decision.length) * rng.uniform(0.95, 1.05)
+                policy.record(decision, accepted, seconds)
+                spent, tokens, drafted = (
+                    spent + seconds,
+                    tokens + accepted + 1,
+                    drafted + bool(decision.length),
+                )
+        achieved.append(tokens * plain_or_probe_cost(0) / spent)
+        drafting.append(drafted / 256)
+    assert sum(achieved) / len(achieved) >= 0.975, sorted(achieved)
+    assert sum(drafting) / len(drafting) <= 1 / 8, sorted(drafting)
 
 
 def test_a_kind_of_request_without_evidence_probes_at_once() -> None:
