@@ -824,8 +824,8 @@ class AdaptiveDraft:
 
     def _judge_try(self, decision: DraftDecision, accepted: int, seconds: float) -> None:
         """Before a try's evidence counts. Decoding plainly, a failed try doubles the wait for the next and an
-        accepted one shortens it to the budget's wait times its chance. A try whose round, against the one
-        before, differs from the fitted relative cost by more than ``SURPRISE`` is tried again soon."""
+        accepted one sets it to the budget's wait times the odds of its acceptance (at most even). A try whose
+        round, against the one before, differs from the fitted cost ratio by more than ``SURPRISE`` comes again soon."""
         exploration = self.exploration
         if exploration.incumbent is not None and exploration.incumbent.length == 0:
             budgeted = self._budgeted(decision, self._judged[1])
