@@ -13,10 +13,10 @@ it, not its 0-or-1 outcome. ``cost(k)`` is the relative duration of rounds with 
 consecutive rounds so that the machine's changing speed cancels (:class:`RoundCosts`). The same numbers pick
 argmax or sampled drafts when sampling, and plain decoding (``k = 0``) where no draft pays.
 
-Exploration pays for itself. Each kind of request keeps an incumbent decision (a fresh runtime starts greedy
-requests at the assistant's own length, sampling ones at one draft), replaced only by one whose cost was
-compared ``TRUSTED_TIMINGS`` times and that wins by more than the spread of their comparisons: one slow round
-decides nothing. Drafting replaces plain decoding only by a further ``PLAIN_PREMIUM``. Now and then a round tries an
+Exploration pays for itself. Each kind of request keeps an incumbent decision (a fresh runtime starts at the
+assistant's own length), replaced only by one whose cost was compared ``TRUSTED_TIMINGS`` times and that wins
+by more than the spread of their comparisons: one slow round decides nothing. Drafting replaces plain decoding
+only by a further ``PLAIN_PREMIUM``. Now and then a round tries an
 alternative between two rounds of the incumbent: plain decoding, one draft fewer or more, the other method.
 Tries go to alternatives that might still win (an optimistic estimate: ``OPTIMISM`` pseudo-acceptances, a cost
 as low as its comparisons allow), each waiting twice as long after every two comparisons and ``x /
@@ -876,5 +876,5 @@ def policy_for(params: SamplingParams, memory: PolicyMemory, default_length: int
         longest=params.max_assistant_tokens,
         methods=methods,
         length=pinned,
-        start=default_length if params.greedy else 1,
+        start=default_length,
     )

@@ -588,18 +588,20 @@ def test_probes_cost_about_their_budget(rate: float) -> None:
     assert max(gaps) <= LONGEST_PLAIN_WAIT + 2, gaps
 
 
-def test_a_fresh_runtime_near_break_even_loses_little_to_plain_decoding() -> None:
+def test_near_break_even_a_runtime_loses_little_to_plain_decoding() -> None:
     """Sampling where one draft is accepted 45% of the time for 1.6x a plain round (the mini pair on a CPU,
-    10% slower than plain decoding): four requests of 64 rounds on a fresh runtime, its first rounds and
-    tries included, decode within 2.5% of plain decoding's rate on average, drafting in at most one round in
-    eight. A lucky run of accepted tries does not talk the runtime into drafting (``PLAIN_PREMIUM``)."""
+    10% slower than plain decoding). A fresh runtime's first request drafts the assistant's length until its
+    evidence says otherwise; the three after it, their tries included, decode within 2% of plain decoding's
+    rate on average, drafting (tries included) in at most 15% of the rounds: a lucky run of accepted tries
+    does not talk the runtime into drafting (``PLAIN_PREMIUM``)."""
     achieved, drafting = [], []
     for seed in range(20):
-        rng, memory, spent, tokens, drafted = random.Random(seed), PolicyMemory(), 0.0, 0, 0
-        for _ in range(4):
+        rng, memory = random.Random(seed), PolicyMemory()
+        for request in range(4):
             policy = AdaptiveDraft(
-                memory, temperature=0.7, longest=16, methods=("sampled", "argmax"), start=1
+                memory, temperature=0.7, longest=16, methods=("sampled", "argmax"), start=5
             )
+            spent, tokens, drafted = 0.0, 0, 0
             for _ in range(64):
                 decision = policy.decide(room=32)
                 rates = {"sampled": [0.45], "argmax": [0.2]}[decision.method]
@@ -611,10 +613,11 @@ def test_a_fresh_runtime_near_break_even_loses_little_to_plain_decoding() -> Non
                     tokens + accepted + 1,
                     drafted + bool(decision.length),
                 )
-        achieved.append(tokens * plain_or_probe_cost(0) / spent)
-        drafting.append(drafted / 256)
-    assert sum(achieved) / len(achieved) >= 0.975, sorted(achieved)
-    assert sum(drafting) / len(drafting) <= 1 / 8, sorted(drafting)
+            if request:
+                achieved.append(tokens * plain_or_probe_cost(0) / spent)
+                drafting.append(drafted / 64)
+    assert sum(achieved) / len(achieved) >= 0.98, sorted(achieved)
+    assert sum(drafting) / len(drafting) <= 0.15, sorted(drafting)
 
 
 def test_a_kind_of_request_without_evidence_probes_at_once() -> None:
