@@ -12,6 +12,7 @@ results into the "policy-rotation" section of ``docs/benchmarks.md``::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shlex
 import sys
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 
 from gemma_mtp.benchmarking import describe_machine, load_prompts
-from gemma_mtp.benchmarking.publish import write_page_section
+from gemma_mtp.benchmarking.publish import section_markers, write_page_section
 from gemma_mtp.benchmarking.rotation import long_run, rotate
 from gemma_mtp.runtime import Runtime
 from gemma_mtp.testing import VARIANTS, tiny_pair
@@ -60,6 +61,10 @@ def load(pair: str, kit: str) -> Runtime:
     return Runtime.load(str(built.target_dir), str(built.assistant_dir))
 
 
+def report_progress(pair: str, message: str) -> None:
+    print(f"{pair}: {message}", file=sys.stderr, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     command = shlex.join(
@@ -78,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             temperatures=args.temperatures,
             rotations=args.rotations,
             max_new_tokens=args.max_new_tokens,
-            progress=lambda message, pair=pair: print(f"{pair}: {message}", file=sys.stderr, flush=True),
+            progress=functools.partial(report_progress, pair),
         )
         if args.long_requests:
             print(f"{pair}: long run of {args.long_requests} requests", file=sys.stderr, flush=True)
@@ -92,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         payload[pair] = report.as_dict()
     machine = describe_machine(torch.device("cpu"))
     if not args.no_write:
-        begin, end = f"<!-- {SECTION} -->", f"<!-- /{SECTION} -->"
+        begin, end = section_markers(SECTION)
         text = "\n\n".join(
             [
                 begin,

@@ -650,17 +650,17 @@ class AdaptiveDraft:
         if self._tried_last or self._steady > 0:  # a try is compared with incumbent rounds on both sides
             return DraftDecision(min(self._against.length, longest), self._against.method)
         self.priors = {m: self.memory.prior(self.kind, m, self.factors[m]) for m in self.methods}
-        known = self.exploration.incumbent or DraftDecision(self.length or self.start, self.methods[0])
-        rates = self._candidates(min(longest, 2 * known.length + 6))  # a request looks so far ahead at once
-        incumbent = self._incumbent(rates, longest)
+        current = self.exploration.incumbent or DraftDecision(self.length or self.start, self.methods[0])
+        rates = self._candidates(min(longest, 2 * current.length + 6))  # a request looks so far ahead at once
+        incumbent = self._incumbent(current, rates, longest)
         self._trying, self._against = self._due(incumbent, rates, longest), incumbent
         return self._trying or incumbent
 
-    def _incumbent(self, rates: Rates, longest: int) -> DraftDecision:
-        """The kind's incumbent decision, replaced by the best established one when that one is better by more
-        than the spread of their recent comparisons (plain decoding: and ``PLAIN_PREMIUM``): one slow round must
-        not flip a decision, a difference many comparisons confirm does. Less room leaves it in place."""
-        current = self.exploration.incumbent or DraftDecision(self.length or self.start, self.methods[0])
+    def _incumbent(self, current: DraftDecision, rates: Rates, longest: int) -> DraftDecision:
+        """The kind's incumbent decision (``current``: the one held, or a fresh runtime's start), replaced by the
+        best established one when that one is better by more than the spread of their recent comparisons (plain
+        decoding: and ``PLAIN_PREMIUM``): one slow round must not flip a decision, a difference many comparisons
+        confirm does. Less room leaves it in place."""
         if current.length > longest:
             return DraftDecision(longest, current.method)
         if current in rates:  # else not timed yet
