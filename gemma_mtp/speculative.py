@@ -7,7 +7,8 @@ State between rounds, for a sequence whose first ``n`` tokens the target has pro
 * ``hidden`` is the target's last hidden state at position ``n-1`` (the one that chose ``pending``);
 * ``prefix_kv`` holds the target's keys/values per layer type for exactly the accepted prefix
   ``0..n-1``: every position on full-attention layers, the last ``W`` (or ``W + 1``) on sliding layers,
-  a full window even after a rejection (the cache keeps only ``W - 1``, so the loop carries them).
+  a full window even after a rejection (the cache keeps only ``W - 1``, so the loop carries them). It is
+  brought up to date before each drafting round (:class:`_AssistantKV`), not after every round.
 
 Each round the assistant drafts ``k`` tokens after ``pending`` from ``hidden`` and ``prefix_kv``, its
 query at position ``n - 1`` by default (Google's LiteRT-LM MTP drafter since 2026-04-20, vLLM's
@@ -89,6 +90,45 @@ def _accepted_prefix_kv(
             end = keys.shape[2] - rejected
             prefix[name] = (keys[:, :, :end], values[:, :, :end])
     return prefix
+
+
+class _AssistantKV:
+    """The keys/values of the accepted prefix as the assistant reads them (``prefix_kv`` in the module's
+    docstring), brought up to date when a round drafts.
+
+    A plain decoding round's verify pass returns keys/values that end exactly at the accepted prefix, so the
+    update waits: the next drafting round catches up on a stretch of plain rounds with one concatenation per layer
+    type instead of one per round (a sliding window that would no longer hold every token still to add catches up
+    at once). A drafting round is followed by the next, most of the time, so its update is made at once.
+    """
+
+    def __init__(self, kv: SharedKV, sliding_entries: int):
+        self._kv, self._sliding = kv, sliding_entries
+        self._latest: SharedKV = {}  # the newest plain round's keys/values
+        self._behind = 0  # plain rounds since ``_kv``, their tokens at the end of ``_latest``
+
+    def advance(self, verified: SharedKV, new: int, accepted: int) -> None:
+        """A verify pass over ``new`` tokens, of which the first ``accepted`` stay."""
+        if new == 1 and _holds(verified, self._behind + 1):
+            self._latest, self._behind = verified, self._behind + 1
+            return
+        self._catch_up()
+        self._kv = _accepted_prefix_kv(self._kv, verified, new, accepted, self._sliding)
+
+    def current(self) -> SharedKV:
+        """The accepted prefix's keys/values, up to date."""
+        self._catch_up()
+        return self._kv
+
+    def _catch_up(self) -> None:
+        if self._behind:
+            self._kv = _accepted_prefix_kv(self._kv, self._latest, self._behind, self._behind, self._sliding)
+            self._latest, self._behind = {}, 0
+
+
+def _holds(verified: SharedKV, tokens: int) -> bool:
+    """Whether every sliding layer type of a verify pass still returned its last ``tokens`` positions."""
+    return all(keys.shape[2] >= tokens for name, (keys, _) in verified.items() if name == "sliding_attention")
 
 
 def _warp_at(scores: torch.Tensor, factor: float, params: SamplingParams) -> torch.Tensor:
@@ -181,13 +221,14 @@ class SpeculativeDecoder:
             else:
                 out = self.target(new_ids, cache, start=reused, keep_last=1)
         count_forward("target")
-        if self.drafter is None:
-            prefix_kv: SharedKV = {}
-        elif reused == 0:
-            prefix_kv = self.drafter.visible_kv(out.shared_kv)
-        else:  # the prefill returns only part of the restored sliding window: read the cache instead
-            assert reuse is not None
-            prefix_kv = self.drafter.visible_kv(reuse.states.draft_kv(cache))
+        assistant_kv = None
+        if self.drafter is not None:
+            if reused == 0:
+                prefix_kv = self.drafter.visible_kv(out.shared_kv)
+            else:  # the prefill returns only part of the restored sliding window: read the cache instead
+                assert reuse is not None
+                prefix_kv = self.drafter.visible_kv(reuse.states.draft_kv(cache))
+            assistant_kv = _AssistantKV(prefix_kv, self.drafter.sliding_entries)
         if reuse is not None and (match is None or match.length < len(prompt_ids)):
             # Offered whole, before anything crops the cache and before the first token is handed out, so that
             # a request that ends at any point after its prefill still leaves its prompt behind.
@@ -216,7 +257,7 @@ class SpeculativeDecoder:
             with self.lock:
                 waited = time.perf_counter() - waiting
                 if k > 0:
-                    assert self.drafter is not None
+                    assert self.drafter is not None and assistant_kv is not None
                     sample_with = None
                     if decision.method == "sampled":
                         factor = calibrated.factor(kind) if calibrated is not None else 1.0
@@ -225,7 +266,7 @@ class SpeculativeDecoder:
                     draft = self.drafter.draft(
                         pending_t,
                         hidden,
-                        prefix_kv,
+                        assistant_kv.current(),
                         seen,
                         k,
                         sample_with=sample_with,
@@ -255,11 +296,9 @@ class SpeculativeDecoder:
                 crop_cache(cache, rejected)
             if calibration is not None and first_scores is not None and k:
                 calibration.observe(kind, logits[0], first_scores, first_candidates, params)
-            if self.drafter is not None:
+            if assistant_kv is not None:
                 # The target's own choice follows the last accepted draft (or ``pending`` itself).
-                prefix_kv = _accepted_prefix_kv(
-                    prefix_kv, out.shared_kv, k + 1, result.accepted + 1, self.drafter.sliding_entries
-                )
+                assistant_kv.advance(out.shared_kv, k + 1, result.accepted + 1)
             hidden = out.hidden[:, result.accepted : result.accepted + 1]
             seen += result.accepted + 1
             pending = result.tokens[-1]

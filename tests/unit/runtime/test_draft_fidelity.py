@@ -24,6 +24,7 @@ from gemma_mtp import Runtime, SamplingParams
 from gemma_mtp.backends.transformers_backend import TransformersBackend
 from gemma_mtp.loading import load_pair
 from gemma_mtp.modeling import DRAFT_POSITIONS, Drafter, checkpoint_draft_position
+from gemma_mtp.policy import DraftDecision
 from gemma_mtp.stats import RoundStats
 from gemma_mtp.testing import VARIANTS, tiny_pair
 
@@ -83,12 +84,12 @@ def first_round(rt: Runtime, prompt_ids: list[int], k: int, calls: list[DraftCal
 
 
 def drafting_rounds(
-    rt: Runtime, prompt_ids: list[int], k: int, calls: list[DraftCall]
+    rt: Runtime, prompt_ids: list[int], k: int, calls: list[DraftCall], max_new_tokens: int = 40
 ) -> tuple[list[int], list[tuple[int, DraftCall, int]]]:
     """Generate; return the whole sequence and, per drafting round, (accepted prefix length, call, accepted)."""
     calls.clear()
     stats: list[RoundStats] = []
-    result = rt.generate(prompt_ids, greedy(40, k), on_round=stats.append)
+    result = rt.generate(prompt_ids, greedy(max_new_tokens, k), on_round=stats.append)
     rounds, processed = [], len(prompt_ids) - 1
     for round_stats in stats:
         if round_stats.drafted:
@@ -127,6 +128,44 @@ def test_every_round_drafts_as_a_fresh_request_on_its_accepted_prefix(
         partial += sum(0 < accepted < len(call.drafts) for _, call, accepted in rounds)
     assert checked > 10 and partial >= 3, (checked, partial)
     assert reused == (checked if prefix_cache == "warm" else 0)
+
+
+@dataclass
+class ScriptedDraft:
+    """Draft lengths round by round, whatever the outcomes: plain decoding stretches between drafting rounds."""
+
+    lengths: list[int]
+    description: str = "scripted draft lengths"
+    rounds: int = 0
+
+    def decide(self, room: int) -> DraftDecision:
+        length = self.lengths[self.rounds % len(self.lengths)]
+        self.rounds += 1
+        return DraftDecision(min(length, room), "argmax")
+
+    def record(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+@pytest.mark.parametrize("draft_position", DRAFT_POSITIONS)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_drafting_after_plain_decoding_rounds_sees_the_accepted_prefix(
+    variant: str, draft_position: str, draft_calls: list[DraftCall], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Plain decoding rounds leave the assistant's keys/values to catch up when a round drafts again; after one
+    to twenty plain rounds (more than the sliding window) every drafting round still drafts what a fresh request
+    on its accepted prefix drafts."""
+    rt = float64_runtime(variant, draft_position)
+    window = rt.assistant.config.get_text_config().sliding_window
+    schedule = [3, 0, 0, 2, *[0] * (window + 4), 4, 0, 1, *[0] * 5, 3, 2]
+    prompt_ids = rt.encode(LONG)
+    with monkeypatch.context() as scripted:
+        scripted.setattr(TransformersBackend, "draft_policy", lambda self, params: ScriptedDraft(schedule))
+        sequence, rounds = drafting_rounds(rt, prompt_ids, 4, draft_calls, max_new_tokens=64)
+    assert len(rounds) >= 7, len(rounds)
+    for processed, call, _ in rounds[1:]:
+        fresh, _ = first_round(rt, sequence[:processed], len(call.drafts), draft_calls)
+        assert (fresh.pending, fresh.drafts) == (call.pending, call.drafts), processed - len(prompt_ids)
 
 
 def test_the_convention_comes_from_the_assistant_checkpoint() -> None:
