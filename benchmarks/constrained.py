@@ -176,8 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--runs",
         type=int,
         default=7,
-        help="timed runs per configuration (default: 7; with 3, two settings within 1%% of each other came out "
-        "10%% apart on a 2-core machine)",
+        help="timed runs per configuration (default: 7; with 3, two settings within 1%% of each other came out about "
+        "9%% apart on a 2-core machine)",
     )
     parser.add_argument(
         "--num-assistant-tokens", type=int, help="the longer fixed draft length (default: the pair's)"

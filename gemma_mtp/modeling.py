@@ -34,6 +34,9 @@ __all__ = [
 ]
 
 SharedKV = dict[str, tuple[torch.Tensor, torch.Tensor]]
+"""The target's keys/values the assistant reads, by layer type (``"full_attention"``, :data:`SLIDING`)."""
+SLIDING = "sliding_attention"
+"""The layer type whose keys/values cover only a sliding window of the latest positions."""
 
 DraftPosition = Literal["last_accepted", "pending"]
 """Where the assistant's query sits, for a sequence whose first ``n`` tokens the target has processed.
@@ -283,7 +286,7 @@ class Drafter:
         """The part of the prefix's keys/values the assistant attends to (sliding layers: the last entries)."""
         return {
             name: (keys[:, :, -self.sliding_entries :], values[:, :, -self.sliding_entries :])
-            if name == "sliding_attention"
+            if name == SLIDING
             else (keys, values)
             for name, (keys, values) in prefix_kv.items()
         }

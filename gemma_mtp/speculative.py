@@ -37,7 +37,7 @@ import torch
 from gemma_mtp.calibration import DraftCalibration
 from gemma_mtp.constraints import ConstraintGuide
 from gemma_mtp.media.prompt import PromptMedia
-from gemma_mtp.modeling import Drafter, SharedKV, TargetStep, crop_cache
+from gemma_mtp.modeling import SLIDING, Drafter, SharedKV, TargetStep, crop_cache
 from gemma_mtp.params import SamplingParams
 from gemma_mtp.policy import DraftPolicy, FixedDraft, request_kind
 from gemma_mtp.prefix_cache import MediaSpan, PrefixCache
@@ -80,7 +80,7 @@ def _accepted_prefix_kv(
     rejected = new - accepted
     prefix = {}
     for name, (keys, values) in verified.items():
-        if name == "sliding_attention":
+        if name == SLIDING:
             start = keys.shape[2] - new
             old_keys, old_values = previous[name]
             keys = torch.cat([old_keys, keys[:, :, start : start + accepted]], dim=2)
@@ -128,7 +128,7 @@ class _AssistantKV:
 
 def _holds(verified: SharedKV, tokens: int) -> bool:
     """Whether every sliding layer type of a verify pass still returned its last ``tokens`` positions."""
-    return all(keys.shape[2] >= tokens for name, (keys, _) in verified.items() if name == "sliding_attention")
+    return all(keys.shape[2] >= tokens for name, (keys, _) in verified.items() if name == SLIDING)
 
 
 def _warp_at(scores: torch.Tensor, factor: float, params: SamplingParams) -> torch.Tensor:
