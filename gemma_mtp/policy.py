@@ -14,18 +14,18 @@ consecutive rounds so that the machine's changing speed cancels (:class:`RoundCo
 argmax or sampled drafts when sampling, and plain decoding (``k = 0``) where no draft pays.
 
 Exploration pays for itself. Each kind of request keeps an incumbent decision (a fresh runtime starts at the
-assistant's own length), replaced only by one whose cost was compared ``TRUSTED_TIMINGS`` times and that wins
-by more than the spread of their comparisons: one slow round decides nothing. Drafting replaces plain decoding
-only by a further ``PLAIN_PREMIUM``. Now and then a round tries an
-alternative between two rounds of the incumbent: plain decoding, one draft fewer or more, the other method.
-Tries go to alternatives that might still win (an optimistic estimate: ``OPTIMISM`` pseudo-acceptances, a cost
-as low as its comparisons allow), each waiting twice as long after every two comparisons and ``x /
-EXPLORATION_BUDGET`` rounds for an expected loss ``x``. While drafting pays, tries spend a credit that each
-round earns (``TRY_SHARE``): once one decision dominates, they take about 1% of the rounds. Every alternative
-still gets a try now and then, and one whose cost ratio surprises is tried again soon, so that a lasting change
-brings tries back. Decoding plainly, one-draft tries cost about ``EXPLORATION_BUDGET`` of decoding time,
-backing off while they fail and coming sooner after an unlikely acceptance, so that drafting comes back when
-the text turns predictable. A request estimates its rates every ``RATES_EVERY`` rounds, or sooner for a try.
+assistant's own length; when sampling, after a plain round that places every length's cost on a line),
+replaced only by one whose cost was compared ``TRUSTED_TIMINGS`` times and that wins by more than the spread
+of their comparisons: one slow round decides nothing. Drafting replaces plain decoding only by a further
+``PLAIN_PREMIUM``. Now and then a round tries an alternative between two rounds of the incumbent: plain
+decoding, one draft fewer or more, the other method. Tries go to alternatives that might still win (an
+optimistic estimate: ``OPTIMISM`` pseudo-acceptances, a cost as low as its comparisons allow), each waiting
+twice as long after every two comparisons and ``x / EXPLORATION_BUDGET`` rounds for an expected loss ``x``.
+While drafting pays, tries spend a credit that each round earns (``TRY_SHARE``): once one decision dominates,
+they take about 1% of the rounds. Every alternative is still tried now and then, one whose cost ratio
+surprises soon: a lasting change brings tries back. Decoding plainly, one-draft tries cost about
+``EXPLORATION_BUDGET`` of decoding time, backing off while they fail and coming sooner after an unlikely
+acceptance: drafting comes back when the text turns predictable.
 """
 
 from __future__ import annotations
@@ -238,11 +238,10 @@ class RoundCosts:
     round of one length costs relative to another, measured where that speed cancels: between consecutive
     rounds of one request (``previous`` in :meth:`observe`). The median ratio of every pair of lengths that
     followed each other is fitted to one relative cost per length (least squares on the logarithms), so that
-    lengths never drafted next to each other are compared through those between them, and no unit drifts.
-    Costs come back relative to the most timed length when last fitted: decisions use only ratios. A length
-    compared fewer than ``TRUSTED_TIMINGS`` times is estimated from a straight line through the compared ones
-    (through plain decoding when only one draft length was compared); rounds without a previous round give raw
-    seconds that place a new length.
+    lengths never drafted next to each other are compared through those between them, and no unit drifts. A
+    length compared fewer than ``TRUSTED_TIMINGS`` times is estimated from a straight line through the
+    compared ones (through plain decoding when only one draft length was compared); rounds without a previous
+    round give raw seconds that place a new length.
     """
 
     def __init__(self, window: int = COST_WINDOW):
@@ -596,7 +595,6 @@ class AdaptiveDraft:
         if not methods:
             raise ValueError("AdaptiveDraft needs at least one draft method.")
         self.memory = memory
-        self.temperature = temperature
         self.kind = request_kind(temperature, constrained)
         self.greedy = temperature == 0.0
         self.longest = longest
@@ -742,6 +740,8 @@ class AdaptiveDraft:
         mine, theirs = rates.get(decision), rates.get(incumbent)
         if mine is not None and theirs is not None and mine > theirs and not self._established(decision):
             return 0.0, (_LOOKS_BETTER, 0.0)
+        if mine is None and not decision.length and not self.greedy:  # sampling: plain decoding timed first
+            return 0.0, (_LOOKS_BETTER, 0.0)
         if best is None or rate is None or not self._known(decision):
             return FIRST_WAIT, (_UNKNOWN, 0.0)
         if decision in self.exploration.doubted:
@@ -845,10 +845,10 @@ class AdaptiveDraft:
 def policy_for(params: SamplingParams, memory: PolicyMemory, default_length: int) -> DraftPolicy:
     """The policy a request's settings ask for; every setting left at ``None`` is the policy's to choose.
 
-    * method: greedy decoding drafts by argmax; ``sample_drafts`` pins it when sampling; a seeded
-      request drafts by argmax too, because then its sample depends on the seed alone, whatever the
-      draft lengths (see :func:`gemma_mtp.sampling.accept_argmax_drafts`); otherwise sampled drafts
-      first, argmax drafts when they are measured to do better.
+    * method: greedy decoding drafts by argmax; ``sample_drafts`` pins it when sampling; a seeded request
+      drafts by argmax too, because then its sample depends on the seed alone, whatever the draft lengths (see
+      :func:`gemma_mtp.sampling.accept_argmax_drafts`); otherwise sampled drafts first, argmax drafts when
+      they are measured to do better.
     * length: ``adaptive_draft=True`` grows and shrinks it; ``adaptive_draft=False`` or
       ``num_assistant_tokens`` pins it (to the assistant's default length when only the former is set);
       otherwise :class:`AdaptiveDraft` chooses it, 0 included.
