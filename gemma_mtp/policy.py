@@ -14,18 +14,18 @@ consecutive rounds so that the machine's changing speed cancels (:class:`RoundCo
 argmax or sampled drafts when sampling, and plain decoding (``k = 0``) where no draft pays.
 
 Exploration pays for itself. Each kind of request keeps an incumbent decision (a fresh runtime starts at the
-assistant's own length; when sampling, after a plain round that places every length's cost on a line),
-replaced only by one whose cost was compared ``TRUSTED_TIMINGS`` times and that wins by more than the spread
-of their comparisons: one slow round decides nothing. Drafting replaces plain decoding only by a further
-``PLAIN_PREMIUM``. Now and then a round tries an alternative between two rounds of the incumbent: plain
-decoding, one draft fewer or more, the other method. Tries go to alternatives that might still win (an
-optimistic estimate: ``OPTIMISM`` pseudo-acceptances, a cost as low as its comparisons allow), each waiting
-twice as long after every two comparisons and ``x / EXPLORATION_BUDGET`` rounds for an expected loss ``x``.
-While drafting pays, tries spend a credit that each round earns (``TRY_SHARE``): once one decision dominates,
-they take about 1% of the rounds. Every alternative is still tried now and then, one whose cost ratio
-surprises soon: a lasting change brings tries back. Decoding plainly, one-draft tries cost about
-``EXPLORATION_BUDGET`` of decoding time, backing off while they fail and coming sooner after an unlikely
-acceptance: drafting comes back when the text turns predictable.
+assistant's own length; when sampling, after a plain round where one of the start can follow it: the two place
+every length's cost on a line), replaced only by one whose cost was compared ``TRUSTED_TIMINGS`` times and
+that wins by more than the spread of their comparisons: one slow round decides nothing. Drafting replaces
+plain decoding only by a further ``PLAIN_PREMIUM``. Now and then a round tries an alternative between two
+rounds of the incumbent: plain decoding, one draft fewer or more, the other method. Tries go to alternatives
+that might still win (an optimistic estimate: ``OPTIMISM`` pseudo-acceptances, a cost as low as its
+comparisons allow), each waiting twice as long after every two comparisons and ``x / EXPLORATION_BUDGET``
+rounds for an expected loss ``x``. While drafting pays, tries spend a credit that each round earns
+(``TRY_SHARE``): once one decision dominates, they take about 1% of the rounds. Every alternative is still
+tried now and then, one whose cost ratio surprises soon: a lasting change brings tries back. Decoding plainly,
+one-draft tries (both methods' together) cost about ``EXPLORATION_BUDGET`` of decoding time, backing off while
+they fail and coming sooner after an unlikely acceptance: drafting comes back when the text turns predictable.
 """
 
 from __future__ import annotations
@@ -740,7 +740,7 @@ class AdaptiveDraft:
         mine, theirs = rates.get(decision), rates.get(incumbent)
         if mine is not None and theirs is not None and mine > theirs and not self._established(decision):
             return 0.0, (_LOOKS_BETTER, 0.0)
-        if mine is None and not decision.length and not self.greedy:  # sampling: plain decoding timed first
+        if mine is None and not decision.length and not self.greedy and self._room > 1:  # time plain first
             return 0.0, (_LOOKS_BETTER, 0.0)
         if best is None or rate is None or not self._known(decision):
             return FIRST_WAIT, (_UNKNOWN, 0.0)
@@ -748,7 +748,7 @@ class AdaptiveDraft:
             return FIRST_WAIT, (_SURPRISED, 0.0)
         if not incumbent.length:  # decoding plainly: the text may turn predictable at any time
             if not self.own[decision.method].reached and self._room >= FRESH_ROOM:  # a new request's own text
-                return FIRST_WAIT, (_UNKNOWN, 0.0)
+                return FIRST_WAIT if theirs else math.inf, (_UNKNOWN, 0.0)
             return self.exploration.gaps.get(decision) or self._budgeted(decision, typical), (_HOPEFUL, 0.0)
         hope = hopes[decision] / best
         if hope <= 1.0 + LONGER_MARGIN:
@@ -758,12 +758,12 @@ class AdaptiveDraft:
         return max(doubling, (1.0 - rate / best) / EXPLORATION_BUDGET), (_HOPEFUL, hope)
 
     def _budgeted(self, decision: DraftDecision, typical: Rates) -> float:
-        """Decoding plainly, the rounds for a try's expected loss, on the runtime's evidence, to cost
-        ``EXPLORATION_BUDGET`` of decoding time."""
+        """Decoding plainly, the rounds for a try's expected loss, on the runtime's evidence, to cost its method's
+        share of ``EXPLORATION_BUDGET`` of decoding time."""
         plain, rate = typical.get(DraftDecision(0, self.methods[0])), typical.get(decision)
         tokens = 1.0 + self._chance(decision.method)  # a one-draft try's, whose round takes tokens / rate
         loss = tokens * (plain / rate - 1.0) if plain and rate else 0.0  # in plain rounds
-        return min(max(FIRST_WAIT, loss / EXPLORATION_BUDGET), LONGEST_PLAIN_WAIT)
+        return min(max(FIRST_WAIT, loss * len(self.methods) / EXPLORATION_BUDGET), LONGEST_PLAIN_WAIT)
 
     def _chance(self, method: DraftMethod) -> float:
         """The runtime's estimate of the chance that a first draft by ``method`` is accepted."""

@@ -605,6 +605,23 @@ def test_probes_cost_about_their_budget(rate: float) -> None:
     assert max(gaps) <= LONGEST_PLAIN_WAIT + 2, gaps
 
 
+def test_decoding_plainly_the_tries_of_both_methods_share_one_budget() -> None:
+    """Where neither method pays, tries of sampled and argmax drafts together lose what one method's tries
+    would lose alone (``EXPLORATION_BUDGET``), not twice that."""
+
+    def loss(methods: tuple[DraftMethod, ...], seed: int) -> float:
+        policy = AdaptiveDraft(PolicyMemory(), temperature=1.0, longest=16, methods=methods, start=4)
+        rates: Rates = {"sampled": [0.45], "argmax": [0.45]}
+        decisions = run(policy, rates, 3000, cost=plain_or_probe_cost, seed=seed)[500:]
+        spent = sum(plain_or_probe_cost(d.length, d.method) for d in decisions)
+        tokens = sum(expected_rate(rates[d.method], d.length, lambda k: 1.0) for d in decisions)
+        return spent / (tokens * plain_or_probe_cost(0)) - 1.0
+
+    both = sum(loss(("sampled", "argmax"), seed) for seed in range(4))
+    alone = sum(loss(("sampled",), seed) for seed in range(4))
+    assert 0.0 < both <= 1.1 * alone, (both / 4, alone / 4)
+
+
 def test_near_break_even_a_runtime_loses_little_to_plain_decoding() -> None:
     """Sampling where one draft is accepted 45% of the time for 1.6x a plain round (the mini pair on a CPU,
     10% slower than plain decoding). A fresh runtime's first request times plain decoding in its first round,
