@@ -11,6 +11,11 @@ target's distribution ``p`` and the assistant's scores at its first draft positi
 the temperature would have had, averages it over the runtime's recent rounds of the same kind of
 request, and drafts at the factor with the largest average overlap.
 Output stays exact whatever the factor: the acceptance rule uses the ``q`` each draft was sampled from.
+
+The same rounds give, exactly, what an argmax draft would have been accepted: ``p`` of the assistant's argmax
+(the limit of a factor going to 0). The draft policy counts it as argmax drafts' first position
+(:meth:`DraftCalibration.argmax_evidence`), so that a sampling runtime knows whether argmax drafts might pay
+without spending rounds on trying them.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import threading
 import torch
 
 from gemma_mtp.params import SamplingParams
-from gemma_mtp.policy import RequestKind
+from gemma_mtp.policy import AcceptanceProfile, RequestKind
 from gemma_mtp.sampling import warp
 
 __all__ = ["FACTORS", "DraftCalibration"]
@@ -44,6 +49,7 @@ class DraftCalibration:
 
     def __init__(self) -> None:
         self._overlap: dict[RequestKind, list[float]] = {}
+        self._argmax: dict[RequestKind, float] = {}
         self._weight: dict[RequestKind, float] = {}
         self._offered: dict[RequestKind, int] = {}
         self._lock = threading.Lock()
@@ -63,6 +69,13 @@ class DraftCalibration:
             if not weight:
                 return None
             return {f: total / weight for f, total in zip(FACTORS, self._overlap[kind], strict=True)}
+
+    def argmax_evidence(self, kind: RequestKind) -> AcceptanceProfile:
+        """The chance that an argmax first draft is accepted (the target's probability of the assistant's
+        argmax) summed over the rounds observed, as that draft position's evidence: what drafting by argmax
+        would have been accepted, known without drafting by argmax."""
+        with self._lock:
+            return AcceptanceProfile([self._weight.get(kind, 0.0)], [self._argmax.get(kind, 0.0)])
 
     def observe(
         self,
@@ -87,7 +100,9 @@ class DraftCalibration:
         if candidates is not None:
             p = p[candidates]
         overlap = torch.minimum(q, p.unsqueeze(0)).sum(dim=-1).tolist()
+        argmax = float(p[draft_scores.argmax()])  # the chance of an argmax draft: the limit of factor 0
         with self._lock:
             totals = self._overlap.setdefault(kind, [0.0] * len(FACTORS))
             self._overlap[kind] = [DECAY * t + o for t, o in zip(totals, overlap, strict=True)]
+            self._argmax[kind] = DECAY * self._argmax.get(kind, 0.0) + argmax
             self._weight[kind] = DECAY * self._weight.get(kind, 0.0) + 1.0

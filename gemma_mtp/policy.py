@@ -503,6 +503,9 @@ class DraftTemperature(Protocol):
     def overlaps(self, kind: RequestKind) -> dict[float, float] | None:
         """Each factor's average chance that a first sampled draft is accepted, ``None`` before any round."""
 
+    def argmax_evidence(self, kind: RequestKind) -> AcceptanceProfile:
+        """The chances of an argmax first draft it computed, counted as that position's rounds."""
+
 
 class PolicyMemory:
     """What a runtime's requests share: round costs, acceptance by request kind and draft method, exploration.
@@ -547,8 +550,10 @@ class PolicyMemory:
     ) -> AcceptanceProfile:
         """The runtime's recent evidence for this kind (requests in progress included), worth ``most`` rounds."""
         with self._lock:
-            shared = self._profiles.get((kind, method, factor))
-            return shared.scaled(most) if shared else AcceptanceProfile()
+            shared = self._profiles.get((kind, method, factor)) or AcceptanceProfile()
+        if method == "argmax" and kind[0] and self._calibration is not None:  # sampling: known without a try
+            shared = shared.plus(self._calibration.argmax_evidence(kind))
+        return shared.scaled(most)
 
     def add(
         self,
@@ -597,13 +602,10 @@ class AdaptiveDraft:
         self.memory = memory
         self.kind = request_kind(temperature, constrained)
         self.greedy = temperature == 0.0
-        self.longest = longest
-        self.methods = methods
-        self.length = length
-        self.start = start
+        self.longest, self.methods, self.length, self.start = longest, methods, length, start
         # A seeded request samples its drafts at its own temperature (factor 1), whatever the calibration.
         self.calibrated = calibrated
-        self.factors = {m: self._factor(m) for m in methods}
+        self.factors = {m: memory.factor(self.kind, m) if calibrated else 1.0 for m in methods}
         self.own = {m: AcceptanceProfile() for m in methods}  # this request's rounds
         self.priors = {m: memory.prior(self.kind, m, self.factors[m]) for m in methods}
         self.exploration = memory.exploration((self.kind, length, methods))
@@ -619,14 +621,11 @@ class AdaptiveDraft:
         length = f"{self.length} drafts" if self.length is not None else f"0 to {self.longest} drafts"
         return f"adaptive: {length} per round, {' or '.join(self.methods)} drafts"
 
-    def _factor(self, method: DraftMethod) -> float:
-        return self.memory.factor(self.kind, method) if self.calibrated else 1.0
-
     def _follow_calibration(self) -> None:
         """When the draft temperature moved, sampled drafts' acceptance is learnt afresh at the new one, from
         the next round on (the prior of a first draft's acceptance follows the calibration at every estimate)."""
         for method in self.methods:
-            factor = self._factor(method)
+            factor = self.memory.factor(self.kind, method) if self.calibrated else 1.0
             if factor != self.factors[method]:
                 self.factors[method], self.own[method], self._steady = factor, AcceptanceProfile(), 0
 

@@ -7,9 +7,9 @@ import torch
 
 import gemma_mtp.speculative as speculative_module
 from gemma_mtp import SamplingParams
-from gemma_mtp.calibration import EVIDENCE, FACTORS, OBSERVE_EVERY, DraftCalibration
+from gemma_mtp.calibration import DECAY, EVIDENCE, FACTORS, OBSERVE_EVERY, DraftCalibration
 from gemma_mtp.policy import request_kind
-from gemma_mtp.sampling import accept_sampled_drafts, warp
+from gemma_mtp.sampling import accept_argmax_drafts, accept_sampled_drafts, warp
 from gemma_mtp.testing import tiny_runtime
 
 KIND = request_kind(1.0)
@@ -64,6 +64,37 @@ def test_the_overlap_is_the_first_drafts_acceptance_rate() -> None:
         draft = torch.multinomial(q[0], 1, generator=generator)
         accepted += accept_sampled_drafts(torch.cat([p, p]), q, draft, generator).accepted
     assert accepted / trials == pytest.approx(overlaps[1.0], abs=0.025)
+
+
+def test_an_argmax_drafts_chance_is_the_targets_probability_of_the_assistants_argmax() -> None:
+    """Every observed round also yields what an argmax first draft would have been accepted: ``p(x)`` for the
+    assistant's argmax ``x``, which the acceptance rule for argmax drafts accepts (the limit of sampling the
+    assistant at a factor going to 0). Older rounds fade as the overlaps do; a centroid head's argmax is one of
+    its candidates."""
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0])
+    scores = torch.tensor([0.5, 0.0, 4.0, -1.0, 0.0])  # the assistant's argmax: id 2
+    calibration = DraftCalibration()
+    assert calibration.argmax_evidence(KIND).evidence == 0.0
+    calibration.observe(KIND, logits, scores, None, PARAMS)
+    p = warp(logits[None], PARAMS)[0]
+    evidence = calibration.argmax_evidence(KIND)
+    assert (evidence.reached, evidence.accepted) == ([1.0], [pytest.approx(p[2].item())])
+
+    generator = torch.Generator().manual_seed(0)
+    trials = 4000
+    accepted = sum(
+        accept_argmax_drafts(torch.stack([p, p]), torch.tensor([2]), generator).accepted
+        for _ in range(trials)
+    )
+    assert accepted / trials == pytest.approx(p[2].item(), abs=0.025)
+
+    candidates = torch.tensor([3, 1])  # scores over ids 3 and 1: the argmax is id 1
+    calibration.observe(KIND, logits, logits[candidates], candidates, PARAMS)
+    evidence = calibration.argmax_evidence(KIND)
+    (rounds,), (chances,) = evidence.reached, evidence.accepted
+    assert rounds == pytest.approx(DECAY + 1.0) and chances == pytest.approx(
+        DECAY * p[2].item() + p[1].item()
+    )
 
 
 def test_a_centroid_heads_scores_are_compared_on_its_candidates() -> None:

@@ -678,16 +678,21 @@ def test_a_kind_of_request_without_evidence_probes_at_once() -> None:
 
 @dataclass
 class ScriptedCalibration:
-    """Stands in for the runtime's draft temperature calibration: a factor, and the overlaps it computed."""
+    """Stands in for the runtime's draft temperature calibration: a factor, the overlaps it computed, and the
+    rounds and summed chances of an argmax first draft it computed."""
 
     now: float = 1.0
     overlap: dict[float, float] | None = None
+    argmax: tuple[float, float] = (0.0, 0.0)  # rounds, and their summed chances
 
     def factor(self, kind: RequestKind) -> float:
         return self.now
 
     def overlaps(self, kind: RequestKind) -> dict[float, float] | None:
         return self.overlap
+
+    def argmax_evidence(self, kind: RequestKind) -> AcceptanceProfile:
+        return AcceptanceProfile([self.argmax[0]], [self.argmax[1]])
 
 
 def test_sampled_drafts_acceptance_is_learnt_per_draft_temperature() -> None:
@@ -751,3 +756,28 @@ def test_chances_count_as_acceptance_where_the_outcomes_are_noisy() -> None:
     profile.add(2, 1)  # without chances, the outcomes
     assert profile.reached == [6.0, 2.0, 1.0]
     assert profile.accepted == pytest.approx([4.3, 0.8, 0.7])
+
+
+def test_argmax_drafts_the_calibration_computed_to_fail_are_rarely_tried() -> None:
+    """When sampling, the calibration computes at every sampled round what an argmax draft would have been
+    accepted (the target's probability of the assistant's argmax): the policy counts it as argmax drafts' first
+    position, so near break-even it no longer pays for tries of argmax drafts to learn what is already known."""
+
+    def argmax_rounds(evidence: tuple[float, float]) -> int:
+        total = 0
+        for seed in range(6):
+            memory, rng = PolicyMemory(ScriptedCalibration(argmax=evidence)), random.Random(seed)
+            for _ in range(8):
+                policy = AdaptiveDraft(
+                    memory, temperature=0.7, longest=16, methods=("sampled", "argmax"), start=5
+                )
+                for _ in range(64):
+                    decision = policy.decide(room=32)
+                    rates = {"sampled": [0.45], "argmax": [0.1]}[decision.method]
+                    accepted = accepted_count(rng, rates, decision.length)
+                    policy.record(decision, accepted, plain_or_probe_cost(decision.length))
+                    total += decision.label == "argmax"
+        return total
+
+    learnt, computed = argmax_rounds((0.0, 0.0)), argmax_rounds((50.0, 5.0))  # a chance of 0.1 over 50 rounds
+    assert computed <= learnt / 2, (computed, learnt)
