@@ -549,11 +549,11 @@ class PolicyMemory:
         self, kind: RequestKind, method: DraftMethod, factor: float = 1.0, most: float = math.inf
     ) -> AcceptanceProfile:
         """The runtime's recent evidence for this kind (requests in progress included), worth ``most`` rounds."""
+        calibration = self._calibration if method == "argmax" and kind[0] else None  # sampling: known untried
+        computed = calibration.argmax_evidence(kind) if calibration is not None else None
         with self._lock:
             shared = self._profiles.get((kind, method, factor)) or AcceptanceProfile()
-        if method == "argmax" and kind[0] and self._calibration is not None:  # sampling: known without a try
-            shared = shared.plus(self._calibration.argmax_evidence(kind))
-        return shared.scaled(most)
+            return (shared if computed is None else shared.plus(computed)).scaled(most)
 
     def add(
         self,
