@@ -605,8 +605,9 @@ class AdaptiveDraft:
         self.longest, self.methods, self.length, self.start = longest, methods, length, start
         # A seeded request samples its drafts at its own temperature (factor 1), whatever the calibration.
         self.calibrated = calibrated
-        self.factors = {m: memory.factor(self.kind, m) if calibrated else 1.0 for m in methods}
+        self.factors = dict.fromkeys(methods, 1.0)
         self.own = {m: AcceptanceProfile() for m in methods}  # this request's rounds
+        self._follow_calibration()  # the factors the calibration gives now
         self.priors = {m: memory.prior(self.kind, m, self.factors[m]) for m in methods}
         self.exploration = memory.exploration((self.kind, length, methods))
         self._trying: DraftDecision | None = None  # the alternative the decided round tries

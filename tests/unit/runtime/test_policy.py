@@ -766,17 +766,14 @@ def test_argmax_drafts_the_calibration_computed_to_fail_are_rarely_tried() -> No
     def argmax_rounds(evidence: tuple[float, float]) -> int:
         total = 0
         for seed in range(6):
-            memory, rng = PolicyMemory(ScriptedCalibration(argmax=evidence)), random.Random(seed)
-            for _ in range(8):
+            memory = PolicyMemory(ScriptedCalibration(argmax=evidence))
+            for request in range(8):
                 policy = AdaptiveDraft(
                     memory, temperature=0.7, longest=16, methods=("sampled", "argmax"), start=5
                 )
-                for _ in range(64):
-                    decision = policy.decide(room=32)
-                    rates = {"sampled": [0.45], "argmax": [0.1]}[decision.method]
-                    accepted = accepted_count(rng, rates, decision.length)
-                    policy.record(decision, accepted, plain_or_probe_cost(decision.length))
-                    total += decision.label == "argmax"
+                rates: Rates = {"sampled": [0.45], "argmax": [0.1]}
+                decisions = run(policy, rates, 64, seed=8 * seed + request, cost=plain_or_probe_cost)
+                total += sum(d.label == "argmax" for d in decisions)
         return total
 
     learnt, computed = argmax_rounds((0.0, 0.0)), argmax_rounds((50.0, 5.0))  # a chance of 0.1 over 50 rounds
