@@ -89,8 +89,8 @@ temperature calibration knows no better (:meth:`PolicyMemory.prior`)."""
 DEEPER_PRIOR = 0.9
 """A draft position's rate is shrunk towards this fraction of the rate of the position before it."""
 RATES_EVERY = 4
-"""Rounds of a request between two estimates of its rates (fewer when a try is due): one costs too much of a
-short round to make every round."""
+"""Rounds of a request between two estimates of its rates, fewer when a try is due (decoding plainly, whose rates
+only a try changes: ``JUDGE_EVERY``, and after each try). One costs too much of a short round to make every round."""
 JUDGE_EVERY = 8
 """Rounds of a kind between two judgements of its alternatives on the runtime's (slowly moving) evidence, unless a
 try or a new incumbent calls for one sooner."""
@@ -712,7 +712,7 @@ class AdaptiveDraft:
         if best not in alternatives and best != incumbent:  # the best estimate, not established yet
             alternatives.append(best)
         overdue = 2 * len(alternatives) / TRY_SHARE if incumbent.length else LONGEST_PLAIN_WAIT
-        due, self._steady = [], RATES_EVERY
+        due, self._steady = [], RATES_EVERY if incumbent.length else JUDGE_EVERY
         for decision in alternatives:
             waited = exploration.rounds - exploration.tried.setdefault(decision, exploration.rounds)
             wait, rank = self._schedule(decision, incumbent, rates, typical, hopes)
@@ -826,7 +826,7 @@ class AdaptiveDraft:
         """Before a try's evidence counts. Decoding plainly, a failed try doubles the wait for the next and an
         accepted one sets it to the budget's wait times the odds of its acceptance (at most even). A try whose
         round, against the one before, differs from the fitted cost ratio by more than ``SURPRISE`` comes again soon."""
-        exploration = self.exploration
+        exploration, self._steady = self.exploration, 0  # judge again after the incumbent round after it
         if exploration.incumbent is not None and exploration.incumbent.length == 0:
             budgeted = self._budgeted(decision, self._judged[1])
             chance = min(self._chance(decision.method), 0.5)  # an even chance's acceptance says nothing new

@@ -13,12 +13,14 @@ import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
 from gemma_mtp import SamplingParams
 from gemma_mtp.policy import (
     COST_WINDOW,
+    JUDGE_EVERY,
     LONGEST_PLAIN_WAIT,
     PRIOR_RATE,
     TRY_BURST,
@@ -778,3 +780,35 @@ def test_argmax_drafts_the_calibration_computed_to_fail_are_rarely_tried() -> No
 
     learnt, computed = argmax_rounds((0.0, 0.0)), argmax_rounds((50.0, 5.0))  # a chance of 0.1 over 50 rounds
     assert computed <= learnt / 2, (computed, learnt)
+
+
+def test_decoding_plainly_a_request_judges_its_decisions_every_few_rounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Decoding plainly, only a try changes a request's rates: it judges its decisions (reading the runtime's
+    evidence) every ``JUDGE_EVERY`` rounds and after each try, rather than every ``RATES_EVERY``, so that the
+    policy's own time stays a small share of the cheapest rounds."""
+    memory = PolicyMemory()
+    rates: Rates = {"sampled": [0.1], "argmax": [0.05]}
+    run(sampling_policy(memory), rates, 300, cost=plain_or_probe_cost)  # the runtime decodes plainly
+    reads = 0
+    read = memory.evidence
+
+    def counted(*args: Any, **kwargs: Any) -> AcceptanceProfile:
+        nonlocal reads
+        reads += 1
+        return read(*args, **kwargs)
+
+    monkeypatch.setattr(memory, "evidence", counted)
+    policy, rng = sampling_policy(memory), random.Random(1)
+    judged, lengths = 0, Counter[int]()
+    for _ in range(400):
+        before = reads
+        decision = policy.decide(room=32)
+        judged += reads > before
+        accepted = accepted_count(rng, rates[decision.method], decision.length)
+        policy.record(decision, accepted, plain_or_probe_cost(decision.length))
+        lengths[decision.length] += 1
+    tries = 400 - lengths[0]
+    assert tries <= 20, lengths
+    assert judged <= 400 / JUDGE_EVERY + tries + 2, (judged, lengths)  # every RATES_EVERY rounds: 108
