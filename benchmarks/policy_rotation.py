@@ -42,6 +42,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--rotations", type=int, default=5, help="rotations of every setting (default: 5)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--draft-lengths", type=int, nargs="+", default=list(range(1, 9)), metavar="K")
+    parser.add_argument(
+        "--sampled-lengths",
+        type=int,
+        nargs="*",
+        default=[1, 2, 3],
+        metavar="K",
+        help="fixed numbers of sampled drafts timed at each sampling temperature (default: 1 2 3; none: omit)",
+    )
     parser.add_argument("--temperatures", type=float, nargs="+", default=[0.0, 0.7, 1.0], metavar="T")
     parser.add_argument(
         "--long-requests", type=int, default=60, help="greedy requests of the long run (default: 60; 0 skips)"
@@ -80,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             runtime,
             prompts,
             draft_lengths=args.draft_lengths,
+            sampled_lengths=args.sampled_lengths,
             temperatures=args.temperatures,
             rotations=args.rotations,
             max_new_tokens=args.max_new_tokens,

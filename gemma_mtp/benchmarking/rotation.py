@@ -9,8 +9,9 @@ rate is all its tokens over its decoding time, so the policy's first rounds on a
 medians over rotations with their range.
 
 Greedy rotations hold the target alone, each fixed draft length and the policy; sampling rotations (unseeded)
-the target alone and the policy. A long run then decodes many greedy requests on one fresh runtime and
-counts the rounds in which the policy tried an alternative to its incumbent decision.
+the target alone, a few fixed numbers of sampled drafts (what drafting can gain at that temperature, and so how
+far above the target alone the policy can be) and the policy. A long run then decodes many greedy requests on one
+fresh runtime and counts the rounds in which the policy tried an alternative to its incumbent decision.
 """
 
 from __future__ import annotations
@@ -147,7 +148,8 @@ class RotationReport:
             else:
                 ratio = self.ratio(t, POLICY, ALONE)
                 hit = "meets" if ratio.median >= 1.0 else "misses"
-                out.append(f"T {t:g}: default policy {ratio.times()} the target alone; {hit} 1.0×")
+                ceiling = f"; best fixed ({best}) {self.ratio(t, best, ALONE).times()}" if best else ""
+                out.append(f"T {t:g}: default policy {ratio.times()} the target alone{ceiling}; {hit} 1.0×")
         if self.long is not None:
             lengths = ", ".join(f"{k}: {n}" for k, n in sorted(self.long.lengths.items()))
             out.append(
@@ -161,7 +163,8 @@ class RotationReport:
         return (
             f"{self.model}; {plural(self.prompts, 'prompt')} × {self.max_new_tokens} tokens (ignore_eos) per run, "
             f"a fresh runtime per run, every setting in each of {plural(self.rotations, 'rotation')}; medians "
-            "over rotations, range in brackets; ratios within a rotation"
+            "over rotations, range in brackets; ratios within a rotation; when sampling, k=N drafts N tokens by "
+            "sampling"
         )
 
     def format_text(self) -> str:
@@ -204,8 +207,11 @@ class _Runs:
     def __call__(self, temperature: float, settings: Sequence[str], rotation: int) -> list[RunResult]:
         base = SamplingParams(max_new_tokens=self.max_new_tokens, ignore_eos=True, temperature=temperature)
         runtimes = {name: self.runtime.fresh() for name in settings}
+        sampled = {"sample_drafts": True} if temperature else {}  # a fixed length by one method when sampling
         params = {
-            name: base.with_overrides(num_assistant_tokens=int(name[2:])) if name.startswith("k=") else base
+            name: base.with_overrides(num_assistant_tokens=int(name[2:]), **sampled)
+            if name.startswith("k=")
+            else base
             for name in settings
         }
         seconds = dict.fromkeys(settings, 0.0)
@@ -238,6 +244,7 @@ def rotate(
     prompts: Sequence[Prompt],
     *,
     draft_lengths: Sequence[int] = tuple(range(1, 9)),
+    sampled_lengths: Sequence[int] = (1, 2, 3),
     temperatures: Sequence[float] = (0.0, 0.7, 1.0),
     rotations: int = 5,
     max_new_tokens: int = 64,
@@ -249,7 +256,7 @@ def rotate(
     runs = _Runs(runtime, [runtime.encode(p) for p in prompts], max_new_tokens)
     runs(0.0, [POLICY, ALONE], -1)
     settings = {
-        float(t): [ALONE, *(fixed_label(k) for k in draft_lengths), POLICY] if t == 0 else [ALONE, POLICY]
+        float(t): [ALONE, *(fixed_label(k) for k in (sampled_lengths if t else draft_lengths)), POLICY]
         for t in temperatures
     }
     results = []

@@ -389,10 +389,21 @@ def test_policy_rotation_writes_its_section_and_keeps_the_page(tmp_path) -> None
     page = tmp_path / "benchmarks.md"
     page.write_text("# Benchmarks\n\n## Machine\n\nx\n\n## Reproduce\n\ny\n")
     argv = ["--pairs", "kit", "--rotations", "1", "--max-new-tokens", "6", "--draft-lengths", "1", "2"]
-    argv += ["--temperatures", "0", "1", "--long-requests", "2", "--output", str(page)]
+    argv += [
+        "--sampled-lengths",
+        "2",
+        "--temperatures",
+        "0",
+        "1",
+        "--long-requests",
+        "2",
+        "--output",
+        str(page),
+    ]
     assert script.main(argv) == 0
     text = page.read_text()
     assert text.index("<!-- policy-rotation -->") < text.index("## Reproduce") and "## Machine" in text
     for line in ("| 0 | k=", "| 0 | default policy |", "| 1 | target alone |", "greedy: default policy"):
         assert line in text
+    assert "| 1 | k=2 (best fixed) |" in text and "best fixed (k=2)" in text  # two sampled drafts
     assert "long run: 2 greedy requests" in text and "tries of an alternative" in text

@@ -178,7 +178,7 @@ def rotation_results() -> list[RunResult]:
     ]
     out += [
         RunResult(0.7, s, r, 256, 256 / rate, 100, 100, 50)
-        for s, rate in ((ALONE, 72), (POLICY, 80))
+        for s, rate in ((ALONE, 72), ("k=1", 76), ("k=2", 78), (POLICY, 80))
         for r in range(3)
     ]
     return out
@@ -191,5 +191,6 @@ def test_the_rotation_report_takes_ratios_within_each_rotation() -> None:
     assert ratio.median == pytest.approx(133 / 135) and ratio.low == pytest.approx(136 / 139)
     verdicts = report.verdicts()
     assert "greedy: default policy 0.99×" in verdicts[0] and "meets 0.97×" in verdicts[0]
-    assert "T 0.7: default policy 1.11× the target alone; meets 1.0×" in verdicts[1]
+    assert "T 0.7: default policy 1.11× the target alone; best fixed (k=2) 1.08×; meets 1.0×" in verdicts[1]
+    assert report.best_fixed(0.7) == "k=2" and "| 0.7 | k=2 (best fixed) |" in report.format_markdown()
     assert "| 0 | k=5 (best fixed) |" in report.format_markdown()
