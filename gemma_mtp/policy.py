@@ -234,14 +234,14 @@ class RoundCosts:
     """Measured seconds per round, by mode (greedy or sampling, draft method) and draft length; one per runtime.
 
     A round lasts from its decision until the caller asks for the next, less any wait for other requests'
-    forward passes. The machine's speed changes (it warms up, other work shares it), so what is kept is what a
-    round of one length costs relative to another, measured where that speed cancels: between consecutive
-    rounds of one request (``previous`` in :meth:`observe`). The median ratio of every pair of lengths that
-    followed each other is fitted to one relative cost per length (least squares on the logarithms), so that
-    lengths never drafted next to each other are compared through those between them, and no unit drifts. A
-    length compared fewer than ``TRUSTED_TIMINGS`` times is estimated from a straight line through the
-    compared ones (through plain decoding when only one draft length was compared); rounds without a previous
-    round give raw seconds that place a new length.
+    forward passes and the policy's own bookkeeping. The machine's speed changes (it warms up, other work shares
+    it), so what is kept is what a round of one length costs relative to another, measured where that speed
+    cancels: between consecutive rounds of one request (``previous`` in :meth:`observe`). The median ratio of
+    every pair of lengths that followed each other is fitted to one relative cost per length (least squares on
+    the logarithms), so that lengths never drafted next to each other are compared through those between them,
+    and no unit drifts. A length compared fewer than ``TRUSTED_TIMINGS`` times is estimated from a straight line
+    through the compared ones (through plain decoding when only one draft length was compared); rounds without a
+    previous round give raw seconds that place a new length.
     """
 
     def __init__(self, window: int = COST_WINDOW):

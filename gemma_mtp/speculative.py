@@ -246,9 +246,9 @@ class SpeculativeDecoder:
         seen = len(prompt_ids)  # positions the target has processed
         pending = first.tokens[0]
         hidden = out.hidden[:, -1:]
-        cycle_start = time.perf_counter()
         while produced < budget:
             decision = policy.decide(budget - produced - 1)
+            round_start = time.perf_counter()
             k = decision.length
             draft_temperature: float | None = None
             pending_t = torch.tensor([[pending]], device=device)
@@ -311,11 +311,12 @@ class SpeculativeDecoder:
                 draft_method=decision.label,
                 draft_temperature=draft_temperature if k else None,
             )
-            # The round's cost: everything from its decision until the caller asks for the next round
-            # (forward passes, acceptance, the caller's handling of the tokens), less waiting for the lock.
-            now = time.perf_counter()
-            policy.record(decision, result.accepted, now - cycle_start - waited, result.chances)
-            cycle_start = now
+            # The round's cost: everything from its decision until the caller asks for the next round (forward
+            # passes, acceptance, the caller's handling of the tokens), less waiting for the lock. The policy's
+            # own bookkeeping is left out: a judgement costs the same whatever it decides, but it falls on the
+            # rounds that try an alternative more often than on those they are compared with.
+            seconds = time.perf_counter() - round_start - waited
+            policy.record(decision, result.accepted, seconds, result.chances)
 
     @staticmethod
     def _choose(

@@ -276,3 +276,29 @@ def test_waiting_for_another_requests_forward_pass_is_not_part_of_a_rounds_cost(
     rounds, _ = run_loop(decoder, rt.encode(LONG), Recording(3, "argmax"), 24)
     assert len(told) == len(rounds) - 1 >= 3
     assert told == [0.0] * len(told)
+
+
+def test_the_policys_own_bookkeeping_is_not_part_of_a_rounds_cost(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A policy's judgement costs the same whatever it decides, but it falls on the rounds that try an
+    alternative more often than on the rounds they are compared with: counted in, it would make every
+    alternative look dearer than it is. On a clock that only the policy moves (each decision and each record
+    takes 1 s), every round costs exactly nothing."""
+    rt = tiny_runtime("agreeing", "dense")
+    backend = rt._backend
+    clock = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    told: list[float] = []
+
+    class Deliberating(FixedDraft):
+        def decide(self, room: int):
+            clock[0] += 1.0
+            return super().decide(room)
+
+        def record(self, decision, accepted: int, seconds: float, chances=()) -> None:
+            clock[0] += 1.0
+            told.append(seconds)
+
+    decoder = SpeculativeDecoder(backend.target_step, backend.drafter, backend.lock)
+    rounds, _ = run_loop(decoder, rt.encode(LONG), Deliberating(3, "argmax"), 24)
+    assert len(told) == len(rounds) - 1 >= 3
+    assert told == [0.0] * len(told)
