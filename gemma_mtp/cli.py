@@ -349,6 +349,7 @@ def _bench_concurrency(args: argparse.Namespace, prompts: list[Prompt]) -> int:
         prompts,
         levels=args.concurrency,
         max_new_tokens=args.max_new_tokens,
+        runs=args.runs,
         model=args.model,
         progress=_progress(sys.stderr),
     )
@@ -585,7 +586,10 @@ def build_parser() -> argparse.ArgumentParser:
         "assistant, our loop alone, HF generate alone and HF generate(assistant_model=...). Medians over runs.",
     )
     bench.add_argument(
-        "--runs", type=_positive_int, default=3, help="timed runs over all prompts (default: 3)"
+        "--runs",
+        type=_positive_int,
+        default=3,
+        help="timed runs over all prompts; with --concurrency, runs of every level (default: 3)",
     )
     bench.add_argument(
         "--num-assistant-tokens", type=_positive_int, help="draft length (default: the assistant's own)"
