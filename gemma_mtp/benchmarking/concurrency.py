@@ -138,17 +138,19 @@ class ConcurrencyReport:
         return ratios
 
     def format_text(self) -> str:
+        lowest = self.levels()[0]
+        versus_lowest = f"x c={lowest}"
         lines = [
             f"{self.model}; greedy, {self.max_new_tokens} new tokens per request, prompts taken in turn from "
             f"{self.prompts}; medians over {self.runs()} run(s), settings side by side in each; aggregate "
-            "tokens/s = all tokens / wall time (range over runs); 'x c=1' = over the same setting at "
-            "concurrency 1; 'x alone' = over the same backend without speculation, in the same run",
+            f"tokens/s = all tokens / wall time (range over runs); '{versus_lowest}' = over the same setting at "
+            f"concurrency {lowest}; 'x alone' = over the same backend without speculation, in the same run",
             "",
-            f"{'setting':<22} {'conc':>4} {'agg tok/s':>9} {'range':>13} {'x c=1':>6} {'x alone':>7} "
+            f"{'setting':<22} {'conc':>4} {'agg tok/s':>9} {'range':>13} {versus_lowest:>6} {'x alone':>7} "
             f"{'mean lat s':>10} {'p90 lat s':>9} {'accept':>6} {'tok/pass':>8}",
         ]
         for setting in self.settings():
-            base = self.summary(setting, self.levels()[0]).tokens_per_s
+            base = self.summary(setting, lowest).tokens_per_s
             for level in self.levels():
                 s = self.summary(setting, level)
                 spread = f"{s.tokens_per_s_low:.0f}-{s.tokens_per_s_high:.0f}"

@@ -175,6 +175,9 @@ def test_bench_concurrency_takes_its_runs_and_writes_every_sample_and_summary(tm
         main([*args, "--concurrency", "1,2", "--runs", "2", "--max-new-tokens", "4", "--json", str(out)]) == 0
     )
     assert "medians over 2 run(s)" in capsys.readouterr().out
+    assert main([*args, "--concurrency", "2,4", "--runs", "1", "--max-new-tokens", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "'x c=2' = over the same setting at concurrency 2" in text and "x c=1" not in text
     data = json.loads(out.read_text())
     assert len(data["points"]) == 2 * 2 * 2 and len(data["summaries"]) == 2 * 2
     assert {p["run"] for p in data["points"]} == {0, 1}
