@@ -356,9 +356,19 @@ def _bench_concurrency(args: argparse.Namespace, prompts: list[Prompt]) -> int:
     _end_progress(sys.stderr)
     import torch
 
-    machine = describe_machine(torch.device("cpu") if args.device is None else torch.device(args.device))
+    devices = [s.runtime.device for s in settings if isinstance(s.runtime.device, torch.device)]
+    machine = describe_machine(devices[0] if devices else torch.device("cpu"))
     print("\n".join(machine.lines()) + "\n")
     print(report.format_text())
+    threads = torch.get_num_threads()
+    if threads > 1 and any(
+        s.runtime.backend == "transformers" and s.runtime.device.type == "cpu" for s in settings
+    ):
+        print(
+            f"\nnote: in process on the CPU with {threads} torch threads. Requests decode on worker threads, where "
+            "torch's small operations run slower once a second thread has used torch, drafting rounds most "
+            "(docs/index.md, Concurrency); compare with --threads 1."
+        )
     if args.plot is not None:
         report.plot(args.plot)
     _write_json(args.json, {"machine": machine.as_dict(), **report.as_dict()})

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from gemma_mtp import Runtime
 from gemma_mtp.benchmarking.concurrency import (
@@ -181,3 +182,27 @@ def test_bench_concurrency_takes_its_runs_and_writes_every_sample_and_summary(tm
     data = json.loads(out.read_text())
     assert len(data["points"]) == 2 * 2 * 2 and len(data["summaries"]) == 2 * 2
     assert {p["run"] for p in data["points"]} == {0, 1}
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_bench_concurrency_notes_the_worker_thread_cost_of_several_cpu_threads_in_process(
+    threads: str, capsys
+) -> None:
+    pair = tiny_pair("dense", agreeing=True)
+    args = [
+        "bench",
+        "--model",
+        str(pair.target_dir),
+        "--assistant",
+        str(pair.assistant_dir),
+        "--threads",
+        threads,
+    ]
+    before = torch.get_num_threads()
+    try:
+        assert main([*args, "--concurrency", "1", "--runs", "1", "--max-new-tokens", "2"]) == 0
+    finally:
+        torch.set_num_threads(before)
+    out = capsys.readouterr().out
+    assert ("note: in process on the CPU with 2 torch threads" in out) == (threads == "2")
+    assert "accelerator: none (CPU)" in out
