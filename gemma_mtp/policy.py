@@ -15,28 +15,29 @@ argmax or sampled drafts when sampling, and plain decoding (``k = 0``) where no 
 
 Exploration pays for itself. Each kind of request keeps an incumbent decision (a fresh runtime starts at the
 assistant's own length; when sampling, after a plain round where one of the start can follow it: the two place
-every length's cost on a line), replaced only by one whose cost was compared ``TRUSTED_TIMINGS`` times and
-that wins by more than the spread of their comparisons: one slow round decides nothing. Drafting replaces
-plain decoding only by a further ``PLAIN_PREMIUM``. Now and then a round tries an alternative between two
-rounds of the incumbent: plain decoding, one draft fewer or more, the other method. Tries go to alternatives
-that might still win (an optimistic estimate: ``OPTIMISM`` pseudo-acceptances, a cost as low as its
-comparisons allow), each waiting twice as long after every two comparisons and ``x / EXPLORATION_BUDGET``
-rounds for an expected loss ``x``. While drafting pays, tries spend a credit that each round earns
-(``TRY_SHARE``): once one decision dominates, they take about 1% of the rounds. Every alternative is still
-tried now and then, one whose cost ratio surprises soon: a lasting change brings tries back. Decoding plainly,
-one-draft tries (both methods' together) cost about ``EXPLORATION_BUDGET`` of decoding time, backing off while
-they fail and coming sooner after an unlikely acceptance: drafting comes back when the text turns predictable.
+every length's cost on a line), replaced only by one whose cost was compared ``TRUSTED_TIMINGS`` times and that
+wins by more than the spread of their comparisons and the doubt the incumbent's acceptance evidence leaves
+(:meth:`AcceptanceProfile.log_ratio_variance`): one slow round, or a passage of hard text, decides nothing.
+Drafting replaces plain decoding only by a further ``PLAIN_PREMIUM``. Now and then a round tries an alternative
+between two rounds of the incumbent: plain decoding, one draft fewer or more, the other method. Tries go to
+alternatives that might still win (an optimistic estimate: ``OPTIMISM`` pseudo-acceptances, a cost as low as its
+comparisons allow), each waiting twice as long after every two comparisons and ``x / EXPLORATION_BUDGET`` rounds
+for an expected loss ``x``; while drafting pays, they spend a credit each round earns (``TRY_SHARE``), about 1%
+of the rounds once one decision dominates. Every alternative is still tried now and then, one whose cost ratio
+surprises soon: a lasting change brings tries back. Decoding plainly, one-draft tries cost about
+``EXPLORATION_BUDGET`` of decoding time, backing off while they fail, until the text turns predictable.
 """
 
 from __future__ import annotations
 
 import math
+import operator
 import statistics
 import threading
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import zip_longest
+from itertools import accumulate, zip_longest
 from typing import Literal, Protocol
 
 from gemma_mtp.params import SamplingParams
@@ -59,19 +60,19 @@ __all__ = [
 ]
 
 DraftMethod = Literal["argmax", "sampled"]
+Chances = Sequence[float]
+"""Each reached draft's chance of acceptance (:class:`gemma_mtp.sampling.Acceptance`), when known."""
 
 COST_WINDOW = 16
-"""Recent round durations kept per (mode, draft length), and recent comparisons per pair of them; the medians
-are what :class:`RoundCosts` fits."""
+"""Recent round durations kept per (mode, draft length), and comparisons per pair of them, for their medians."""
 TRUSTED_TIMINGS = 3
 """Comparisons with rounds of other lengths after which a draft length's own cost is used, rather than the
 fitted line, and after which (and as many rounds counted of its method) it may become the incumbent."""
 ROBUST_PASSES = 2
 """Passes of the relative cost fit (see ``RATIO_SPREAD``)."""
 RATIO_SPREAD = 0.1
-"""The spread of ordinary comparisons (log ratio). Each pass of the fit after the first trusts a pair of lengths
-less the further its median log ratio lies from the last pass's fit, in units of this spread: a pair compared
-once, at the edge of a slow stretch of the machine, can be off by far more."""
+"""The spread of ordinary comparisons (log ratio). Each pass of the fit after the first trusts a pair less the
+further it lies from the last pass's fit, in units of this spread: one compared in a slow stretch is far off."""
 FAINT_LINK = 1e-3
 """Weight of the link, at the ratio of their median raw seconds, between a length and the most timed one:
 it places a length never compared with another, and decides nothing where comparisons exist."""
@@ -84,16 +85,14 @@ MEMORY_WEIGHT = 6.0
 PRIOR_WEIGHT = 1.0
 """Pseudo-rounds behind the prior of every draft position's acceptance."""
 PRIOR_RATE = {True: 0.7, False: 0.5}
-"""Prior chance that the first draft is accepted, greedy (True) and sampling (False), where the draft
-temperature calibration knows no better (:meth:`PolicyMemory.prior`)."""
+"""Prior chance of a first draft's acceptance, greedy (True) or sampling, unless calibrated (``prior``)."""
 DEEPER_PRIOR = 0.9
 """A draft position's rate is shrunk towards this fraction of the rate of the position before it."""
 RATES_EVERY = 4
 """Rounds of a request between two estimates of its rates, fewer when a try is due (decoding plainly, whose rates
 only a try changes: ``JUDGE_EVERY``, and after each try). One costs too much of a short round to make every round."""
 JUDGE_EVERY = 8
-"""Rounds of a kind between two judgements of its alternatives on the runtime's (slowly moving) evidence, unless a
-try or a new incumbent calls for one sooner."""
+"""Rounds of a kind between two judgements of its alternatives on the runtime's slowly moving evidence."""
 OPTIMISM = 2.0
 """Pseudo-acceptances per draft position in the optimistic estimate that decides whether an alternative might
 win: it is tried no longer once the evidence against it outweighs this much optimism."""
@@ -103,18 +102,16 @@ comparisons)``: 1.65x for a length never compared, 1.2x after six comparisons.""
 LONGER_MARGIN = 0.01
 """Decisions within this fraction of the best expected tokens per second count as ties; the shortest wins."""
 PLAIN_PREMIUM = 0.03
-"""Drafting must beat plain decoding by this much more (log) to replace it as the incumbent: its rate is an
-estimate from a few rounds, plain decoding's is known, and near break-even the rounds drafted on a lucky
-estimate cost more than they win."""
+"""Drafting must beat plain decoding by this much more (log) to replace it as the incumbent: near break-even,
+rounds drafted on a lucky estimate from a few tries cost more than they win."""
 EXPLORATION_BUDGET = 0.01
 """A try expected to give a fraction ``x`` fewer tokens per second than the incumbent waits at least
 ``x / EXPLORATION_BUDGET`` rounds: tries cost about this share of decoding time at most."""
 FIRST_WAIT = 2
 """Rounds before an alternative's first try, and the least between two."""
 TRY_SHARE = 0.012
-"""While drafting pays, each round earns this much of a try (up to ``TRY_BURST``): once backed off, tries take
-this share of the rounds at most. Every alternative is tried at least every ``2 n / TRY_SHARE`` rounds
-(``n`` alternatives), so that a lasting change of costs is noticed."""
+"""While drafting pays, each round earns this much of a try (up to ``TRY_BURST``), the share of rounds tries take
+once backed off; each of ``n`` alternatives is still tried every ``2 n / TRY_SHARE`` rounds (a lasting change)."""
 TRY_BURST = 8.0
 """Tries a kind may make at once: enough to time plain decoding and a fresh runtime's neighbouring lengths."""
 FRESH_ROOM = 32
@@ -149,11 +146,8 @@ class DraftPolicy(Protocol):
     def decide(self, room: int) -> DraftDecision:
         """The next round's draft; ``room`` is the most drafts the token budget leaves (>= 0)."""
 
-    def record(
-        self, decision: DraftDecision, accepted: int, seconds: float, chances: Sequence[float] = ()
-    ) -> None:
-        """A round's outcome: drafts accepted, its duration and, when known, each reached draft's chance of
-        acceptance (:class:`gemma_mtp.sampling.Acceptance`)."""
+    def record(self, decision: DraftDecision, accepted: int, seconds: float, chances: Chances = ()) -> None:
+        """A round's outcome: drafts accepted, its duration and its drafts' :data:`Chances`."""
 
 
 Rates = dict[DraftDecision, float]
@@ -194,9 +188,7 @@ class FixedDraft:
     def decide(self, room: int) -> DraftDecision:
         return DraftDecision(min(self.length, room), self.method)
 
-    def record(
-        self, decision: DraftDecision, accepted: int, seconds: float, chances: Sequence[float] = ()
-    ) -> None:
+    def record(self, decision: DraftDecision, accepted: int, seconds: float, chances: Chances = ()) -> None:
         return None
 
 
@@ -219,9 +211,7 @@ class GrowShrinkDraft:
     def decide(self, room: int) -> DraftDecision:
         return DraftDecision(min(self._length, room), self.method)
 
-    def record(
-        self, decision: DraftDecision, accepted: int, seconds: float, chances: Sequence[float] = ()
-    ) -> None:
+    def record(self, decision: DraftDecision, accepted: int, seconds: float, chances: Chances = ()) -> None:
         if decision.length:
             full = accepted == decision.length
             self._length = min(self._length + 2, self.longest) if full else max(1, self._length - 1)
@@ -234,14 +224,13 @@ class RoundCosts:
     """Measured seconds per round, by mode (greedy or sampling, draft method) and draft length; one per runtime.
 
     A round lasts from its decision until the caller asks for the next, less any wait for other requests'
-    forward passes and the policy's own bookkeeping. The machine's speed changes (it warms up, other work shares
-    it), so what is kept is what a round of one length costs relative to another, measured where that speed
-    cancels: between consecutive rounds of one request (``previous`` in :meth:`observe`). The median ratio of
-    every pair of lengths that followed each other is fitted to one relative cost per length (least squares on
-    the logarithms), so that lengths never drafted next to each other are compared through those between them,
-    and no unit drifts. A length compared fewer than ``TRUSTED_TIMINGS`` times is estimated from a straight line
-    through the compared ones (through plain decoding when only one draft length was compared); rounds without a
-    previous round give raw seconds that place a new length.
+    forward passes and the policy's bookkeeping. The machine's speed changes, so what is kept is the cost of one
+    length relative to another, measured between consecutive rounds of one request (``previous`` in
+    :meth:`observe`), where that speed cancels. The median ratios of the pairs of lengths that followed each other
+    are fitted to one relative cost per length (least squares on the logarithms): lengths never drafted next to
+    each other compare through those between them. A length compared fewer than ``TRUSTED_TIMINGS`` times is
+    placed on a straight line through the compared ones (through plain decoding when only one draft length was
+    compared); rounds without a previous round give raw seconds that place a new length.
     """
 
     def __init__(self, window: int = COST_WINDOW):
@@ -373,9 +362,8 @@ def _solve_links(
     size: int, anchor: int, links: list[tuple[int, int, float, float]], trust: list[float]
 ) -> list[float]:
     """The ``x`` (``x[anchor] = 0``) minimising the sum over ``links`` ``(a, b, ratio, weight)`` of ``weight *
-    trust * (x[b] - x[a] - ratio) ** 2``: the links' graph Laplacian without the anchor, symmetric positive
-    definite, solved by Gaussian elimination in plain Python (a LAPACK call would wake threads that the
-    models' forward passes keep busy, for a dozen unknowns)."""
+    trust * (x[b] - x[a] - ratio) ** 2``: the links' graph Laplacian without the anchor, solved by Gaussian
+    elimination in plain Python (LAPACK would wake threads the forward passes keep busy, for a dozen unknowns)."""
     free = {node: row for row, node in enumerate(n for n in range(size) if n != anchor)}
     n = len(free)
     matrix = [[0.0] * n for _ in range(n)]
@@ -412,47 +400,49 @@ def _weighted_line(values: dict[int, float], weights: dict[int, int]) -> tuple[f
     mean_k = sum(k * weights[k] for k in values) / total
     mean_c = sum(values[k] * weights[k] for k in values) / total
     spread = sum(weights[k] * (k - mean_k) ** 2 for k in values)
-    slope = sum(weights[k] * (k - mean_k) * (values[k] - mean_c) for k in values) / spread
-    slope = max(slope, 0.0)
+    slope = max(sum(weights[k] * (k - mean_k) * (values[k] - mean_c) for k in values) / spread, 0.0)
     return mean_c - slope * mean_k, slope
 
 
 @dataclass
 class AcceptanceProfile:
-    """Decayed counts per draft position: how often it was reached (all drafts before it accepted) and accepted.
-    ``rates`` shrinks each position's rate towards a little less than the one before it (the first towards a
-    prior), so that positions never drafted yet inherit somewhat less than their neighbour's rate."""
+    """Decayed sums per draft position: rounds that reached it (all drafts before it accepted), acceptances, and
+    squares of what each counted (outcomes if not given). ``rates`` shrinks each position's rate towards a little
+    less than the previous one's (the first towards a prior): positions never drafted inherit less than that."""
 
     reached: list[float] = field(default_factory=list)
     accepted: list[float] = field(default_factory=list)
+    squares: list[float] = field(default_factory=list)
 
-    def add(self, length: int, accepted: int, chances: Sequence[float] = ()) -> None:
-        """One round: ``length`` drafts, ``accepted`` of them accepted. With ``chances`` (each reached
-        draft's probability of acceptance) a reached position counts its chance as accepted rather than
-        the outcome: the same expectation, with much less variance."""
+    def __post_init__(self) -> None:
+        self.squares = self.squares or list(self.accepted)
+
+    def add(self, length: int, accepted: int, chances: Chances = ()) -> None:
+        """One round: ``length`` drafts, ``accepted`` of them accepted. A reached position counts its chance (when
+        given) as accepted rather than the outcome: the same expectation, with much less variance."""
         if length == 0:
             return
         grow = [0.0] * (length - len(self.reached))
-        self.reached, self.accepted = self.reached + grow, self.accepted + grow
+        self.reached, self.accepted, self.squares = (v + grow for v in self.astuple())
         reached = min(accepted + 1, length)
         if len(chances) != reached:
             chances = [1.0] * accepted + [0.0] * (reached - accepted)
         for i in range(reached):
             self.reached[i] += 1.0
             self.accepted[i] += chances[i]
+            self.squares[i] += chances[i] ** 2
 
     def fade(self, decay: float) -> None:
         """Older rounds keep ``decay`` of their weight."""
-        self.reached = [r * decay for r in self.reached]
-        self.accepted = [a * decay for a in self.accepted]
+        self.reached, self.accepted, self.squares = ([x * decay for x in v] for v in self.astuple())
+
+    def astuple(self) -> tuple[list[float], list[float], list[float]]:
+        return self.reached, self.accepted, self.squares
 
     def plus(self, other: AcceptanceProfile) -> AcceptanceProfile:
         """The evidence of both."""
-        both = [
-            [x + y for x, y in zip_longest(a, b, fillvalue=0.0)]
-            for a, b in ((self.reached, other.reached), (self.accepted, other.accepted))
-        ]
-        return AcceptanceProfile(*both)
+        pairs = zip(self.astuple(), other.astuple(), strict=True)
+        return AcceptanceProfile(*([x + y for x, y in zip_longest(a, b, fillvalue=0.0)] for a, b in pairs))
 
     @property
     def evidence(self) -> float:
@@ -460,25 +450,35 @@ class AcceptanceProfile:
         return self.reached[0] if self.reached else 0.0
 
     def scaled(self, most: float) -> AcceptanceProfile:
-        """A copy whose evidence at every position is at most ``most`` rounds (a deep position, reached
-        rarely, keeps its few rounds rather than shrinking with the first's)."""
+        """A copy with at most ``most`` rounds of evidence at every position (a deep one keeps its few rounds)."""
         factors = [min(1.0, most / r) if r else 0.0 for r in self.reached]
-        return AcceptanceProfile(
-            [r * f for r, f in zip(self.reached, factors, strict=True)],
-            [a * f for a, f in zip(self.accepted, factors, strict=True)],
-        )
+        return AcceptanceProfile(*([x * f for x, f in zip(v, factors, strict=True)] for v in self.astuple()))
 
     def rates(self, positions: int, prior: float, optimism: float = 0.0) -> list[float]:
         """Conditional acceptance rates of draft positions ``1..positions``; ``optimism`` pseudo-acceptances
         at every position make an upper estimate that tightens as evidence accumulates."""
         out, previous = [], prior
         for i in range(positions):
-            reached = self.reached[i] if i < len(self.reached) else 0.0
-            accepted = self.accepted[i] if i < len(self.accepted) else 0.0
+            reached, accepted = (self.reached[i], self.accepted[i]) if i < len(self.reached) else (0.0, 0.0)
             prior = previous if i == 0 else DEEPER_PRIOR * previous
             previous = (accepted + PRIOR_WEIGHT * prior + optimism) / (reached + PRIOR_WEIGHT + optimism)
             out.append(previous)
         return out
+
+    def log_ratio_variance(self, a: int, b: int, prior: float, positions: int) -> float:
+        """Variance of ``log(E(a) / E(b))`` (``E(k)``: expected tokens of a round of ``k`` drafts) that the first
+        ``positions`` draft positions' evidence leaves, by the delta method: each rate's estimate varies as the
+        mean of its rounds' counts and its prior (one coin's round); positions never drafted add nothing."""
+        rates = self.rates(max(a, b), prior)
+        reach = list(accumulate(rates, operator.mul))
+        expected = {k: 1.0 + sum(reach[:k]) for k in (a, b)}
+        variance, counts = 0.0, zip(*self.astuple(), strict=True)
+        for i, (rate, (n, accepted, squares)) in enumerate(zip(rates[:positions], counts, strict=False)):
+            if 0.0 < rate < 1.0:
+                slope = (sum(reach[i:a]) / expected[a] - sum(reach[i:b]) / expected[b]) / rate
+                spread = max(squares - accepted**2 / n, 0.0) if n else 0.0  # summed squared deviations
+                variance += slope**2 * (spread + PRIOR_WEIGHT * rate * (1.0 - rate)) / (n + PRIOR_WEIGHT) ** 2
+        return variance
 
 
 @dataclass
@@ -510,11 +510,10 @@ class DraftTemperature(Protocol):
 class PolicyMemory:
     """What a runtime's requests share: round costs, acceptance by request kind and draft method, exploration.
 
-    ``calibration`` is the runtime's draft temperature calibration (:mod:`gemma_mtp.calibration`): the
-    factor of a kind's temperature that its sampled drafts are drawn at. Acceptance of sampled drafts is
-    kept per factor, because drafts drawn at another temperature are accepted at another rate: when the
-    calibration moves, the policy learns the new rate instead of trusting the old one, starting from the
-    first draft's chance of acceptance that the calibration computed exactly at that factor.
+    ``calibration`` is the runtime's draft temperature calibration (:mod:`gemma_mtp.calibration`): the factor of
+    a kind's temperature that its sampled drafts are drawn at. Their acceptance is kept per factor (drafts drawn
+    at another temperature are accepted at another rate), each starting from the first draft's chance of
+    acceptance that the calibration computed at that factor.
     """
 
     def __init__(self, calibration: DraftTemperature | None = None) -> None:
@@ -562,7 +561,7 @@ class PolicyMemory:
         length: int,
         accepted: int,
         factor: float = 1.0,
-        chances: Sequence[float] = (),
+        chances: Chances = (),
     ) -> None:
         with self._lock:
             profile = self._profiles.setdefault((kind, method, factor), AcceptanceProfile())
@@ -579,10 +578,9 @@ _HOPEFUL, _SURPRISED, _UNKNOWN, _LOOKS_BETTER = range(4)
 class AdaptiveDraft:
     """The default: the draft length (0 allowed) and method with the most expected tokens per second.
 
-    ``length`` pins the draft length; ``methods`` are the methods it may choose between (the first is
-    preferred until measured otherwise). ``start`` is the assistant's usual draft length, where a fresh
-    runtime starts drafting. ``constrained`` requests (a JSON schema, regex, grammar or tools) share
-    acceptance statistics with each other, apart from free text.
+    ``length`` pins the draft length; ``methods`` are the methods it may choose between (the first preferred
+    until measured otherwise); ``start``, the assistant's usual draft length, is where a fresh runtime starts.
+    ``constrained`` requests (a JSON schema, regex, grammar or tools) share acceptance statistics apart.
     """
 
     def __init__(
@@ -656,16 +654,20 @@ class AdaptiveDraft:
 
     def _incumbent(self, current: DraftDecision, rates: Rates, longest: int) -> DraftDecision:
         """The kind's incumbent decision (``current``: the one held, or a fresh runtime's start), replaced by the
-        best established one when that one is better by more than the spread of their recent comparisons (plain
-        decoding: and ``PLAIN_PREMIUM``): one slow round must not flip a decision, a difference many comparisons
-        confirm does. Less room leaves it in place."""
+        best established one when better by more than the spread of their recent comparisons and the doubt the
+        acceptance of ``current``'s positions leaves (deeper ones, known from tries, ``OPTIMISM`` weighs; plain
+        decoding: and ``PLAIN_PREMIUM``). Less room leaves it in place."""
         if current.length > longest:
             return DraftDecision(longest, current.method)
         if current in rates:  # else not timed yet
             better = {d: r for d, r in rates.items() if r > rates[current] and self._established(d)}
             best = self._top({**better, current: rates[current]})
             compared = self.memory.costs.pairs(self.greedy, best, current)
-            margin = RATIO_SPREAD * math.sqrt(2.0 / max(1, compared)) + PLAIN_PREMIUM * (current.length == 0)
+            other = best.length if best.method == current.method else 0
+            profile, prior = self.profile(current.method), self.priors[current.method]
+            doubt = math.sqrt(profile.log_ratio_variance(other, current.length, prior, current.length))
+            noise = math.hypot(RATIO_SPREAD * math.sqrt(2.0 / max(1, compared)), doubt)
+            margin = noise + PLAIN_PREMIUM * (current.length == 0)
             if rates[best] > rates[current] * math.exp(margin):
                 current = best
         self.exploration.incumbent = current
@@ -807,9 +809,7 @@ class AdaptiveDraft:
                     candidates[DraftDecision(k, method)] = expected / (relative[k - 1] * doubt(method, k))
         return candidates
 
-    def record(
-        self, decision: DraftDecision, accepted: int, seconds: float, chances: Sequence[float] = ()
-    ) -> None:
+    def record(self, decision: DraftDecision, accepted: int, seconds: float, chances: Chances = ()) -> None:
         if self._trying is not None:
             self._judge_try(self._trying, accepted, seconds)
         self._tried_last, self._trying = self._trying is not None, None
@@ -853,15 +853,15 @@ def policy_for(params: SamplingParams, memory: PolicyMemory, default_length: int
       ``num_assistant_tokens`` pins it (to the assistant's default length when only the former is set);
       otherwise :class:`AdaptiveDraft` chooses it, 0 included.
     """
-    methods: tuple[DraftMethod, ...]
-    if params.greedy or params.sample_drafts is False:
+    methods: tuple[DraftMethod, ...] = ("sampled", "argmax")
+    if (
+        params.greedy
+        or params.sample_drafts is False
+        or (params.seed is not None and not params.sample_drafts)
+    ):
         methods = ("argmax",)
     elif params.sample_drafts:
         methods = ("sampled",)
-    elif params.seed is not None:
-        methods = ("argmax",)
-    else:
-        methods = ("sampled", "argmax")
     start = params.num_assistant_tokens or default_length
     if params.adaptive_draft:
         return GrowShrinkDraft(start, params.max_assistant_tokens, methods[0])

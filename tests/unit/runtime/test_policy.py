@@ -280,6 +280,58 @@ def test_one_slow_round_does_not_flip_a_decision_a_lasting_slowdown_of_drafting_
     )
 
 
+@pytest.mark.parametrize(("hard", "held"), [(17, True), (60, False)], ids=["passage", "lasting"])
+def test_a_passage_of_hard_text_does_not_move_a_runtime_off_its_length_lasting_hard_text_does(
+    hard: int, held: bool
+) -> None:
+    """A runtime that learnt its length on text whose drafts are accepted nine times in ten meets a request
+    whose first drafts are all rejected for ``hard`` rounds. Seventeen such rounds are too little evidence
+    against three hundred to leave the length (the estimate they give is too uncertain), however much faster
+    plain decoding would be on them; sixty are enough, and within thirty rounds the runtime decodes plainly."""
+    for seed in range(5):
+        memory = PolicyMemory()
+        run(greedy_policy(memory), {"argmax": [0.9]}, 300, seed=seed)
+        policy = greedy_policy(memory)
+        learnt = policy.exploration.incumbent
+        assert learnt is not None and learnt.length >= 4
+        rng = random.Random(seed)
+        incumbents = []
+        for index in range(60):
+            decision = policy.decide(room=32)
+            accepted = 0 if index < hard else accepted_count(rng, [0.9], decision.length)
+            policy.record(decision, accepted, cpu_like_cost(decision.length))
+            incumbents.append(policy.exploration.incumbent)
+        if held:
+            assert set(incumbents) == {learnt}, (seed, incumbents)
+        else:
+            assert all(i == DraftDecision(0, "argmax") for i in incumbents[30:]), (seed, incumbents)
+
+
+def test_the_doubt_of_an_acceptance_estimate_shrinks_with_its_rounds_and_their_spread() -> None:
+    """The variance of log E(1) / E(0) = log(1 + r) that one draft position's evidence leaves: r's estimate
+    varies as the mean of its rounds' counts and its prior (one coin's round); rounds counted by their chances
+    vary as much as those chances do (all alike: not at all); positions never drafted, or not asked for, add
+    nothing."""
+    prior = 0.5
+    assert AcceptanceProfile().log_ratio_variance(1, 0, prior, 1) == 0.0
+    few, many, chances = AcceptanceProfile(), AcceptanceProfile(), AcceptanceProfile()
+    for accepted in (1, 0, 1, 1):
+        few.add(1, accepted)
+        chances.add(1, 0, [0.75])
+    for accepted in (1, 0, 1, 1) * 4:
+        many.add(1, accepted)
+    rate = (3 + prior) / 5
+    coins = (4 * 0.75 * 0.25 + rate * (1 - rate)) / 5**2
+    assert few.log_ratio_variance(1, 0, prior, 1) == pytest.approx(coins / (1 + rate) ** 2)
+    assert few.log_ratio_variance(0, 1, prior, 1) == few.log_ratio_variance(1, 0, prior, 1)
+    assert few.log_ratio_variance(1, 0, prior, 0) == 0.0
+    assert many.log_ratio_variance(1, 0, prior, 1) < few.log_ratio_variance(1, 0, prior, 1) / 3
+    assert chances.squares == pytest.approx([4 * 0.75**2])
+    alike = rate * (1 - rate) / 5**2  # the prior's alone
+    assert chances.log_ratio_variance(1, 0, prior, 1) == pytest.approx(alike / (1 + rate) ** 2)
+    assert AcceptanceProfile([4.0], [3.0]).squares == [3.0], "not given: counted as outcomes"
+
+
 @pytest.mark.parametrize(
     ("rates", "cost", "start"),
     [([0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5], cpu_like_cost, 5), ([0.8, 0.82, 0.65, 0.8], kit_like_cost, 3)],
