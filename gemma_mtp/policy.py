@@ -423,7 +423,7 @@ class AcceptanceProfile:
         if length == 0:
             return
         grow = [0.0] * (length - len(self.reached))
-        self.reached, self.accepted, self.squares = (v + grow for v in self.astuple())
+        self.reached, self.accepted, self.squares = (v + grow for v in self._sums())
         reached = min(accepted + 1, length)
         if len(chances) != reached:
             chances = [1.0] * accepted + [0.0] * (reached - accepted)
@@ -434,14 +434,14 @@ class AcceptanceProfile:
 
     def fade(self, decay: float) -> None:
         """Older rounds keep ``decay`` of their weight."""
-        self.reached, self.accepted, self.squares = ([x * decay for x in v] for v in self.astuple())
+        self.reached, self.accepted, self.squares = ([x * decay for x in v] for v in self._sums())
 
-    def astuple(self) -> tuple[list[float], list[float], list[float]]:
+    def _sums(self) -> tuple[list[float], list[float], list[float]]:
         return self.reached, self.accepted, self.squares
 
     def plus(self, other: AcceptanceProfile) -> AcceptanceProfile:
         """The evidence of both."""
-        pairs = zip(self.astuple(), other.astuple(), strict=True)
+        pairs = zip(self._sums(), other._sums(), strict=True)
         return AcceptanceProfile(*([x + y for x, y in zip_longest(a, b, fillvalue=0.0)] for a, b in pairs))
 
     @property
@@ -452,7 +452,7 @@ class AcceptanceProfile:
     def scaled(self, most: float) -> AcceptanceProfile:
         """A copy with at most ``most`` rounds of evidence at every position (a deep one keeps its few rounds)."""
         factors = [min(1.0, most / r) if r else 0.0 for r in self.reached]
-        return AcceptanceProfile(*([x * f for x, f in zip(v, factors, strict=True)] for v in self.astuple()))
+        return AcceptanceProfile(*([x * f for x, f in zip(v, factors, strict=True)] for v in self._sums()))
 
     def rates(self, positions: int, prior: float, optimism: float = 0.0) -> list[float]:
         """Conditional acceptance rates of draft positions ``1..positions``; ``optimism`` pseudo-acceptances
@@ -472,7 +472,7 @@ class AcceptanceProfile:
         rates = self.rates(max(a, b), prior)
         reach = list(accumulate(rates, operator.mul))
         expected = {k: 1.0 + sum(reach[:k]) for k in (a, b)}
-        variance, counts = 0.0, zip(*self.astuple(), strict=True)
+        variance, counts = 0.0, zip(*self._sums(), strict=True)
         for i, (rate, (n, accepted, squares)) in enumerate(zip(rates[:positions], counts, strict=False)):
             if 0.0 < rate < 1.0:
                 slope = (sum(reach[i:a]) / expected[a] - sum(reach[i:b]) / expected[b]) / rate
