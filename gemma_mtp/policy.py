@@ -662,14 +662,14 @@ class AdaptiveDraft:
         if current in rates:  # else not timed yet
             better = {d: r for d, r in rates.items() if r > rates[current] and self._established(d)}
             best = self._top({**better, current: rates[current]})
-            compared = self.memory.costs.pairs(self.greedy, best, current)
-            other = best.length if best.method == current.method else 0
-            profile, prior = self.profile(current.method), self.priors[current.method]
-            doubt = math.sqrt(profile.log_ratio_variance(other, current.length, prior, current.length))
-            noise = math.hypot(RATIO_SPREAD * math.sqrt(2.0 / max(1, compared)), doubt)
-            margin = noise + PLAIN_PREMIUM * (current.length == 0)
-            if rates[best] > rates[current] * math.exp(margin):
-                current = best
+            if best != current:  # the margin's doubt is worth computing
+                compared = self.memory.costs.pairs(self.greedy, best, current)
+                other = best.length if best.method == current.method else 0
+                profile, prior = self.profile(current.method), self.priors[current.method]
+                doubt = math.sqrt(profile.log_ratio_variance(other, current.length, prior, current.length))
+                noise = math.hypot(RATIO_SPREAD * math.sqrt(2.0 / max(1, compared)), doubt)
+                if rates[best] > rates[current] * math.exp(noise + PLAIN_PREMIUM * (current.length == 0)):
+                    current = best
         self.exploration.incumbent = current
         return current
 
