@@ -38,7 +38,7 @@ from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate, zip_longest
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 from gemma_mtp.params import SamplingParams
 
@@ -123,9 +123,9 @@ SURPRISE = 0.3
 tried again soon: a lasting change of costs is confirmed within a few tries, one slow round changes nothing."""
 
 
-@dataclass(frozen=True)
-class DraftDecision:
-    """What one round drafts: ``length`` tokens (0 = plain decoding) by ``method``."""
+class DraftDecision(NamedTuple):
+    """What one round drafts: ``length`` tokens (0 = plain decoding) by ``method``. A tuple: the policy keys
+    its estimates by decision every round, and a tuple hashes and compares at C speed."""
 
     length: int
     method: DraftMethod
@@ -422,8 +422,8 @@ class AcceptanceProfile:
         given) as accepted rather than the outcome: the same expectation, with much less variance."""
         if length == 0:
             return
-        grow = [0.0] * (length - len(self.reached))
-        self.reached, self.accepted, self.squares = (v + grow for v in self._sums())
+        for sums in self._sums():
+            sums.extend([0.0] * (length - len(sums)))
         reached = min(accepted + 1, length)
         if len(chances) != reached:
             chances = [1.0] * accepted + [0.0] * (reached - accepted)
@@ -785,8 +785,8 @@ class AdaptiveDraft:
         costs = self.memory.costs
 
         def doubt(method: DraftMethod, length: int) -> float:
-            compared = costs.compared(self.greedy, method, length) if optimism else math.inf
-            return math.exp(-COST_DOUBT / math.sqrt(1 + compared))
+            compared = costs.compared(self.greedy, method, length) if optimism else None
+            return 1.0 if compared is None else math.exp(-COST_DOUBT / math.sqrt(1 + compared))
 
         plain = costs.relative(self.greedy, self.methods[0], 0)
         pinned = self.length is not None
